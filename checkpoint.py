@@ -1,0 +1,74 @@
+"""The one place that knows how a checkpoint is written and read.
+
+A checkpoint is a dict that rebuilds and runs the model on its own: arch and its arguments, class names,
+input size, channels and normalisation, plus what resuming needs (optimizer, lr scheduler, epoch, early
+stopping state, the train/val split indices) and the training arguments and metrics for the record.
+It is written to a temporary file in the same folder, flushed to disk and renamed over the old one, so a
+crash or a full disk leaves the previous checkpoint intact.
+"""
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from errors import UserError
+from model import build_model
+
+FORMAT = "fer-toolkit-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("arch", "arch_args", "classes", "input", "model")
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def save_checkpoint(state, path):
+    """Write state to path atomically: the old file stays whole until the new one is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read and check a checkpoint written by save_checkpoint; CheckpointError says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # weights_only=False: our checkpoints hold plain Python values (args, metrics) beside tensors.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or another kind of file): "
+                              f"{str(e).splitlines()[0][:100]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no '{FORMAT}' marker)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    return state
+
+
+def model_from_checkpoint(state, path="checkpoint"):
+    """Rebuild the model a checkpoint describes and load its weights."""
+    model = build_model(state["arch"], len(state["classes"]), in_channels=state["input"]["channels"],
+                        input_size=state["input"]["size"], **state["arch_args"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit arch {state['arch']!r}: "
+                              f"{str(e).splitlines()[0][:120]}") from None
+    return model

@@ -1,0 +1,93 @@
+"""Running a model over in-memory data: device choice, mixed precision, batched inference and scoring.
+
+Shared by train.py (validation, the final test) and test.py, so both score a split the same way.
+"""
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dataset import normalize
+from metrics import classification_report
+
+
+def select_device(name="auto"):
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def bf16_supported(device):
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # oneDNN runs bf16 convolutions natively only on CPUs with AVX-512 BF16 or AMX; elsewhere it is slower.
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
+def use_amp(amp, device):
+    """--amp auto|bf16|off -> whether to run under bf16 autocast on this device."""
+    if amp == "auto":
+        return bf16_supported(device)
+    return amp == "bf16"
+
+
+def autocast(device, enabled):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def prepare_model(model, device, channels_last=True):
+    model = model.to(device)
+    # channels_last lets oneDNN and cuDNN pick their fastest convolution kernels (about 1.2x here on CPU).
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def to_input(images_uint8, input_cfg, device, channels_last=True):
+    x = normalize(images_uint8.to(device, non_blocking=True), input_cfg["mean"], input_cfg["std"])
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def predict_logits(model, images_uint8, input_cfg, device, batch_size=256, amp=False, tta_flip=False):
+    """Logits (float32, on the CPU) for every image of a uint8 N x C x H x W tensor."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images_uint8), batch_size):
+        x = to_input(images_uint8[start:start + batch_size], input_cfg, device)
+        with autocast(device, amp):
+            logits = model(x).float()
+            if tta_flip:
+                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        outputs.append(logits.cpu())
+    if not outputs:
+        return torch.zeros(0, 0)
+    return torch.cat(outputs)
+
+
+def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_flip=False):
+    """-> (mean cross-entropy, classification_report) of model on a FERSplit."""
+    logits = predict_logits(model, split.images, input_cfg, device, batch_size, amp, tta_flip)
+    loss = F.cross_entropy(logits, split.labels).item()
+    report = classification_report(split.labels.numpy(), logits.argmax(1).numpy(), split.classes)
+    return loss, report
+
+
+def save_report(report, out_dir, stem, title=""):
+    """Write report as out_dir/stem.json and its confusion matrix as out_dir/stem_confusion.png."""
+    from plot_curves import plot_confusion_matrix  # matplotlib is loaded only when a report is written
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}_confusion.png"
+    json_path.write_text(json.dumps(report, indent=2))
+    plot_confusion_matrix(report["confusion_matrix"], report["classes"], png_path, title=title)
+    return json_path, png_path

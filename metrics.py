@@ -1,0 +1,66 @@
+"""Classification metrics, computed from the confusion matrix so every figure agrees with it.
+
+Precision of class k is correct-k / predicted-k (the seed divided by all test images instead), recall is
+correct-k / actual-k; a class never predicted (or absent) gets 0, never a division by zero.
+"""
+import numpy as np
+
+
+def confusion_matrix(y_true, y_pred, num_classes):
+    """cm[i, j] = number of samples of true class i predicted as class j."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def _safe_divide(num, den):
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+
+
+def classification_report(y_true, y_pred, classes):
+    """-> dict with accuracy, macro and weighted averages, and per-class precision/recall/f1/support."""
+    cm = confusion_matrix(y_true, y_pred, len(classes))
+    correct = np.diag(cm)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    precision = _safe_divide(correct, predicted)
+    recall = _safe_divide(correct, support)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    total = cm.sum()
+    return {
+        "accuracy": float(correct.sum() / total) if total else 0.0,
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "weighted_f1": float(_safe_divide((f1 * support).sum(), total)),
+        "num_samples": int(total),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+        },
+        "classes": list(classes),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def format_report(report):
+    """A plain-text table of a classification_report dict, figures in percent."""
+    classes = report["classes"]
+    width = max(12, *(len(c) + 2 for c in classes))
+    lines = [f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name in classes:
+        m = report["per_class"][name]
+        lines.append(f"{name:<{width}}{100 * m['precision']:>10.2f}{100 * m['recall']:>10.2f}"
+                     f"{100 * m['f1']:>10.2f}{m['support']:>10d}")
+    lines.append(f"{'macro avg':<{width}}{100 * report['macro_precision']:>10.2f}"
+                 f"{100 * report['macro_recall']:>10.2f}{100 * report['macro_f1']:>10.2f}"
+                 f"{report['num_samples']:>10d}")
+    lines.append("")
+    lines.append(f"Accuracy: {100 * report['accuracy']:.2f}%   Macro-F1: {100 * report['macro_f1']:.2f}")
+    lines.append("")
+    lines.append("Confusion matrix (rows: true, columns: predicted)")
+    short = [c[:7] for c in classes]
+    lines.append(" " * width + "".join(f"{s:>8}" for s in short))
+    for name, row in zip(classes, report["confusion_matrix"]):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>8d}" for v in row))
+    return "\n".join(lines)

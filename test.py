@@ -1,0 +1,75 @@
+"""Score a checkpoint on a dataset's test split: accuracy, per-class precision/recall/F1/support,
+Macro-F1 and the confusion matrix, printed and written as JSON and PNG.
+
+    python test.py --ckpt checkpoints/best.pth                   # the data it was trained on
+    python test.py --ckpt checkpoints/best.pth --data DIR        # another dataset, same classes
+    python test.py --ckpt checkpoints/best.pth --data fer2013 --split val
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import engine
+from checkpoint import load_checkpoint, model_from_checkpoint
+from dataset import DataError, available_splits, load_split
+from errors import UserError
+from metrics import format_report
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Evaluate a trained checkpoint on a test split.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", default="checkpoints/best.pth", help="checkpoint written by train.py")
+    p.add_argument("--data", help="dataset folder or FER2013 .csv (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", choices=["test", "val"],
+                   help="split to score (default: the checkpoint's --test-split, else test)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="off",
+                   help="bf16 autocast for inference; off by default so scores are exact fp32")
+    p.add_argument("--tta", action="store_true", help="average the logits of each image and its mirror")
+    p.add_argument("--out-dir", default="logs", help="where the JSON report and confusion-matrix PNG go")
+    return p
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"test.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args):
+    state = load_checkpoint(args.ckpt)
+    trained = state.get("args", {})
+    root = args.data or state.get("split", {}).get("root") or trained.get("data")
+    if not root:
+        raise DataError(f"{args.ckpt} does not record its data; pass --data DIR")
+    split = args.split or trained.get("test_split", "test")
+    if split not in available_splits(root):
+        raise DataError(f"{root} has no {split} split (it has: {', '.join(available_splits(root)) or 'none'})")
+
+    device = engine.select_device(args.device)
+    model = engine.prepare_model(model_from_checkpoint(state, args.ckpt), device)
+    cfg = state["input"]
+    data = load_split(root, split, state["classes"], cfg["size"], cfg["channels"])
+    for warning in data.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+
+    loss, report = engine.evaluate(model, data, cfg, device, args.batch_size, engine.use_amp(args.amp, device),
+                                   tta_flip=args.tta)
+    report.update(checkpoint=str(args.ckpt), data=str(root), split=split, loss=loss, tta_flip=args.tta)
+    print(f"{args.ckpt} (arch {state['arch']}, epoch {state.get('epoch', '?')}) on {root} [{split}]: "
+          f"{len(data)} images")
+    print(f"Test Loss: {loss:.4f}")
+    print(format_report(report))
+    json_path, png_path = engine.save_report(report, args.out_dir, f"test_{Path(str(root)).name}_{split}",
+                                             title=f"{Path(args.ckpt).name} on {Path(str(root)).name}/{split}")
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

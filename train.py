@@ -1,0 +1,471 @@
+"""Train a facial-expression CNN, keep the best and last checkpoints, and score the best on the test split.
+
+    python train.py --data demo                      # synthetic faces, a few minutes on a CPU
+    python train.py --data /path/to/fer5             # ROOT/train/<Class>/*.jpg, ROOT/test/<Class>/*.jpg
+    python train.py --data fer2013 --test-split val  # FER2013 folders: PublicTest (val/) as the test
+    python train.py --data fer5 --recipe seed        # the course assignment's recipe, for comparison
+    python train.py --data fer5 --resume             # carry on from checkpoints/last.pth
+
+The whole dataset is decoded once into a uint8 tensor on the training device and augmented there a
+batch at a time; validation is a seeded, stratified 80/20 split of train (or the data's val/ folder).
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import engine
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from dataset import (AUGMENTATIONS, DataError, available_splits, augment_batch, count_shared_images,
+                     load_split, resolve_classes, stratified_split)
+from errors import UserError
+from metrics import format_report
+from model import ARCHS, build_model, count_parameters, default_in_channels
+
+DEMO_ROOT = Path("data/demo")
+
+# Each recipe is a set of argument defaults; flags given on the command line still win.
+RECIPES = {
+    "default": {},
+    # The assignment's recipe (fer5 homework): its network, SGD lr 0.001 momentum 0.9, no augmentation,
+    # no weight decay, a constant learning rate and early stopping after 3 epochs without improvement.
+    "seed": dict(arch="seed", opt="sgd", lr=0.001, momentum=0.9, nesterov=False, weight_decay=0.0,
+                 sched="none", warmup_epochs=0, aug="none", label_smoothing=0.0, class_weights="none",
+                 patience=3, monitor="val_loss", batch_size=64),
+}
+MONITORS = {"val_macro_f1": max, "val_acc": max, "val_loss": min}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def augmentation_list(text):
+    kinds = [] if text.lower() == "none" else [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in AUGMENTATIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown augmentation {', '.join(unknown)}; "
+                                         f"choose from none or a comma list of {', '.join(AUGMENTATIONS)}")
+    return text
+
+
+def class_list(text):
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError(f"needs at least two comma-separated class names, got {text!r}")
+    return names
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Train a facial-expression CNN.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True,
+                   help="dataset folder (train/<Class>/..., test/<Class>/...), a FER2013 .csv, or 'demo'")
+    p.add_argument("--recipe", choices=RECIPES, default="default", help="a named set of defaults")
+    p.add_argument("--classes", type=class_list, help="comma list choosing and ordering classes, e.g. "
+                   "Angry,Happy,Neutral,Sad,Surprise (case-insensitive); default: all in train/")
+    p.add_argument("--test-split", default="test", choices=["test", "val"],
+                   help="split scored at the end; 'val' for FER2013's folders, whose val/ is PublicTest")
+    p.add_argument("--val-fraction", type=fraction, default=0.2,
+                   help="stratified share of train held out for validation when the data has no val/")
+    p.add_argument("--arch", choices=ARCHS, default="vgg")
+    p.add_argument("--input-size", type=positive_int, default=48, help="images are resized to this square")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
+    p.add_argument("--epochs", type=positive_int, default=50)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--opt", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--lr", type=positive_float, default=0.05)
+    p.add_argument("--momentum", type=non_negative_float, default=0.9)
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    p.add_argument("--sched", choices=["cosine", "none"], default="cosine",
+                   help="per-step cosine decay to 0 over --epochs after a linear warm-up, or constant")
+    p.add_argument("--warmup-epochs", type=non_negative_int, default=2)
+    p.add_argument("--label-smoothing", type=non_negative_float, default=0.1)
+    p.add_argument("--class-weights", choices=["none", "balanced"], default="balanced",
+                   help="'balanced' weights each class's loss by N / (classes * count)")
+    p.add_argument("--aug", type=augmentation_list, default="flip,affine",
+                   help=f"none, or a comma list of {', '.join(AUGMENTATIONS)}")
+    p.add_argument("--patience", type=positive_int, default=10,
+                   help="stop after this many epochs without a better --monitor value")
+    p.add_argument("--monitor", choices=MONITORS, default="val_macro_f1",
+                   help="validation figure that picks best.pth and drives early stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="bf16 autocast; auto uses it where the device runs bf16 natively")
+    p.add_argument("--output-dir", default="checkpoints", help="where best.pth and last.pth go")
+    p.add_argument("--log-dir", default="logs", help="where training_log.txt/.jsonl and reports go")
+    p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
+                   help="continue from CKPT (default: OUTPUT_DIR/last.pth)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p
+
+
+def parse_args(argv=None):
+    # A recipe changes the defaults, so it is read first and the full parse then sees them.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", choices=RECIPES, default="default")
+    known, _ = pre.parse_known_args(argv)
+    parser = get_args_parser()
+    parser.set_defaults(**RECIPES[known.recipe])
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+def load_data(args, split_indices=None):
+    """-> (train, val, classes, split_record, full_train); split_indices (from a checkpoint) fix the split."""
+    root = args.data
+    if root == "demo":
+        root = ensure_demo_data()
+    classes = resolve_classes(root, args.classes)
+    channels = args.channels or default_in_channels(args.arch)
+    splits = available_splits(root)
+    full_train = load_split(root, "train", classes, args.input_size, channels)
+    if "val" in splits and args.test_split != "val":
+        val = load_split(root, "val", classes, args.input_size, channels)
+        return full_train, val, classes, {"source": "val split", "root": str(root)}, full_train
+    if split_indices is None:
+        train_idx, val_idx = stratified_split(full_train.labels, args.val_fraction, args.seed)
+    else:
+        train_idx, val_idx = split_indices["train_indices"], split_indices["val_indices"]
+        if max(train_idx + val_idx) >= len(full_train):
+            raise DataError(f"{root}: train has {len(full_train)} images but the checkpoint's split "
+                            f"indexes up to {max(train_idx + val_idx)}; is this the same data?")
+    train, val = full_train.subset(train_idx), full_train.subset(val_idx)
+    train.name, val.name = "train", "val"
+    record = {"source": f"stratified {args.val_fraction:g} of train, seed {args.seed}", "root": str(root),
+              "train_indices": train_idx, "val_indices": val_idx}
+    return train, val, classes, record, full_train
+
+
+def ensure_demo_data():
+    from synthetic import make_demo_dataset
+
+    if not (DEMO_ROOT / "train").is_dir():
+        print(f"making the synthetic demo dataset in {DEMO_ROOT} (procedurally drawn faces, not real data)")
+        make_demo_dataset(DEMO_ROOT)
+    return DEMO_ROOT
+
+
+def describe(split):
+    counts = ", ".join(f"{c} {n}" for c, n in zip(split.classes, split.class_counts()))
+    return f"{split.name}: {len(split)} images ({counts})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def make_optimizer(model, args):
+    # No weight decay on BatchNorm and bias parameters: decaying them only fights the normalisation.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.opt == "adamw":
+        return torch.optim.AdamW(groups, lr=args.lr)
+    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum,
+                           nesterov=args.nesterov and args.momentum > 0)
+
+
+def make_scheduler(optimizer, args, steps_per_epoch):
+    warmup = args.warmup_epochs * steps_per_epoch
+    total = args.epochs * steps_per_epoch
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        if args.sched == "none":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def class_weights(train, args, device):
+    if args.class_weights == "none":
+        return None
+    counts = torch.tensor(train.class_counts(), dtype=torch.float32)
+    return (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+
+
+def epoch_generator(seed, epoch):
+    # Every epoch's randomness derives from (seed, epoch) alone, so a resumed run replays it exactly.
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, criterion, args, ctx, epoch):
+    model.train()
+    g = epoch_generator(args.seed, epoch)
+    torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout
+    order = torch.randperm(len(train_labels), generator=g).to(ctx["device"])
+    batches = list(torch.split(order, args.batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()  # BatchNorm cannot train on a batch of one
+    aug = [] if args.aug.lower() == "none" else args.aug.split(",")
+    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=args.no_progress)
+    for idx in bar:
+        x = engine.to_input(train_images[idx], ctx["input"], ctx["device"])
+        y = train_labels[idx]
+        if aug:
+            x = augment_batch(x, aug, g)
+        with engine.autocast(ctx["device"], ctx["amp"]):
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) in epoch {epoch}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%",
+                        img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    elapsed = time.perf_counter() - start
+    return {"train_loss": total_loss / seen, "train_acc": 100 * correct / seen, "train_time": elapsed,
+            "train_img_per_s": seen / elapsed}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Logging
+
+
+class TrainingLog:
+    """logs/training_log.txt in the seed's words (so old and new logs plot alike) and a JSONL record
+    per epoch with every figure. Each line is flushed as written, so a crash loses nothing written."""
+
+    def __init__(self, log_dir, append):
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        mode = "a" if append else "w"
+        self.text = open(log_dir / "training_log.txt", mode)
+        self.jsonl = open(log_dir / "training_log.jsonl", mode)
+
+    def line(self, text, echo=True):
+        if echo:
+            tqdm.write(text)
+        self.text.write(text + "\n")
+        self.text.flush()
+
+    def record(self, row):
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+
+    def close(self):
+        self.text.close()
+        self.jsonl.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, best, bad_epochs, split):
+    return {
+        "arch": args.arch, "arch_args": {}, "classes": ctx["classes"], "input": ctx["input"],
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+        "epoch": epoch, "args": vars(args), "metrics": metrics, "best": best, "bad_epochs": bad_epochs,
+        "split": split,
+    }
+
+
+def check_resumable(state, args, classes, path):
+    if state.get("arch") != args.arch:
+        raise CheckpointError(f"{path} holds arch {state.get('arch')!r}, not --arch {args.arch}; "
+                              "resume with the flags it was trained with")
+    if [c.lower() for c in state["classes"]] != [c.lower() for c in classes]:
+        raise CheckpointError(f"{path} was trained on classes {', '.join(state['classes'])}, "
+                              f"not {', '.join(classes)}")
+    if "optimizer" not in state or "epoch" not in state:
+        raise CheckpointError(f"{path} holds no training state to resume from")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except UserError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def train(args):
+    out_dir, log_dir = Path(args.output_dir), Path(args.log_dir)
+    resume_state, resume_path = None, None
+    if args.resume:
+        resume_path = out_dir / "last.pth" if args.resume == "last" else Path(args.resume)
+        if not resume_path.exists():
+            raise CheckpointError(f"nothing to resume: {resume_path} does not exist")
+        resume_state = load_checkpoint(resume_path)
+
+    device = engine.select_device(args.device)
+    saved_split = resume_state.get("split", {}) if resume_state else {}
+    train_split, val_split, classes, split_record, full_train = load_data(
+        args, saved_split if "train_indices" in saved_split else None)
+    for s in (full_train, val_split):
+        for warning in s.warnings():
+            print(f"warning: {warning}", file=sys.stderr)
+    print(describe(train_split))
+    print(describe(val_split))
+
+    channels = args.channels or default_in_channels(args.arch)
+    ctx = {"device": device, "amp": engine.use_amp(args.amp, device), "classes": classes,
+           "input": {"size": args.input_size, "channels": channels, "mean": 0.5, "std": 0.5}}
+    torch.manual_seed(args.seed)
+    model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size)
+    if resume_state:
+        check_resumable(resume_state, args, classes, resume_path)
+        model = model_from_checkpoint(resume_state, resume_path)
+    model = engine.prepare_model(model, device)
+    steps_per_epoch = max(1, len(train_split) // args.batch_size + (len(train_split) % args.batch_size >= 2))
+    optimizer = make_optimizer(model, args)
+    scheduler = make_scheduler(optimizer, args, steps_per_epoch)
+    criterion = torch.nn.CrossEntropyLoss(weight=class_weights(train_split, args, device),
+                                          label_smoothing=args.label_smoothing)
+
+    pick = MONITORS[args.monitor]
+    best = {"monitor": args.monitor, "value": None, "epoch": 0}
+    bad_epochs, start_epoch = 0, 1
+    if resume_state:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["lr_scheduler"])
+        best, bad_epochs = resume_state["best"], resume_state["bad_epochs"]
+        start_epoch = resume_state["epoch"] + 1
+        print(f"resuming from {resume_path} after epoch {resume_state['epoch']}")
+
+    print(f"model {args.arch}: {count_parameters(model):,} parameters; device {device}; "
+          f"bf16 autocast {'on' if ctx['amp'] else 'off'}")
+    # The whole split lives on the device as uint8; batches are normalised and augmented there.
+    train_images, train_labels = train_split.images.to(device), train_split.labels.to(device)
+
+    log = TrainingLog(log_dir, append=resume_state is not None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    stopped_early = bad_epochs >= args.patience
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            if stopped_early:
+                break
+            log.line(f"Epoch [{epoch}/{args.epochs}]")
+            lr = optimizer.param_groups[0]["lr"]
+            stats = train_one_epoch(model, train_images, train_labels, optimizer, scheduler, criterion, args,
+                                    ctx, epoch)
+            val_loss, val_report = engine.evaluate(model, val_split, ctx["input"], device, amp=ctx["amp"])
+            metrics = {"epoch": epoch, "lr": lr, **stats, "val_loss": val_loss,
+                       "val_acc": 100 * val_report["accuracy"], "val_macro_f1": 100 * val_report["macro_f1"]}
+            value = metrics[args.monitor]
+            improved = best["value"] is None or pick(value, best["value"]) != best["value"]
+            if improved:
+                best, bad_epochs = {"monitor": args.monitor, "value": value, "epoch": epoch}, 0
+            else:
+                bad_epochs += 1
+            state = checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, best, bad_epochs,
+                                     split_record)
+            if improved:
+                save_checkpoint(state, out_dir / "best.pth")
+            save_checkpoint(state, out_dir / "last.pth")
+
+            log.line(f"Train Loss: {stats['train_loss']:.4f}, Train Accuracy: {stats['train_acc']:.2f}%")
+            log.line(f"Validation Loss: {val_loss:.4f}, Validation Accuracy: {metrics['val_acc']:.2f}%")
+            log.line(f"Validation Macro-F1: {metrics['val_macro_f1']:.2f}, lr: {lr:.3g}, "
+                     f"time: {stats['train_time']:.1f}s, {stats['train_img_per_s']:.0f} img/s"
+                     + (", best so far" if improved else f", {bad_epochs} epoch(s) without improvement"))
+            log.record({**metrics, "best": improved})
+            if bad_epochs >= args.patience:
+                log.line(f"Stopping training: no better {args.monitor} for {args.patience} epochs "
+                         f"(best {best['value']:.4f} at epoch {best['epoch']}).")
+                stopped_early = True
+    except FloatingPointError as e:
+        log.line(f"Stopped: {e}. {out_dir / 'last.pth'} keeps the last good epoch.")
+        log.close()
+        print(f"train.py: error: {e}; the checkpoints in {out_dir} keep the last good epoch", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        log.line(f"Interrupted. Resume with: python train.py {' '.join(sys.argv[1:])} --resume")
+        log.close()
+        print(f"\ninterrupted; {out_dir / 'last.pth'} holds the last finished epoch; resume with --resume",
+              file=sys.stderr)
+        return 130
+    log.line(f"Training time: {time.perf_counter() - started:.2f} seconds")
+
+    if not (out_dir / "best.pth").exists():
+        log.close()
+        raise CheckpointError(f"no epoch was trained, so {out_dir / 'best.pth'} was not written")
+    result = test_best(args, out_dir / "best.pth", full_train, ctx, log)
+    log.close()
+    return result
+
+
+def test_best(args, best_path, full_train, ctx, log):
+    """Score best.pth on the test split, if the data has one. It never influenced training or selection."""
+    root = DEMO_ROOT if args.data == "demo" else args.data
+    if args.test_split not in available_splits(root):
+        print(f"no {args.test_split} split in {root}; score another dataset with: "
+              f"python test.py --ckpt {best_path} --data DIR")
+        return 0
+    state = load_checkpoint(best_path)
+    model = engine.prepare_model(model_from_checkpoint(state, best_path), ctx["device"])
+    test_split = load_split(root, args.test_split, ctx["classes"], ctx["input"]["size"], ctx["input"]["channels"])
+    for warning in test_split.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    shared = count_shared_images(full_train, test_split)
+    if shared:
+        print(f"note: {shared} of {len(test_split)} {args.test_split} images are pixel-identical to training images")
+    # fp32, as test.py scores by default, so the two print the same figures for the same checkpoint.
+    loss, report = engine.evaluate(model, test_split, ctx["input"], ctx["device"])
+    log.line(f"Test Loss: {loss:.4f}, Test Accuracy: {100 * report['accuracy']:.2f}%")
+    log.line(f"Test Macro-F1: {100 * report['macro_f1']:.2f} (best.pth from epoch {state['epoch']})")
+    print(format_report(report))
+    json_path, png_path = engine.save_report(report, args.log_dir, "test_report",
+                                             title=f"{args.arch}, {args.test_split} split")
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
