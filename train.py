@@ -435,7 +435,7 @@ def train(args):
 
     if not (out_dir / "best.pth").exists():
         log.close()
-        raise CheckpointError(f"no epoch was trained, so {out_dir / 'best.pth'} was not written")
+        raise CheckpointError(f"{out_dir / 'best.pth'} is missing: no epoch was trained, or it was removed")
     result = test_best(args, out_dir / "best.pth", full_train, ctx, log)
     log.close()
     return result

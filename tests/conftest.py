@@ -1,0 +1,34 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from synthetic import make_demo_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_COUNTS = {"Angry": 10, "Happy": 16, "Neutral": 12, "Sad": 16, "Surprise": 10}
+
+
+def load_script(name):
+    """Import a top-level script by path: `test.py` would otherwise collide with the stdlib `test` package."""
+    spec = importlib.util.spec_from_file_location(f"fer_script_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def scripts():
+    return {name: load_script(name) for name in ("train", "test", "plot_curves")}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small synthetic dataset in the seed's layout: train/<Class>/*.jpg and test/<Class>/*.jpg."""
+    return make_demo_dataset(tmp_path_factory.mktemp("tiny") / "faces", train_counts=TINY_COUNTS, test_count=6,
+                             size=48, seed=1)
+
+
+def fast_train_args(data, workdir, *extra):
+    return ["--data", str(data), "--epochs", "2", "--batch-size", "16", "--no-progress",
+            "--output-dir", str(workdir / "checkpoints"), "--log-dir", str(workdir / "logs"), *extra]

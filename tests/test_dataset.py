@@ -1,0 +1,162 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset import (DataError, FER2013_CLASSES, augment_batch, available_splits, count_shared_images,
+                     image_to_array, load_split, resolve_classes, stratified_split)
+
+
+def write_image(path, mode="L", size=(48, 48), value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+    return path
+
+
+def make_tree(root, spec):
+    """spec: {split: {class: count}} -> PNG files with a different gray value per class."""
+    for split, classes in spec.items():
+        for k, (name, count) in enumerate(classes.items()):
+            for i in range(count):
+                write_image(root / split / name / f"{i}.png", value=40 * k + i)
+    return root
+
+
+def test_folders_with_different_case_are_the_same_class(tmp_path):
+    root = make_tree(tmp_path, {"train": {"Angry": 3, "Happy": 2}, "Test": {"angry": 2, "HAPPY": 1}})
+    classes = resolve_classes(root)
+    assert classes == ["Angry", "Happy"]
+    assert available_splits(root) == ["train", "test"]
+    test = load_split(root, "test", classes)
+    assert test.class_counts() == [2, 1]
+    assert test.images.shape == (3, 1, 48, 48) and test.images.dtype == torch.uint8
+
+
+def test_classes_flag_chooses_and_orders_classes(tmp_path):
+    root = make_tree(tmp_path, {"train": {"angry": 2, "disgust": 2, "happy": 3}})
+    classes = resolve_classes(root, ["Happy", "Angry"])
+    split = load_split(root, "train", classes)
+    assert split.classes == ["Happy", "Angry"]
+    assert split.class_counts() == [3, 2]
+    assert split.ignored == ["disgust"]
+    assert any("disgust" in w for w in split.warnings())
+    with pytest.raises(DataError, match="unknown class.*Fear"):
+        resolve_classes(root, ["Happy", "Fear"])
+
+
+@pytest.mark.parametrize("mode,value", [("L", 200), ("LA", (200, 255)), ("RGB", (200, 200, 200)),
+                                        ("RGBA", (200, 200, 200, 255)), ("CMYK", (0, 0, 0, 55)),
+                                        ("I;16", 200 * 257), ("I", 200 * 257), ("F", 200.0)])
+def test_every_mode_becomes_the_same_uint8_gray(mode, value):
+    im = Image.new(mode, (30, 20), value)
+    arr = image_to_array(im, 48, 1)
+    assert arr.shape == (1, 48, 48) and arr.dtype == np.uint8
+    assert abs(int(arr.mean()) - 200) <= 1
+
+
+def test_palette_and_three_channel_output():
+    im = Image.new("RGB", (8, 8), (255, 0, 0)).convert("P")
+    arr = image_to_array(im, 16, 3)
+    assert arr.shape == (3, 16, 16)
+    assert arr[0].min() > 200 and arr[1].max() < 50
+
+
+def test_transparent_pixels_become_white():
+    arr = image_to_array(Image.new("RGBA", (4, 4), (0, 0, 0, 0)), 4, 1)
+    assert arr.min() == 255
+
+
+@pytest.mark.parametrize("size", [(1, 1), (640, 480), (4000, 3000)])
+def test_odd_sizes_are_resized(size):
+    assert image_to_array(Image.new("L", size, 77), 48, 1).shape == (1, 48, 48)
+
+
+def test_unreadable_files_are_skipped_counted_and_named(tmp_path):
+    root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}})
+    (root / "train" / "Angry" / "notes.txt").write_text("not an image")
+    good = root / "train" / "Happy" / "0.png"
+    jpeg = root / "train" / "Happy" / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(jpeg)
+    (root / "train" / "Happy" / "truncated.jpg").write_bytes(jpeg.read_bytes()[:300])
+    split = load_split(root, "train", ["Angry", "Happy"])
+    assert len(split) == 5 and str(good) in split.sources
+    assert sorted(p.split("/")[-1] for p, _ in split.skipped) == ["notes.txt", "truncated.jpg"]
+    assert "skipped 2 unreadable" in split.warnings()[0]
+
+
+def test_missing_and_empty_data_give_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_classes(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="is empty"):
+        resolve_classes(tmp_path / "empty")
+    root = make_tree(tmp_path / "d", {"train": {"Angry": 2, "Happy": 0}})
+    (root / "train" / "Happy").mkdir(exist_ok=True)
+    with pytest.raises(DataError, match="no readable images for class.*Happy"):
+        load_split(root, "train", resolve_classes(root))
+
+
+def test_split_missing_a_class_is_an_error(tmp_path):
+    root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}, "test": {"Angry": 2}})
+    with pytest.raises(DataError, match="no folder for class.*Happy"):
+        load_split(root, "test", ["Angry", "Happy"])
+
+
+def write_fer_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        w.writerows(rows)
+    return path
+
+
+def test_fer2013_csv_splits_classes_and_bad_rows(tmp_path):
+    px = " ".join(["100"] * 2304)
+    rows = [[3, px, "Training"], [0, px, "Training"], [6, px, "Training"], [1, px, "Training"],
+            [3, px, "PublicTest"], [0, px, "PrivateTest"],
+            [3, "1 2 3", "Training"], [9, px, "Training"], ["x", px, "Training"], [3, px.replace("100", "300", 1), "Training"]]
+    path = write_fer_csv(tmp_path / "fer2013.csv", rows)
+    assert available_splits(path) == ["train", "val", "test"]
+    assert resolve_classes(path) == FER2013_CLASSES
+    classes = resolve_classes(path, ["happy", "angry", "neutral"])
+    train = load_split(path, "train", classes)
+    assert train.labels.tolist() == [0, 1, 2]  # disgust (1) is not asked for
+    assert len(train.skipped) == 4
+    assert train.images.shape == (3, 1, 48, 48) and int(train.images[0].float().mean()) == 100
+    assert len(load_split(path, "test", classes)) == 1
+
+
+def test_stratified_split_is_seeded_and_keeps_class_shares():
+    labels = torch.tensor([0] * 500 + [1] * 1500 + [2] * 1000)
+    train_idx, val_idx = stratified_split(labels, 0.2, seed=3)
+    assert sorted(train_idx + val_idx) == list(range(3000))
+    assert torch.bincount(labels[val_idx]).tolist() == [100, 300, 200]
+    assert stratified_split(labels, 0.2, seed=3) == (train_idx, val_idx)
+    assert stratified_split(labels, 0.2, seed=4)[1] != val_idx
+
+
+def test_shared_images_are_counted_by_pixels(tmp_path):
+    a = make_tree(tmp_path / "a", {"train": {"x": 3}})
+    b = make_tree(tmp_path / "b", {"train": {"x": 5}})
+    # Same gray values 0..2 appear in both; 3 and 4 only in b.
+    assert count_shared_images(load_split(a, "train", ["x"]), load_split(b, "train", ["x"])) == 3
+
+
+def test_augment_batch_keeps_shape_and_is_seeded():
+    x = torch.randn(8, 1, 48, 48)
+    kinds = ["flip", "affine", "jitter", "erase"]
+    a = augment_batch(x, kinds, torch.Generator().manual_seed(0))
+    b = augment_batch(x, kinds, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.allclose(a, x)
+
+
+def test_flip_alone_mirrors_exactly():
+    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(64, 1, 1, 1)
+    out = augment_batch(x, ["flip"], torch.Generator().manual_seed(0))
+    mirrored = torch.flip(x, dims=[3])
+    flipped = [torch.allclose(o, m, atol=1e-5) for o, m in zip(out, mirrored)]
+    kept = [torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54

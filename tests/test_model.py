@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from model import FER_CNN, FERNet, build_model, count_parameters
+
+
+def seed_parameter_count(num_classes=5):
+    convs = sum(c_out * (c_in * 9 + 1) + 2 * c_out for c_in, c_out in [(3, 64), (64, 128), (128, 256), (256, 512)])
+    fcs = sum(o * (i + 1) for i, o in [(4608, 4096), (4096, 1024), (1024, 256), (256, num_classes)])
+    return convs + fcs
+
+
+def test_seed_model_is_the_assignments_network():
+    model = build_model("seed", 5)
+    assert isinstance(model, FER_CNN)
+    assert count_parameters(model) == seed_parameter_count()
+    assert model(torch.randn(2, 3, 48, 48)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("arch,channels", [("seed", 3), ("vgg", 1)])
+def test_models_run_in_channels_last(arch, channels):
+    model = build_model(arch, 7).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(3, channels, 48, 48)
+    with torch.no_grad():
+        expected = model(x)
+        got = model(x.contiguous(memory_format=torch.channels_last))
+    assert got.shape == (3, 7)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_default_model_is_much_smaller_than_the_seed_and_takes_other_sizes():
+    model = build_model("vgg", 5)
+    assert isinstance(model, FERNet)
+    assert count_parameters(model) < seed_parameter_count() / 10
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 5)
+
+
+def test_unknown_arch_is_rejected():
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model("resnet9000", 5)

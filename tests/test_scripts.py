@@ -1,0 +1,136 @@
+"""The scripts end to end on tiny generated data, called through their main(argv) as a user would."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from checkpoint import load_checkpoint, save_checkpoint
+from conftest import ROOT, fast_train_args
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory, scripts):
+    work = tmp_path_factory.mktemp("run")
+    assert scripts["train"].main(fast_train_args(tiny_data, work, "--seed", "1")) == 0
+    return work
+
+
+def test_training_writes_checkpoints_logs_and_a_test_report(trained, tiny_data):
+    best = load_checkpoint(trained / "checkpoints" / "best.pth")
+    last = load_checkpoint(trained / "checkpoints" / "last.pth")
+    assert last["epoch"] == 2 and best["epoch"] in (1, 2)
+    assert best["classes"] == ["Angry", "Happy", "Neutral", "Sad", "Surprise"]
+    assert best["input"] == {"size": 48, "channels": 1, "mean": 0.5, "std": 0.5}
+    split = best["split"]
+    assert len(split["train_indices"]) + len(split["val_indices"]) == 64
+    assert not set(split["train_indices"]) & set(split["val_indices"])
+    log = (trained / "logs" / "training_log.txt").read_text()
+    for line in ("Epoch [1/2]", "Epoch [2/2]", "Train Loss: ", "Train Accuracy: ", "Validation Loss: ",
+                 "Validation Accuracy: ", "Test Accuracy: "):
+        assert line in log
+    rows = [json.loads(r) for r in (trained / "logs" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"lr", "train_time", "train_img_per_s", "val_macro_f1"} <= set(rows[0])
+    report = json.loads((trained / "logs" / "test_report.json").read_text())
+    assert report["num_samples"] == 30
+    assert (trained / "logs" / "test_report_confusion.png").stat().st_size > 1000
+
+
+def test_test_script_scores_the_checkpoint_like_training_did(trained, scripts, capsys):
+    out = trained / "eval"
+    assert scripts["test"].main(["--ckpt", str(trained / "checkpoints" / "best.pth"), "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "precision" in printed and "Macro-F1" in printed and "Confusion matrix" in printed
+    (report_path,) = out.glob("*.json")
+    report = json.loads(report_path.read_text())
+    at_train_end = json.loads((trained / "logs" / "test_report.json").read_text())
+    assert report["accuracy"] == at_train_end["accuracy"]
+    assert report["confusion_matrix"] == at_train_end["confusion_matrix"]
+    assert report_path.with_name(report_path.stem + "_confusion.png").exists()
+
+
+def test_plot_curves_draws_the_training_log(trained, scripts):
+    out = trained / "curves.png"
+    assert scripts["plot_curves"].main([str(trained / "logs" / "training_log.txt"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_from_last_epoch(trained, tiny_data, scripts, tmp_path):
+    work = tmp_path
+    shutil.copytree(trained / "checkpoints", work / "checkpoints")
+    args = fast_train_args(tiny_data, work, "--seed", "1")
+    args[args.index("--epochs") + 1] = "3"
+    assert scripts["train"].main(args + ["--resume"]) == 0
+    last = load_checkpoint(work / "checkpoints" / "last.pth")
+    assert last["epoch"] == 3
+    assert "Epoch [3/3]" in (work / "logs" / "training_log.txt").read_text()
+    assert "Epoch [1/3]" not in (work / "logs" / "training_log.txt").read_text()
+
+
+def test_resume_with_nothing_to_resume_is_an_error(tiny_data, scripts, tmp_path, capsys):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--resume")) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_test_split_with_other_classes_is_an_error(trained, scripts, tmp_path, capsys):
+    other = tmp_path / "other"
+    (other / "test" / "Angry").mkdir(parents=True)
+    Image.new("L", (48, 48)).save(other / "test" / "Angry" / "a.png")
+    assert scripts["test"].main(["--ckpt", str(trained / "checkpoints" / "best.pth"), "--data", str(other)]) == 2
+    assert "no folder for class(es) Happy, Neutral, Sad, Surprise" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_checkpoint_is_an_error(scripts, tmp_path, capsys):
+    bad = tmp_path / "best.pth"
+    bad.write_text("oops")
+    assert scripts["test"].main(["--ckpt", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "best.pth" in err and "Traceback" not in err
+
+
+def test_missing_data_folder_is_a_one_line_error(scripts, tmp_path, capsys):
+    assert scripts["train"].main(fast_train_args(tmp_path / "missing", tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist" in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--epochs", "-1"], "must be a positive integer"),
+    (["--batch-size", "0"], "must be a positive integer"),
+    (["--arch", "resnet"], "invalid choice"),
+    (["--aug", "flip,warp"], "unknown augmentation warp"),
+    (["--val-fraction", "1.5"], "between 0 and 1"),
+    (["--lr", "nan"], "finite number"),
+])
+def test_nonsense_flags_are_rejected_with_allowed_values(scripts, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        scripts["train"].main(["--data", str(tmp_path)] + flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_class_in_classes_flag(scripts, tiny_data, tmp_path, capsys):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--classes", "Happy,Contempt")) == 2
+    assert "unknown class(es) Contempt" in capsys.readouterr().err
+
+
+def test_seed_recipe_trains_the_seed_network_in_rgb(scripts, tiny_data, tmp_path):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--recipe", "seed", "--epochs", "1")) == 0
+    state = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
+    assert state["arch"] == "seed" and state["input"]["channels"] == 3
+    assert state["args"]["lr"] == 0.001 and state["args"]["aug"] == "none"
+
+
+def test_command_line_entry_points_run(tiny_data, tmp_path):
+    """The real CLI path, in a fresh interpreter, as README tells users to run it."""
+    run = subprocess.run([sys.executable, "train.py", *fast_train_args(tiny_data, tmp_path, "--epochs", "1")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Test Accuracy" in run.stdout
+    run = subprocess.run([sys.executable, "test.py", "--ckpt", str(tmp_path / "checkpoints" / "best.pth")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Macro-F1" in run.stdout
