@@ -1,0 +1,91 @@
+"""Faults during training: kill -9, Ctrl-C, a non-finite loss, leaked test images. Nothing written is lost."""
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from checkpoint import load_checkpoint
+from conftest import ROOT, fast_train_args
+
+
+def start_training(args):
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, proc, timeout=240):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_data, tmp_path, scripts):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = ["--epochs", "4", "--patience", "10", "--seed", "5"]
+    assert scripts["train"].main(fast_train_args(tiny_data, full, *args)) == 0
+
+    proc = start_training(fast_train_args(tiny_data, killed, *args))
+    wait_for(killed / "checkpoints" / "last.pth", proc)
+    proc.kill()  # SIGKILL: no handler runs, nothing is flushed on the way out
+    proc.wait()
+    survived = load_checkpoint(killed / "checkpoints" / "last.pth")["epoch"]
+    lines_before = (killed / "logs" / "training_log.txt").read_text()
+
+    assert scripts["train"].main(fast_train_args(tiny_data, killed, *args, "--resume")) == 0
+    resumed = load_checkpoint(killed / "checkpoints" / "last.pth")
+    reference = load_checkpoint(full / "checkpoints" / "last.pth")
+    assert resumed["epoch"] == reference["epoch"] == 4
+    for name, tensor in reference["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), f"{name} differs after resuming from epoch {survived}"
+    assert (killed / "logs" / "training_log.txt").read_text().startswith(lines_before)
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint_and_exits_cleanly(tiny_data, tmp_path, scripts):
+    proc = start_training(fast_train_args(tiny_data, tmp_path, "--epochs", "30", "--patience", "30"))
+    wait_for(tmp_path / "checkpoints" / "last.pth", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    epoch = load_checkpoint(tmp_path / "checkpoints" / "last.pth")["epoch"]
+    assert 1 <= epoch < 30
+    assert "Interrupted" in (tmp_path / "logs" / "training_log.txt").read_text()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, scripts, monkeypatch,
+                                                                   capsys):
+    calls = {"n": 0}
+    real_cross_entropy = F.cross_entropy
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real_cross_entropy(*a, **k)
+        return loss * float("nan") if calls["n"] > 8 else loss  # epoch 1 (4 batches + val) is clean
+
+    monkeypatch.setattr(torch.nn.modules.loss.F, "cross_entropy", poisoned)
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "5")) == 1
+    assert "non-finite training loss" in capsys.readouterr().err
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+
+
+def test_images_shared_by_train_and_test_are_reported(tiny_data, tmp_path, scripts, capsys):
+    data = tmp_path / "leaky"
+    shutil.copytree(tiny_data, data)
+    for k, src in enumerate(sorted((data / "train" / "Happy").glob("*.jpg"))[:3]):
+        shutil.copy(src, data / "test" / "Happy" / f"copy{k}.jpg")
+    assert scripts["train"].main(fast_train_args(data, tmp_path, "--epochs", "1")) == 0
+    assert "3 of 33 test images are pixel-identical to training images" in capsys.readouterr().out
+
+
+def test_resume_with_another_architecture_is_refused(tiny_data, tmp_path, scripts, capsys):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "1")) == 0
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--arch", "seed", "--resume")) == 2
+    assert "holds arch 'vgg', not --arch seed" in capsys.readouterr().err
