@@ -12,7 +12,7 @@ from pathlib import Path
 import engine
 from checkpoint import load_checkpoint, model_from_checkpoint
 from dataset import DataError, available_splits, load_split
-from errors import UserError
+from errors import exit_code
 from metrics import format_report
 
 
@@ -33,12 +33,7 @@ def get_args_parser():
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"test.py: error: {e}", file=sys.stderr)
-        return 2
+    return exit_code("test.py", run, get_args_parser().parse_args(argv))
 
 
 def run(args):

@@ -23,7 +23,7 @@ import engine
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import (AUGMENTATIONS, DataError, available_splits, augment_batch, count_shared_images,
                      load_split, resolve_classes, stratified_split)
-from errors import UserError
+from errors import exit_code
 from metrics import format_report
 from model import ARCHS, build_model, count_parameters, default_in_channels
 
@@ -326,12 +326,7 @@ def check_resumable(state, args, classes, path):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        return train(args)
-    except UserError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
+    return exit_code("train.py", train, parse_args(argv))
 
 
 def train(args):

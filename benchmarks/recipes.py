@@ -1,0 +1,80 @@
+"""Train recipes over several seeds and print test accuracy, Macro-F1 and wall time as a table.
+
+    python benchmarks/recipes.py --data /path/to/fer5 --seeds 0 1 2 --recipes seed default
+    python benchmarks/recipes.py --data /path/to/fer5 --runs "bs128=--batch-size 128" "noaug=--aug none"
+
+Each run is `python train.py --data DATA --recipe R --seed S [flags]` in its own process, timed from start
+to exit (data loading, training and the final test included). Models and epochs are chosen on the
+validation split only; the test split is scored once per run, after training.
+"""
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_one(data, name, flags, seed, out_root, extra):
+    work = out_root / f"{name}_seed{seed}"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data", data, "--seed", str(seed), "--no-progress",
+           "--output-dir", str(work / "checkpoints"), "--log-dir", str(work / "logs"), *flags, *extra]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    (work).mkdir(parents=True, exist_ok=True)
+    (work / "stdout.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"run {name} seed {seed} failed ({proc.returncode}); see {work / 'stdout.txt'}")
+    report = json.loads((work / "logs" / "test_report.json").read_text())
+    epochs = [json.loads(line) for line in (work / "logs" / "training_log.jsonl").read_text().splitlines()]
+    best_epoch = max((e for e in epochs if e["best"]), key=lambda e: e["epoch"])["epoch"]
+    return {"name": name, "seed": seed, "wall_s": wall, "epochs": len(epochs), "best_epoch": best_epoch,
+            "train_s": sum(e["train_time"] for e in epochs), "acc": 100 * report["accuracy"],
+            "macro_f1": 100 * report["macro_f1"], "cmd": " ".join(shlex.quote(c) for c in cmd[1:])}
+
+
+def mean_sd(values):
+    return f"{statistics.mean(values):6.2f} ± {statistics.stdev(values):4.2f}" if len(values) > 1 \
+        else f"{values[0]:6.2f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--recipes", nargs="*", default=["seed", "default"], help="named recipes of train.py")
+    p.add_argument("--runs", nargs="*", default=[], metavar="NAME=FLAGS",
+                   help="extra configurations: a name and train.py flags on top of the default recipe")
+    p.add_argument("--extra", default="", help="flags added to every run, e.g. '--epochs 30'")
+    p.add_argument("--out", default="runs/benchmark", help="where each run's checkpoints and logs go")
+    args = p.parse_args(argv)
+
+    configs = [(r, ["--recipe", r]) for r in args.recipes]
+    configs += [(spec.split("=", 1)[0], shlex.split(spec.split("=", 1)[1])) for spec in args.runs]
+    rows = []
+    print(f"{'config':<14}{'seed':>5}{'epochs':>8}{'best':>6}{'train s':>9}{'wall s':>9}{'test acc':>10}{'macro-F1':>10}")
+    for name, flags in configs:
+        for seed in args.seeds:
+            row = run_one(args.data, name, flags, seed, Path(args.out), shlex.split(args.extra))
+            rows.append(row)
+            print(f"{name:<14}{seed:>5}{row['epochs']:>8}{row['best_epoch']:>6}{row['train_s']:>9.1f}"
+                  f"{row['wall_s']:>9.1f}{row['acc']:>10.2f}{row['macro_f1']:>10.2f}", flush=True)
+    print()
+    print(f"{'config':<14}{'runs':>5}{'wall s (mean ± sd)':>22}{'test acc':>18}{'macro-F1':>18}")
+    for name, _ in configs:
+        mine = [r for r in rows if r["name"] == name]
+        print(f"{name:<14}{len(mine):>5}{mean_sd([r['wall_s'] for r in mine]):>22}"
+              f"{mean_sd([r['acc'] for r in mine]):>18}{mean_sd([r['macro_f1'] for r in mine]):>18}")
+    print()
+    for name, _ in configs:
+        print(f"{name}: python {next(r['cmd'] for r in rows if r['name'] == name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
