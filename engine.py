@@ -1,21 +1,58 @@
-"""Running a model over in-memory data: device choice, mixed precision, batched inference and scoring.
+"""Running a model over in-memory data: device choice, torchrun/DDP set-up, mixed precision, batched
+inference and scoring.
 
-Shared by train.py (validation, the final test) and test.py, so both score a split the same way.
+Shared by train.py (validation, the final test) and test.py, so both score a split the same way, and
+scoring under torchrun sums every process's confusion matrix, so it equals a single-process evaluation.
 """
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from dataset import normalize
-from metrics import classification_report
+from metrics import confusion_matrix, report_from_confusion
 
 
-def select_device(name="auto"):
+def init_distributed():
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); a no-op without torchrun.
+
+    -> (rank, world_size, local_rank). NCCL on GPUs, Gloo on CPUs.
+    """
+    if "RANK" not in os.environ or dist.is_initialized():
+        return rank_and_world() + (int(os.environ.get("LOCAL_RANK", 0)),)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def rank_and_world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(tensor, device):
+    """Sum a CPU tensor over all processes, through `device` (NCCL reduces only GPU tensors)."""
+    if rank_and_world()[1] == 1:
+        return tensor
+    on_device = tensor.to(device)
+    dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+    return on_device.cpu()
+
+
+def select_device(name="auto", local_rank=0):
     if name != "auto":
         return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -74,11 +111,22 @@ def predict_logits(model, images_uint8, input_cfg, device, batch_size=256, amp=F
 
 
 def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_flip=False):
-    """-> (mean cross-entropy, classification_report) of model on a FERSplit."""
-    logits = predict_logits(model, split.images, input_cfg, device, batch_size, amp, tta_flip)
-    loss = F.cross_entropy(logits, split.labels).item()
-    report = classification_report(split.labels.numpy(), logits.argmax(1).numpy(), split.classes)
-    return loss, report
+    """-> (mean cross-entropy, classification_report) of model on a FERSplit.
+
+    Under torchrun each process scores every world-size-th image and the confusion matrices and loss sums
+    are added up, so every process gets the figures of one process scoring the whole split.
+    """
+    rank, world = rank_and_world()
+    labels = split.labels[rank::world]
+    logits = predict_logits(model, split.images[rank::world], input_cfg, device, batch_size, amp, tta_flip)
+    cm = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), len(split.classes)) if len(labels) else 0
+    totals = torch.zeros(len(split.classes) ** 2 + 1, dtype=torch.float64)
+    totals[:-1] += torch.as_tensor(cm, dtype=torch.float64).flatten()
+    if len(labels):
+        totals[-1] = F.cross_entropy(logits, labels, reduction="sum").double()
+    totals = all_reduce_sum(totals, device)
+    cm = totals[:-1].round().long().view(len(split.classes), -1).numpy()
+    return (totals[-1] / max(1, len(split))).item(), report_from_confusion(cm, split.classes)
 
 
 def save_report(report, out_dir, stem, title=""):

@@ -20,7 +20,12 @@ def _safe_divide(num, den):
 
 def classification_report(y_true, y_pred, classes):
     """-> dict with accuracy, macro and weighted averages, and per-class precision/recall/f1/support."""
-    cm = confusion_matrix(y_true, y_pred, len(classes))
+    return report_from_confusion(confusion_matrix(y_true, y_pred, len(classes)), classes)
+
+
+def report_from_confusion(cm, classes):
+    """classification_report from a confusion matrix, e.g. one summed over the shards of several processes."""
+    cm = np.asarray(cm, dtype=np.int64)
     correct = np.diag(cm)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
     precision = _safe_divide(correct, predicted)

@@ -134,6 +134,7 @@ def get_args_parser():
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 autocast; auto uses it where the device runs bf16 natively")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--output-dir", default="checkpoints", help="where best.pth and last.pth go")
     p.add_argument("--log-dir", default="logs", help="where training_log.txt/.jsonl and reports go")
     p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
@@ -232,23 +233,37 @@ def class_weights(train, args, device):
     return (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
 
 
-def epoch_generator(seed, epoch):
-    # Every epoch's randomness derives from (seed, epoch) alone, so a resumed run replays it exactly.
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+def epoch_seed(seed, epoch, rank=0):
+    # Every epoch's randomness derives from (seed, epoch, rank) alone, so a resumed run replays it exactly.
+    return (seed * 1_000_003 + epoch) * 1_009 + rank
+
+
+def epoch_batches(num_images, args, epoch, rank, world):
+    """This process's batches of image indices for one epoch.
+
+    Every process draws the same permutation and takes every world-th image of it, so the processes see
+    disjoint shards that change each epoch; all shards have the same length, as DDP needs equal steps.
+    """
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch)))
+    shard = order[rank:num_images - num_images % world:world]
+    batches = list(torch.split(shard, args.batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()  # BatchNorm cannot train on a batch of one
+    return batches
 
 
 def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, criterion, args, ctx, epoch):
     model.train()
-    g = epoch_generator(args.seed, epoch)
-    torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout
-    order = torch.randperm(len(train_labels), generator=g).to(ctx["device"])
-    batches = list(torch.split(order, args.batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches.pop()  # BatchNorm cannot train on a batch of one
+    rank, world = ctx["rank"], ctx["world"]
+    g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch, rank))  # augmentation
+    torch.manual_seed(epoch_seed(args.seed, epoch, rank))  # dropout
     aug = [] if args.aug.lower() == "none" else args.aug.split(",")
-    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=args.no_progress)
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
+    start = time.perf_counter()
+    bar = tqdm(epoch_batches(len(train_labels), args, epoch, rank, world), desc=f"epoch {epoch}/{args.epochs}",
+               leave=False, disable=args.no_progress or rank != 0)
     for idx in bar:
+        idx = idx.to(ctx["device"])
         x = engine.to_input(train_images[idx], ctx["input"], ctx["device"])
         y = train_labels[idx]
         if aug:
@@ -256,19 +271,22 @@ def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, cri
         with engine.autocast(ctx["device"], ctx["amp"]):
             logits = model(x)
         loss = criterion(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) in epoch {epoch}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
+                               dtype=torch.float64)
+        seen = totals[2].item()
+        bar.set_postfix(loss=f"{totals[0].item() / seen:.3f}", acc=f"{100 * totals[1].item() / seen:.1f}%",
+                        img_s=f"{world * seen / (time.perf_counter() - start):.0f}")
     elapsed = time.perf_counter() - start
-    return {"train_loss": total_loss / seen, "train_acc": 100 * correct / seen, "train_time": elapsed,
+    loss_sum, correct, seen = engine.all_reduce_sum(totals, ctx["device"]).tolist()
+    # Checked once per epoch on the sum over processes, so every process stops together; a NaN spreads
+    # to all weights through the gradient all-reduce anyway, and this epoch is never saved.
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"non-finite training loss ({loss_sum / seen}) in epoch {epoch}")
+    return {"train_loss": loss_sum / seen, "train_acc": 100 * correct / seen, "train_time": elapsed,
             "train_img_per_s": seen / elapsed}
 
 
@@ -280,7 +298,10 @@ class TrainingLog:
     """logs/training_log.txt in the seed's words (so old and new logs plot alike) and a JSONL record
     per epoch with every figure. Each line is flushed as written, so a crash loses nothing written."""
 
-    def __init__(self, log_dir, append):
+    def __init__(self, log_dir, append, enabled=True):
+        self.enabled = enabled
+        if not enabled:  # processes other than rank 0 under torchrun
+            return
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         mode = "a" if append else "w"
@@ -288,16 +309,22 @@ class TrainingLog:
         self.jsonl = open(log_dir / "training_log.jsonl", mode)
 
     def line(self, text, echo=True):
+        if not self.enabled:
+            return
         if echo:
             tqdm.write(text)
         self.text.write(text + "\n")
         self.text.flush()
 
     def record(self, row):
+        if not self.enabled:
+            return
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
 
     def close(self):
+        if not self.enabled:
+            return
         self.text.close()
         self.jsonl.close()
 
@@ -330,6 +357,18 @@ def main(argv=None):
 
 
 def train(args):
+    rank, world, local_rank = engine.init_distributed()
+    try:
+        return train_process(args, rank, world, local_rank)
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def train_process(args, rank, world, local_rank):
+    """One process of training: the only one without torchrun, else one of `world` (rank 0 writes)."""
+    is_main = rank == 0
+    say = print if is_main else (lambda *a, **k: None)
     out_dir, log_dir = Path(args.output_dir), Path(args.log_dir)
     resume_state, resume_path = None, None
     if args.resume:
@@ -338,26 +377,32 @@ def train(args):
             raise CheckpointError(f"nothing to resume: {resume_path} does not exist")
         resume_state = load_checkpoint(resume_path)
 
-    device = engine.select_device(args.device)
+    device = engine.select_device(args.device, local_rank)
     saved_split = resume_state.get("split", {}) if resume_state else {}
     train_split, val_split, classes, split_record, full_train = load_data(
         args, saved_split if "train_indices" in saved_split else None)
     for s in (full_train, val_split):
         for warning in s.warnings():
-            print(f"warning: {warning}", file=sys.stderr)
-    print(describe(train_split))
-    print(describe(val_split))
+            say(f"warning: {warning}", file=sys.stderr)
+    say(describe(train_split))
+    say(describe(val_split))
 
     channels = args.channels or default_in_channels(args.arch)
-    ctx = {"device": device, "amp": engine.use_amp(args.amp, device), "classes": classes,
-           "input": {"size": args.input_size, "channels": channels, "mean": 0.5, "std": 0.5}}
-    torch.manual_seed(args.seed)
+    ctx = {"device": device, "amp": engine.use_amp(args.amp, device), "classes": classes, "rank": rank,
+           "world": world, "input": {"size": args.input_size, "channels": channels, "mean": 0.5, "std": 0.5}}
+    torch.manual_seed(args.seed)  # the same initial weights in every process
     model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size)
     if resume_state:
         check_resumable(resume_state, args, classes, resume_path)
         model = model_from_checkpoint(resume_state, resume_path)
     model = engine.prepare_model(model, device)
-    steps_per_epoch = max(1, len(train_split) // args.batch_size + (len(train_split) % args.batch_size >= 2))
+    # `model` is what is saved and evaluated; `trained` is what the optimizer steps through (DDP, compiled).
+    trained = model
+    if world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    if args.compile:
+        trained = torch.compile(trained)
+    steps_per_epoch = len(epoch_batches(len(train_split), args, 1, rank, world))
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args, steps_per_epoch)
     criterion = torch.nn.CrossEntropyLoss(weight=class_weights(train_split, args, device),
@@ -371,15 +416,14 @@ def train(args):
         scheduler.load_state_dict(resume_state["lr_scheduler"])
         best, bad_epochs = resume_state["best"], resume_state["bad_epochs"]
         start_epoch = resume_state["epoch"] + 1
-        print(f"resuming from {resume_path} after epoch {resume_state['epoch']}")
+        say(f"resuming from {resume_path} after epoch {resume_state['epoch']}")
 
-    print(f"model {args.arch}: {count_parameters(model):,} parameters; device {device}; "
-          f"bf16 autocast {'on' if ctx['amp'] else 'off'}")
+    say(f"model {args.arch}: {count_parameters(model):,} parameters; device {device}"
+        + (f" x {world} processes" if world > 1 else "") + f"; bf16 autocast {'on' if ctx['amp'] else 'off'}")
     # The whole split lives on the device as uint8; batches are normalised and augmented there.
     train_images, train_labels = train_split.images.to(device), train_split.labels.to(device)
 
-    log = TrainingLog(log_dir, append=resume_state is not None)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    log = TrainingLog(log_dir, append=resume_state is not None, enabled=is_main)
     started = time.perf_counter()
     stopped_early = bad_epochs >= args.patience
     try:
@@ -388,7 +432,7 @@ def train(args):
                 break
             log.line(f"Epoch [{epoch}/{args.epochs}]")
             lr = optimizer.param_groups[0]["lr"]
-            stats = train_one_epoch(model, train_images, train_labels, optimizer, scheduler, criterion, args,
+            stats = train_one_epoch(trained, train_images, train_labels, optimizer, scheduler, criterion, args,
                                     ctx, epoch)
             val_loss, val_report = engine.evaluate(model, val_split, ctx["input"], device, amp=ctx["amp"])
             metrics = {"epoch": epoch, "lr": lr, **stats, "val_loss": val_loss,
@@ -399,18 +443,19 @@ def train(args):
                 best, bad_epochs = {"monitor": args.monitor, "value": value, "epoch": epoch}, 0
             else:
                 bad_epochs += 1
-            state = checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, best, bad_epochs,
-                                     split_record)
-            if improved:
-                save_checkpoint(state, out_dir / "best.pth")
-            save_checkpoint(state, out_dir / "last.pth")
+            if is_main:
+                state = checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, best, bad_epochs,
+                                         split_record)
+                if improved:
+                    save_checkpoint(state, out_dir / "best.pth")
+                save_checkpoint(state, out_dir / "last.pth")
 
             log.line(f"Train Loss: {stats['train_loss']:.4f}, Train Accuracy: {stats['train_acc']:.2f}%")
             log.line(f"Validation Loss: {val_loss:.4f}, Validation Accuracy: {metrics['val_acc']:.2f}%")
             log.line(f"Validation Macro-F1: {metrics['val_macro_f1']:.2f}, lr: {lr:.3g}, "
-                     f"time: {stats['train_time']:.1f}s, {stats['train_img_per_s']:.0f} img/s"
+                     f"time: {stats['train_time']:.1f}s, {world * stats['train_img_per_s']:.0f} img/s"
                      + (", best so far" if improved else f", {bad_epochs} epoch(s) without improvement"))
-            log.record({**metrics, "best": improved})
+            log.record({**metrics, "best": improved, "processes": world})
             if bad_epochs >= args.patience:
                 log.line(f"Stopping training: no better {args.monitor} for {args.patience} epochs "
                          f"(best {best['value']:.4f} at epoch {best['epoch']}).")
@@ -418,47 +463,50 @@ def train(args):
     except FloatingPointError as e:
         log.line(f"Stopped: {e}. {out_dir / 'last.pth'} keeps the last good epoch.")
         log.close()
-        print(f"train.py: error: {e}; the checkpoints in {out_dir} keep the last good epoch", file=sys.stderr)
+        say(f"train.py: error: {e}; the checkpoints in {out_dir} keep the last good epoch", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         log.line(f"Interrupted. Resume with: python train.py {' '.join(sys.argv[1:])} --resume")
         log.close()
-        print(f"\ninterrupted; {out_dir / 'last.pth'} holds the last finished epoch; resume with --resume",
-              file=sys.stderr)
+        say(f"\ninterrupted; {out_dir / 'last.pth'} holds the last finished epoch; resume with --resume",
+            file=sys.stderr)
         return 130
     log.line(f"Training time: {time.perf_counter() - started:.2f} seconds")
 
+    if world > 1:
+        torch.distributed.barrier()  # best.pth is written by rank 0 before anyone reads it
     if not (out_dir / "best.pth").exists():
         log.close()
         raise CheckpointError(f"{out_dir / 'best.pth'} is missing: no epoch was trained, or it was removed")
-    result = test_best(args, out_dir / "best.pth", full_train, ctx, log)
+    result = test_best(args, out_dir / "best.pth", full_train, ctx, log, say)
     log.close()
     return result
 
 
-def test_best(args, best_path, full_train, ctx, log):
+def test_best(args, best_path, full_train, ctx, log, say):
     """Score best.pth on the test split, if the data has one. It never influenced training or selection."""
     root = DEMO_ROOT if args.data == "demo" else args.data
     if args.test_split not in available_splits(root):
-        print(f"no {args.test_split} split in {root}; score another dataset with: "
+        say(f"no {args.test_split} split in {root}; score another dataset with: "
               f"python test.py --ckpt {best_path} --data DIR")
         return 0
     state = load_checkpoint(best_path)
     model = engine.prepare_model(model_from_checkpoint(state, best_path), ctx["device"])
     test_split = load_split(root, args.test_split, ctx["classes"], ctx["input"]["size"], ctx["input"]["channels"])
     for warning in test_split.warnings():
-        print(f"warning: {warning}", file=sys.stderr)
+        say(f"warning: {warning}", file=sys.stderr)
     shared = count_shared_images(full_train, test_split)
     if shared:
-        print(f"note: {shared} of {len(test_split)} {args.test_split} images are pixel-identical to training images")
+        say(f"note: {shared} of {len(test_split)} {args.test_split} images are pixel-identical to training images")
     # fp32, as test.py scores by default, so the two print the same figures for the same checkpoint.
     loss, report = engine.evaluate(model, test_split, ctx["input"], ctx["device"])
     log.line(f"Test Loss: {loss:.4f}, Test Accuracy: {100 * report['accuracy']:.2f}%")
     log.line(f"Test Macro-F1: {100 * report['macro_f1']:.2f} (best.pth from epoch {state['epoch']})")
-    print(format_report(report))
-    json_path, png_path = engine.save_report(report, args.log_dir, "test_report",
-                                             title=f"{args.arch}, {args.test_split} split")
-    print(f"wrote {json_path} and {png_path}")
+    say(format_report(report))
+    if ctx["rank"] == 0:
+        json_path, png_path = engine.save_report(report, args.log_dir, "test_report",
+                                                 title=f"{args.arch}, {args.test_split} split")
+        say(f"wrote {json_path} and {png_path}")
     return 0
 
 
