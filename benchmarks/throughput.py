@@ -1,0 +1,153 @@
+"""Training and inference images/s on this machine, and which levers give what.
+
+    python benchmarks/throughput.py --data /path/to/fer5 [--device cpu] [--steps 20]
+
+For `--arch seed` it compares the assignment's data path and training step (PIL decodes and resizes
+every image every epoch through a DataLoader, fp32, NCHW) with this toolkit's (images decoded once into a
+uint8 tensor, augmented in batches on the device), then adds channels_last, bf16 autocast, a larger
+batch and torch.compile one at a time. Every row runs the same SGD training step on real images.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: E402
+from dataset import augment_batch, load_split, resolve_classes, split_dir  # noqa: E402
+from model import build_model, default_in_channels  # noqa: E402
+
+
+class SeedImageFolder(torch.utils.data.Dataset):
+    """The assignment's loading: open, convert to RGB, resize to 48x48, to tensor, normalise, per access."""
+
+    def __init__(self, root, classes):
+        folder = split_dir(root, "train")
+        by_name = {p.name.lower(): p for p in folder.iterdir()}
+        self.items = [(f, k) for k, c in enumerate(classes) for f in sorted(by_name[c.lower()].iterdir())]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path, label = self.items[i]
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB").resize((48, 48), Image.BILINEAR), dtype=np.float32) / 255
+        return (torch.from_numpy(arr).permute(2, 0, 1) - 0.5) / 0.5, label
+
+
+def time_steps(step, batches, steps, warmup=3):
+    it = iter(batches)
+    for _ in range(warmup):
+        step(*next(it))
+    n, start = 0, time.perf_counter()
+    for _ in range(steps):
+        n += step(*next(it))
+    return n / (time.perf_counter() - start)
+
+
+def training_step(model, optimizer, device, amp, channels_last, aug):
+    def step(x, y):
+        x, y = x.to(device), y.to(device)
+        if x.dtype == torch.uint8:
+            x = engine.to_input(x, {"mean": 0.5, "std": 0.5}, device, channels_last)
+        if aug:
+            x = augment_batch(x, aug, torch.Generator().manual_seed(0))
+        with engine.autocast(device, amp):
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return len(y)
+    return step
+
+
+def cached_batches(split, batch_size):
+    while True:
+        order = torch.randperm(len(split))
+        for idx in torch.split(order, batch_size):
+            if len(idx) == batch_size:
+                yield split.images[idx], split.labels[idx]
+
+
+def measure_training(arch, split, device, steps, batch_size, amp, channels_last, aug, compile_model=False,
+                     seed_loader=None):
+    torch.manual_seed(0)
+    model = build_model(arch, len(split.classes)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    trained = torch.compile(model) if compile_model else model
+    model.train()
+    batches = iter(seed_loader) if seed_loader is not None else cached_batches(split, batch_size)
+    return time_steps(training_step(trained, optimizer, device, amp, channels_last, aug), batches, steps,
+                      warmup=5 if compile_model else 3)
+
+
+def measure_inference(arch, split, device, amp, batch_size=256, repeats=3):
+    model = engine.prepare_model(build_model(arch, len(split.classes)), device).eval()
+    images = split.images[: batch_size * 4]
+    engine.predict_logits(model, images[:batch_size], {"mean": 0.5, "std": 0.5}, device, batch_size, amp)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        engine.predict_logits(model, images, {"mean": 0.5, "std": 0.5}, device, batch_size, amp)
+    return repeats * len(images) / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="a dataset folder in the seed's layout (train/<Class>/*.jpg)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per row")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    args = p.parse_args(argv)
+    device = engine.select_device(args.device)
+    classes = resolve_classes(args.data)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps a row")
+
+    start = time.perf_counter()
+    rgb = load_split(args.data, "train", classes, 48, 3)
+    print(f"decoding {len(rgb)} training images once: {time.perf_counter() - start:.1f}s")
+    gray = load_split(args.data, "train", classes, 48, 1)
+    seed_loader = torch.utils.data.DataLoader(SeedImageFolder(args.data, classes), batch_size=64, shuffle=True)
+    bf16 = engine.bf16_supported(device)
+
+    print("\n--arch seed, training images/s (SGD step, batch 64 unless noted)")
+    rows = [("seed's path: PIL every epoch, DataLoader, fp32", dict(seed_loader=seed_loader)),
+            ("+ decoded once, uint8 tensor, batched flip+affine", dict(aug=["flip", "affine"])),
+            ("+ channels_last", dict(aug=["flip", "affine"], channels_last=True))]
+    if bf16:
+        rows.append(("+ bf16 autocast", dict(aug=["flip", "affine"], channels_last=True, amp=True)))
+    rows.append(("+ batch 128", dict(aug=["flip", "affine"], channels_last=True, amp=bf16, batch_size=128)))
+    if not args.no_compile:
+        rows.append(("+ torch.compile (batch 128)", dict(aug=["flip", "affine"], channels_last=True, amp=bf16,
+                                                          batch_size=128, compile_model=True)))
+    base = None
+    for name, kw in rows:
+        kw = {"batch_size": 64, "amp": False, "channels_last": False, "aug": [], **kw}
+        try:
+            speed = measure_training("seed", rgb, device, args.steps, **kw)
+        except Exception as e:  # torch.compile needs a working compiler toolchain; say so and go on
+            print(f"  {name:<52} failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+            continue
+        base = base or speed
+        print(f"  {name:<52}{speed:>9.0f} img/s  {speed / base:>5.2f}x")
+
+    print("\nevery arch, this toolkit's path (cached tensors, flip+affine, channels_last"
+          + (", bf16" if bf16 else "") + ")")
+    print(f"  {'arch':<8}{'train img/s (b64)':>20}{'inference img/s (b256)':>26}")
+    for arch in ("seed", "vgg"):
+        split = rgb if default_in_channels(arch) == 3 else gray
+        train = measure_training(arch, split, device, args.steps, 64, bf16, True, ["flip", "affine"])
+        infer = measure_inference(arch, split, device, bf16)
+        print(f"  {arch:<8}{train:>20.0f}{infer:>26.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
