@@ -399,7 +399,8 @@ def train_process(args, rank, world, local_rank):
     # `model` is what is saved and evaluated; `trained` is what the optimizer steps through (DDP, compiled).
     trained = model
     if world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        device_ids = [local_rank] if device.type == "cuda" else None
+        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if args.compile:
         trained = torch.compile(trained)
     steps_per_epoch = len(epoch_batches(len(train_split), args, 1, rank, world))

@@ -57,7 +57,8 @@ def main(argv=None):
     configs = [(r, ["--recipe", r]) for r in args.recipes]
     configs += [(spec.split("=", 1)[0], shlex.split(spec.split("=", 1)[1])) for spec in args.runs]
     rows = []
-    print(f"{'config':<14}{'seed':>5}{'epochs':>8}{'best':>6}{'train s':>9}{'wall s':>9}{'test acc':>10}{'macro-F1':>10}")
+    print(f"{'config':<14}{'seed':>5}{'epochs':>8}{'best':>6}{'train s':>9}{'wall s':>9}"
+          f"{'test acc':>10}{'macro-F1':>10}")
     for name, flags in configs:
         for seed in args.seeds:
             row = run_one(args.data, name, flags, seed, Path(args.out), shlex.split(args.extra))

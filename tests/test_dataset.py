@@ -116,7 +116,8 @@ def test_fer2013_csv_splits_classes_and_bad_rows(tmp_path):
     px = " ".join(["100"] * 2304)
     rows = [[3, px, "Training"], [0, px, "Training"], [6, px, "Training"], [1, px, "Training"],
             [3, px, "PublicTest"], [0, px, "PrivateTest"],
-            [3, "1 2 3", "Training"], [9, px, "Training"], ["x", px, "Training"], [3, px.replace("100", "300", 1), "Training"]]
+            [3, "1 2 3", "Training"], [9, px, "Training"], ["x", px, "Training"],
+            [3, px.replace("100", "300", 1), "Training"]]
     path = write_fer_csv(tmp_path / "fer2013.csv", rows)
     assert available_splits(path) == ["train", "val", "test"]
     assert resolve_classes(path) == FER2013_CLASSES

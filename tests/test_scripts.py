@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint
 from conftest import ROOT, fast_train_args
 
 
