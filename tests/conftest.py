@@ -29,6 +29,14 @@ def tiny_data(tmp_path_factory):
                              size=48, seed=1)
 
 
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory, scripts):
+    """One 2-epoch training run on tiny_data: its folder holds checkpoints/ and logs/."""
+    work = tmp_path_factory.mktemp("run")
+    assert scripts["train"].main(fast_train_args(tiny_data, work, "--seed", "1")) == 0
+    return work
+
+
 def fast_train_args(data, workdir, *extra):
     return ["--data", str(data), "--epochs", "2", "--batch-size", "16", "--no-progress",
             "--output-dir", str(workdir / "checkpoints"), "--log-dir", str(workdir / "logs"), *extra]

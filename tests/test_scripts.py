@@ -11,13 +11,6 @@ from checkpoint import load_checkpoint
 from conftest import ROOT, fast_train_args
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory, scripts):
-    work = tmp_path_factory.mktemp("run")
-    assert scripts["train"].main(fast_train_args(tiny_data, work, "--seed", "1")) == 0
-    return work
-
-
 def test_training_writes_checkpoints_logs_and_a_test_report(trained, tiny_data):
     best = load_checkpoint(trained / "checkpoints" / "best.pth")
     last = load_checkpoint(trained / "checkpoints" / "last.pth")

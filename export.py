@@ -1,0 +1,78 @@
+"""Export a checkpoint for deployment: ONNX (run by ONNX Runtime) or TorchScript.
+
+    python export.py --ckpt checkpoints/best.pth --format onnx          # -> checkpoints/best.onnx
+    python export.py --ckpt checkpoints/best.pth --format torchscript   # -> checkpoints/best.torchscript.pt
+
+The exported model takes normalised float images (N x C x H x W, (pixel / 255 - mean) / std) and returns
+logits; the class names and that preprocessing travel inside the file (ONNX metadata `fer_toolkit`, or the
+TorchScript extra file `fer_toolkit.json`), so `predict.py --ckpt model.onnx` needs nothing else.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from errors import UserError, exit_code
+from inference import ONNX_METADATA_KEY
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Export a trained checkpoint to ONNX or TorchScript.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", default="checkpoints/best.pth")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="output file (default: beside the checkpoint)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    return p
+
+
+def deployment_info(state):
+    return {"classes": state["classes"], "input": state["input"], "arch": state["arch"],
+            "output": "logits; softmax gives class probabilities"}
+
+
+def export_onnx(model, example, info, out, opset):
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("ONNX export needs the onnx package: pip install onnx onnxscript") from None
+    # torch.export-based exporter (PyTorch's default since 2.9), with any batch size.
+    torch.onnx.export(model, (example,), str(out), input_names=["image"], output_names=["logits"],
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset)
+    proto = onnx.load(str(out))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(info)
+    onnx.save(proto, str(out))
+
+
+def export_torchscript(model, example, info, out):
+    traced = torch.jit.trace(model, example)
+    torch.jit.save(traced, str(out), _extra_files={f"{ONNX_METADATA_KEY}.json": json.dumps(info)})
+
+
+def main(argv=None):
+    return exit_code("export.py", run, get_args_parser().parse_args(argv))
+
+
+def run(args):
+    state = load_checkpoint(args.ckpt)
+    model = model_from_checkpoint(state, args.ckpt).float().eval()
+    cfg = state["input"]
+    example = torch.zeros(2, cfg["channels"], cfg["size"], cfg["size"])
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    out = Path(args.out) if args.out else Path(args.ckpt).with_suffix(suffix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "onnx":
+        export_onnx(model, example, deployment_info(state), out, args.opset)
+    else:
+        export_torchscript(model, example, deployment_info(state), out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): classes {', '.join(state['classes'])}; "
+          f"input {cfg['channels']}x{cfg['size']}x{cfg['size']}, (pixel/255 - {cfg['mean']}) / {cfg['std']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""From a photo to expressions: face detection, cropping like the training data, classification with a
+checkpoint or an exported ONNX model, Grad-CAM, and drawing the results.
+
+A face is brought to the model exactly as training images were: the box (plus a margin) is cropped from
+the photo and passed through `dataset.image_to_array`, the very function that decoded the training set,
+then normalised with the mean and std stored in the checkpoint or the ONNX metadata.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+import engine
+from checkpoint import load_checkpoint, model_from_checkpoint
+from dataset import image_to_array, normalize
+from errors import UserError
+
+ONNX_METADATA_KEY = "fer_toolkit"
+
+
+@dataclass
+class Face:
+    box: tuple                                   # x, y, width, height in the photo's pixels
+    probabilities: np.ndarray = field(default=None)
+    heatmap: np.ndarray = field(default=None)   # Grad-CAM, crop-sized, 0..1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models: a checkpoint (PyTorch) or an exported ONNX file, behind one interface
+
+
+class TorchClassifier:
+    def __init__(self, ckpt_path, device="cpu"):
+        state = load_checkpoint(ckpt_path)
+        self.classes, self.input = state["classes"], state["input"]
+        self.device = engine.select_device(device)
+        self.model = engine.prepare_model(model_from_checkpoint(state, ckpt_path).float(), self.device).eval()
+
+    def probabilities(self, crops_uint8):
+        logits = engine.predict_logits(self.model, torch.from_numpy(crops_uint8), self.input, self.device)
+        return torch.softmax(logits, 1).numpy()
+
+    def grad_cam(self, crops_uint8, class_indices):
+        x = engine.to_input(torch.from_numpy(crops_uint8), self.input, self.device)
+        return grad_cam(self.model, x, class_indices)
+
+
+class OnnxClassifier:
+    def __init__(self, onnx_path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError("running an .onnx model needs onnxruntime: pip install onnxruntime") from None
+        try:
+            self.session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise UserError(f"{onnx_path} is not a readable ONNX model: {str(e).splitlines()[0][:100]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if ONNX_METADATA_KEY not in meta:
+            raise UserError(f"{onnx_path} was not exported by this toolkit (no {ONNX_METADATA_KEY} metadata)")
+        info = json.loads(meta[ONNX_METADATA_KEY])
+        self.classes, self.input = info["classes"], info["input"]
+        self.input_name = self.session.get_inputs()[0].name
+
+    def probabilities(self, crops_uint8):
+        x = normalize(torch.from_numpy(crops_uint8), self.input["mean"], self.input["std"]).numpy()
+        logits = self.session.run(None, {self.input_name: x})[0]
+        return torch.softmax(torch.from_numpy(logits), 1).numpy()
+
+    def grad_cam(self, crops_uint8, class_indices):
+        raise UserError("--explain needs a PyTorch checkpoint (.pth): an ONNX graph has no gradients to read")
+
+
+def load_classifier(path, device="cpu"):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist")
+    if path.suffix.lower() == ".onnx":
+        return OnnxClassifier(path)
+    return TorchClassifier(path, device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Faces: detection and cropping
+
+
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade, which ships inside the opencv-python-headless wheel."""
+
+    def __init__(self, min_face=24):
+        try:
+            import cv2
+        except ImportError:
+            raise UserError("face detection needs OpenCV: pip install opencv-python-headless "
+                            "(or pass --no-detect or --boxes FILE)") from None
+        self.cv2 = cv2
+        self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+        self.min_face = min_face
+
+    def __call__(self, image):
+        """PIL image -> list of (x, y, w, h) boxes, largest first."""
+        gray = np.asarray(image.convert("L"))
+        gray = self.cv2.equalizeHist(gray)
+        boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                              minSize=(self.min_face, self.min_face))
+        return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: -b[2] * b[3])
+
+
+def crop_faces(image, boxes, input_cfg, margin=0.15):
+    """Crop each box grown by `margin` of its size on every side, then preprocess like the training set."""
+    crops = []
+    for x, y, w, h in boxes:
+        dx, dy = margin * w, margin * h
+        region = (max(0, x - dx), max(0, y - dy), min(image.width, x + w + dx), min(image.height, y + h + dy))
+        crops.append(image_to_array(image.crop(tuple(int(round(v)) for v in region)), input_cfg["size"],
+                                    input_cfg["channels"]))
+    if not crops:
+        return np.zeros((0, input_cfg["channels"], input_cfg["size"], input_cfg["size"]), dtype=np.uint8)
+    return np.stack(crops)
+
+
+def classify_image(image, classifier, boxes, margin=0.15, explain=False):
+    """Faces of one PIL image (already-known boxes) with their class probabilities (and heat-maps)."""
+    faces = [Face(tuple(b)) for b in boxes]
+    if not faces:
+        return faces
+    crops = crop_faces(image, boxes, classifier.input, margin)
+    probs = classifier.probabilities(crops)
+    heatmaps = classifier.grad_cam(crops, probs.argmax(1)) if explain else [None] * len(faces)
+    for face, p, hm in zip(faces, probs, heatmaps):
+        face.probabilities, face.heatmap = p, hm
+    return faces
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grad-CAM
+
+
+def grad_cam(model, x, class_indices):
+    """Grad-CAM (Selvaraju et al., 2017) on the last convolutional feature map of `model`.
+
+    -> array (N, H, W) in 0..1 at the input's resolution: where evidence for class_indices[i] lies.
+    """
+    maps = []
+
+    def keep(_module, _inputs, output):
+        if output.ndim == 4:
+            maps.append(output)
+
+    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    try:
+        model.eval()
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            logits = model(x)
+            features = maps[-1]
+            score = logits.gather(1, torch.as_tensor(class_indices, device=logits.device).view(-1, 1)).sum()
+            (grads,) = torch.autograd.grad(score, features)
+    finally:
+        for h in hooks:
+            h.remove()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * features).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(1).values.clamp(min=1e-8).view(-1, 1, 1)
+    return (cam / peak).detach().cpu().numpy()
+
+
+def heatmap_overlay(crop_uint8, heatmap, alpha=0.45):
+    """A face crop (C x H x W uint8) with its heat-map blended in red-yellow, as an RGB PIL image."""
+    gray = crop_uint8.mean(0) if crop_uint8.ndim == 3 else crop_uint8
+    base = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
+    heat = np.stack([np.clip(2 * heatmap, 0, 1), np.clip(2 * heatmap - 1, 0, 1), np.zeros_like(heatmap)], 2) * 255
+    return Image.fromarray(((1 - alpha) * base + alpha * heat).clip(0, 255).astype(np.uint8), "RGB")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def annotate(image, faces, classes):
+    """A copy of the photo with each face's box and its label and confidence drawn on it."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(min(out.size) / 200))
+    for face in faces:
+        x, y, w, h = face.box
+        k = int(face.probabilities.argmax())
+        draw.rectangle([x, y, x + w, y + h], outline=(255, 64, 64), width=width)
+        text = f"{classes[k]} {100 * face.probabilities[k]:.0f}%"
+        tx, ty = x, max(0, y - 12 - width)
+        box = draw.textbbox((tx, ty), text)
+        draw.rectangle([box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1], fill=(255, 64, 64))
+        draw.text((tx, ty), text, fill=(255, 255, 255))
+    return out

@@ -1,0 +1,199 @@
+"""From photos to expressions: detection, crops, boxes, video, Grad-CAM, and ONNX/TorchScript exports."""
+import csv
+import json
+
+import cv2
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from PIL import Image
+
+import engine
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import load_script
+from dataset import load_split
+from inference import FaceDetector, grad_cam
+from synthetic import draw_face
+
+FACES = [("Happy", 160, (30, 40)), ("Sad", 120, (300, 60)), ("Surprise", 96, (480, 300)), ("Angry", 200, (200, 250))]
+
+
+@pytest.fixture(scope="module")
+def predict():
+    return load_script("predict")
+
+
+@pytest.fixture(scope="module")
+def group_photo(tmp_path_factory):
+    """Four synthetic faces of different sizes pasted on a 640x480 canvas."""
+    rng = np.random.default_rng(0)
+    canvas = Image.new("L", (640, 480), 90)
+    for label, size, pos in FACES:
+        canvas.paste(draw_face(label, rng, size), pos)
+    path = tmp_path_factory.mktemp("photos") / "group.png"
+    canvas.convert("RGB").save(path)
+    return path
+
+
+def iou(a, b):
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return w * h / (aw * ah + bw * bh - w * h)
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_detector_finds_every_face_of_a_group_photo(group_photo):
+    boxes = FaceDetector()(Image.open(group_photo))
+    assert len(boxes) == len(FACES)
+    for _, size, (x, y) in FACES:
+        assert max(iou((x, y, size, size), b) for b in boxes) > 0.5
+
+
+def test_predict_prints_a_line_per_face_and_writes_results(predict, trained, group_photo, tmp_path, capsys):
+    ckpt = trained / "checkpoints" / "best.pth"
+    assert predict.main([str(group_photo), "--ckpt", str(ckpt), "--out-dir", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if " face " in line]
+    assert len(lines) == len(FACES)
+    rows = read_rows(tmp_path / "predictions.csv")
+    assert len(rows) == len(FACES)
+    classes = load_checkpoint(ckpt)["classes"]
+    for row in rows:
+        probs = [float(row[f"p_{c}"]) for c in classes]
+        assert sum(probs) == pytest.approx(1, abs=1e-4)
+        assert row["label"] == classes[int(np.argmax(probs))]
+    assert json.loads((tmp_path / "predictions.json").read_text())["classes"] == classes
+    annotated = Image.open(tmp_path / "group_annotated.jpg")
+    assert annotated.size == (640, 480) and annotated.mode == "RGB"
+
+
+def test_no_detect_scores_crops_exactly_like_the_test_split(predict, trained, tiny_data, tmp_path):
+    ckpt = trained / "checkpoints" / "best.pth"
+    folder = tiny_data / "test" / "Happy"
+    assert predict.main([str(folder), "--no-detect", "--ckpt", str(ckpt), "--out-dir", str(tmp_path)]) == 0
+    rows = read_rows(tmp_path / "predictions.csv")
+    state = load_checkpoint(ckpt)
+    split = load_split(tiny_data, "test", state["classes"])
+    mine = [i for i, s in enumerate(split.sources) if "/Happy/" in s]
+    logits = engine.predict_logits(model_from_checkpoint(state), split.images[mine], state["input"], torch.device("cpu"))
+    expected = torch.softmax(logits, 1).numpy()
+    assert len(rows) == len(mine)
+    for row, source, p in zip(rows, [split.sources[i] for i in mine], expected):
+        assert row["file"] == source
+        assert [float(row[f"p_{c}"]) for c in state["classes"]] == pytest.approx(p.tolist(), abs=1e-5)
+
+
+def test_boxes_from_a_file_are_used_instead_of_detection(predict, trained, group_photo, tmp_path):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("file,x,y,w,h\ngroup.png,10,10,100,120\ngroup.png,300,60,120,120\n")
+    args = [str(group_photo), "--boxes", str(boxes), "--ckpt", str(trained / "checkpoints" / "best.pth"),
+            "--out-dir", str(tmp_path / "out")]
+    assert predict.main(args) == 0
+    rows = read_rows(tmp_path / "out" / "predictions.csv")
+    assert [(r["x"], r["y"], r["w"], r["h"]) for r in rows] == [("10", "10", "100", "120"), ("300", "60", "120", "120")]
+
+
+def test_explain_writes_a_grad_cam_for_every_face(predict, trained, group_photo, tmp_path):
+    args = [str(group_photo), "--explain", "--ckpt", str(trained / "checkpoints" / "best.pth"), "--out-dir", str(tmp_path)]
+    assert predict.main(args) == 0
+    assert len(list(tmp_path.glob("group_face*_gradcam.png"))) == len(FACES)
+
+
+def test_grad_cam_maps_are_normalised_per_face(trained, tiny_data):
+    state = load_checkpoint(trained / "checkpoints" / "best.pth")
+    model = model_from_checkpoint(state)
+    split = load_split(tiny_data, "test", state["classes"])
+    x = engine.to_input(split.images[:4], state["input"], torch.device("cpu"), channels_last=False)
+    cams = grad_cam(model, x, [0, 1, 2, 3])
+    assert cams.shape == (4, 48, 48)
+    assert cams.min() >= 0 and cams.max() <= 1 + 1e-6
+
+
+def test_grad_cam_points_at_the_evidence_for_the_class():
+    # A model whose class 0 is "bright pixels anywhere" and class 1 the opposite: for class 0 the map must
+    # peak on the one bright square, for class 1 nothing supports the class, so the map is empty.
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+    head = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), head)
+    x = torch.zeros(2, 1, 48, 48)
+    x[:, :, 5:13, 30:38] = 1.0
+    cams = grad_cam(model, x, [0, 1])
+    peak = np.unravel_index(cams[0].argmax(), cams[0].shape)
+    assert 5 <= peak[0] < 13 and 30 <= peak[1] < 38
+    assert cams[0][5:13, 30:38].mean() > 0.9 and cams[0][20:, :20].max() < 0.05
+    assert cams[1].max() == 0
+
+
+def test_video_gives_an_annotated_video_and_a_row_per_frame_and_face(predict, trained, group_photo, tmp_path):
+    video = tmp_path / "clip.mp4"
+    frame = cv2.cvtColor(np.asarray(Image.open(group_photo)), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (640, 480))
+    for _ in range(4):
+        writer.write(frame)
+    writer.release()
+    args = ["--video", str(video), "--ckpt", str(trained / "checkpoints" / "best.pth"), "--out-dir", str(tmp_path / "out")]
+    assert predict.main(args) == 0
+    rows = read_rows(tmp_path / "out" / "clip_frames.csv")
+    assert sorted({r["frame"] for r in rows}) == ["0", "1", "2", "3"]
+    assert len(rows) == 4 * len(FACES)
+    out = cv2.VideoCapture(str(tmp_path / "out" / "clip_annotated.mp4"))
+    assert int(out.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    export = load_script("export")
+    out = tmp_path_factory.mktemp("export")
+    ckpt = trained / "checkpoints" / "best.pth"
+    assert export.main(["--ckpt", str(ckpt), "--format", "onnx", "--out", str(out / "model.onnx")]) == 0
+    assert export.main(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(out / "model.pt")]) == 0
+    return out
+
+
+def test_onnx_runtime_matches_pytorch_on_real_images(exported, trained, tiny_data):
+    state = load_checkpoint(trained / "checkpoints" / "best.pth")
+    model = model_from_checkpoint(state).eval()
+    split = load_split(tiny_data, "test", state["classes"])
+    x = engine.to_input(split.images, state["input"], torch.device("cpu"), channels_last=False)
+    session = onnxruntime.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert got.shape == (len(split), 5)
+    assert np.abs(got - expected).max() < 1e-4
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["fer_toolkit"])
+    assert meta["classes"] == state["classes"] and meta["input"] == state["input"]
+
+    scripted = torch.jit.load(str(exported / "model.pt"))
+    with torch.no_grad():
+        assert (scripted(x) - model(x)).abs().max() < 1e-4
+
+
+def test_predict_runs_the_onnx_model_with_the_same_answers(predict, exported, trained, group_photo, tmp_path):
+    for name, model in (("onnx", exported / "model.onnx"), ("torch", trained / "checkpoints" / "best.pth")):
+        assert predict.main([str(group_photo), "--ckpt", str(model), "--out-dir", str(tmp_path / name)]) == 0
+    onnx_rows = read_rows(tmp_path / "onnx" / "predictions.csv")
+    torch_rows = read_rows(tmp_path / "torch" / "predictions.csv")
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+    assert [float(r["confidence"]) for r in onnx_rows] == pytest.approx([float(r["confidence"]) for r in torch_rows],
+                                                                         abs=1e-4)
+
+
+def test_bad_inputs_are_one_line_errors(predict, trained, tmp_path, capsys):
+    assert predict.main([str(tmp_path / "missing.jpg"), "--ckpt", str(trained / "checkpoints" / "best.pth")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "x.onnx"
+    bad.write_text("nope")
+    assert predict.main([str(tmp_path), "--ckpt", str(bad)]) == 2
+    assert "not a readable ONNX model" in capsys.readouterr().err
