@@ -111,7 +111,7 @@ def get_args_parser():
     p.add_argument("--arch", choices=ARCHS, default="vgg")
     p.add_argument("--input-size", type=positive_int, default=48, help="images are resized to this square")
     p.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
-    p.add_argument("--epochs", type=positive_int, default=50)
+    p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--opt", choices=["sgd", "adamw"], default="sgd")
     p.add_argument("--lr", type=positive_float, default=0.05)
@@ -124,7 +124,7 @@ def get_args_parser():
     p.add_argument("--label-smoothing", type=non_negative_float, default=0.1)
     p.add_argument("--class-weights", choices=["none", "balanced"], default="balanced",
                    help="'balanced' weights each class's loss by N / (classes * count)")
-    p.add_argument("--aug", type=augmentation_list, default="flip,affine",
+    p.add_argument("--aug", type=augmentation_list, default="flip,affine,jitter,erase",
                    help=f"none, or a comma list of {', '.join(AUGMENTATIONS)}")
     p.add_argument("--patience", type=positive_int, default=10,
                    help="stop after this many epochs without a better --monitor value")
