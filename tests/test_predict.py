@@ -81,7 +81,8 @@ def test_no_detect_scores_crops_exactly_like_the_test_split(predict, trained, ti
     state = load_checkpoint(ckpt)
     split = load_split(tiny_data, "test", state["classes"])
     mine = [i for i, s in enumerate(split.sources) if "/Happy/" in s]
-    logits = engine.predict_logits(model_from_checkpoint(state), split.images[mine], state["input"], torch.device("cpu"))
+    logits = engine.predict_logits(model_from_checkpoint(state), split.images[mine], state["input"],
+                                   torch.device("cpu"))
     expected = torch.softmax(logits, 1).numpy()
     assert len(rows) == len(mine)
     for row, source, p in zip(rows, [split.sources[i] for i in mine], expected):
@@ -100,7 +101,8 @@ def test_boxes_from_a_file_are_used_instead_of_detection(predict, trained, group
 
 
 def test_explain_writes_a_grad_cam_for_every_face(predict, trained, group_photo, tmp_path):
-    args = [str(group_photo), "--explain", "--ckpt", str(trained / "checkpoints" / "best.pth"), "--out-dir", str(tmp_path)]
+    args = [str(group_photo), "--explain", "--ckpt", str(trained / "checkpoints" / "best.pth"),
+            "--out-dir", str(tmp_path)]
     assert predict.main(args) == 0
     assert len(list(tmp_path.glob("group_face*_gradcam.png"))) == len(FACES)
 
@@ -142,7 +144,8 @@ def test_video_gives_an_annotated_video_and_a_row_per_frame_and_face(predict, tr
     for _ in range(4):
         writer.write(frame)
     writer.release()
-    args = ["--video", str(video), "--ckpt", str(trained / "checkpoints" / "best.pth"), "--out-dir", str(tmp_path / "out")]
+    args = ["--video", str(video), "--ckpt", str(trained / "checkpoints" / "best.pth"),
+            "--out-dir", str(tmp_path / "out")]
     assert predict.main(args) == 0
     rows = read_rows(tmp_path / "out" / "clip_frames.csv")
     assert sorted({r["frame"] for r in rows}) == ["0", "1", "2", "3"]

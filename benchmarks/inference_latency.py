@@ -1,0 +1,71 @@
+"""Per-face inference latency on this machine: PyTorch checkpoint vs the ONNX export under ONNX Runtime.
+
+    python benchmarks/inference_latency.py --ckpt models/fer2013_5class_vgg.pth [--onnx model.onnx]
+        [--photo group.jpg]
+
+Times classification of preprocessed face crops (batch 1 and batch 32; median of repeated runs) and, with
+--photo, the whole predict path for that photo: detection, cropping and classification.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import export  # noqa: E402
+from inference import FaceDetector, classify_image, load_classifier  # noqa: E402
+
+
+def median_ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--onnx", help="exported model (default: export --ckpt to a temporary file)")
+    p.add_argument("--photo", help="a photo to time detection + classification on")
+    p.add_argument("--repeats", type=int, default=50)
+    args = p.parse_args(argv)
+    onnx_path = args.onnx
+    if onnx_path is None:
+        onnx_path = str(Path(tempfile.mkdtemp()) / "model.onnx")
+        export.main(["--ckpt", args.ckpt, "--out", onnx_path])
+    runtimes = {"PyTorch": load_classifier(args.ckpt), "ONNX Runtime": load_classifier(onnx_path)}
+    cfg = runtimes["PyTorch"].input
+    rng = np.random.default_rng(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"input {cfg['channels']}x{cfg['size']}x{cfg['size']}")
+    print(f"{'runtime':<14}{'1 face (ms)':>14}{'32 faces (ms/face)':>22}")
+    for name, runtime in runtimes.items():
+        one = rng.integers(0, 256, (1, cfg["channels"], cfg["size"], cfg["size"]), dtype=np.uint8)
+        many = rng.integers(0, 256, (32, cfg["channels"], cfg["size"], cfg["size"]), dtype=np.uint8)
+        single = median_ms(lambda: runtime.probabilities(one), args.repeats)
+        batch = median_ms(lambda: runtime.probabilities(many), max(5, args.repeats // 5)) / 32
+        print(f"{name:<14}{single:>14.2f}{batch:>22.3f}")
+    if args.photo:
+        image = Image.open(args.photo).convert("RGB")
+        detector = FaceDetector()
+        boxes = detector(image)
+        detect = median_ms(lambda: detector(image), 10)
+        print(f"\n{args.photo}: {image.width}x{image.height}, {len(boxes)} faces; detection {detect:.1f} ms")
+        for name, runtime in runtimes.items():
+            total = median_ms(lambda: classify_image(image, runtime, boxes), 20)
+            print(f"  {name:<14} crop + classify all faces {total:.2f} ms ({total / max(1, len(boxes)):.2f} ms/face)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
