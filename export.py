@@ -2,6 +2,8 @@
 
     python export.py --ckpt checkpoints/best.pth --format onnx          # -> checkpoints/best.onnx
     python export.py --ckpt checkpoints/best.pth --format torchscript   # -> checkpoints/best.torchscript.pt
+    python export.py --ckpt checkpoints/best.pth --format release --out models/my_model.pth
+        # a checkpoint for shipping: fp16 weights, no optimizer state or split indices (predict.py reads it)
 
 The exported model takes normalised float images (N x C x H x W, (pixel / 255 - mean) / std) and returns
 logits; the class names and that preprocessing travel inside the file (ONNX metadata `fer_toolkit`, or the
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from errors import UserError, exit_code
 from inference import ONNX_METADATA_KEY
 
@@ -23,7 +25,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Export a trained checkpoint to ONNX or TorchScript.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/best.pth")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript", "release"], default="onnx")
     p.add_argument("--out", help="output file (default: beside the checkpoint)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     return p
@@ -53,6 +55,15 @@ def export_torchscript(model, example, info, out):
     torch.jit.save(traced, str(out), _extra_files={f"{ONNX_METADATA_KEY}.json": json.dumps(info)})
 
 
+def export_release(state, out):
+    """The checkpoint without what only training needs, its weights in fp16 (loading casts them back)."""
+    keep = ("arch", "arch_args", "classes", "input", "epoch", "args", "metrics", "best")
+    release = {k: state[k] for k in keep if k in state}
+    release["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    release["split"] = {k: v for k, v in state.get("split", {}).items() if not k.endswith("_indices")}
+    save_checkpoint(release, out)
+
+
 def main(argv=None):
     return exit_code("export.py", run, get_args_parser().parse_args(argv))
 
@@ -62,13 +73,15 @@ def run(args):
     model = model_from_checkpoint(state, args.ckpt).float().eval()
     cfg = state["input"]
     example = torch.zeros(2, cfg["channels"], cfg["size"], cfg["size"])
-    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "release": ".release.pth"}[args.format]
     out = Path(args.out) if args.out else Path(args.ckpt).with_suffix(suffix)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "onnx":
         export_onnx(model, example, deployment_info(state), out, args.opset)
-    else:
+    elif args.format == "torchscript":
         export_torchscript(model, example, deployment_info(state), out)
+    else:
+        export_release(state, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): classes {', '.join(state['classes'])}; "
           f"input {cfg['channels']}x{cfg['size']}x{cfg['size']}, (pixel/255 - {cfg['mean']}) / {cfg['std']}")
     return 0

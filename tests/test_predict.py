@@ -200,3 +200,19 @@ def test_bad_inputs_are_one_line_errors(predict, trained, tmp_path, capsys):
     bad.write_text("nope")
     assert predict.main([str(tmp_path), "--ckpt", str(bad)]) == 2
     assert "not a readable ONNX model" in capsys.readouterr().err
+
+
+def test_release_checkpoint_is_small_and_predicts_like_the_original(trained, tiny_data, tmp_path):
+    export = load_script("export")
+    ckpt = trained / "checkpoints" / "best.pth"
+    assert export.main(["--ckpt", str(ckpt), "--format", "release", "--out", str(tmp_path / "r.pth")]) == 0
+    original, release = load_checkpoint(ckpt), load_checkpoint(tmp_path / "r.pth")
+    assert "optimizer" not in release and "train_indices" not in release["split"]
+    assert (tmp_path / "r.pth").stat().st_size < 0.3 * ckpt.stat().st_size
+    split = load_split(tiny_data, "test", original["classes"])
+    cpu = torch.device("cpu")
+    p_original = torch.softmax(engine.predict_logits(model_from_checkpoint(original), split.images,
+                                                     original["input"], cpu), 1)
+    p_release = torch.softmax(engine.predict_logits(model_from_checkpoint(release), split.images,
+                                                    release["input"], cpu), 1)
+    assert (p_original - p_release).abs().max() < 0.01
