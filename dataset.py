@@ -53,9 +53,9 @@ class FERSplit:
     def __len__(self):
         return len(self.labels)
 
-    def subset(self, indices):
+    def subset(self, indices, name=None):
         indices = torch.as_tensor(indices, dtype=torch.long)
-        return FERSplit(self.name, self.images[indices], self.labels[indices], self.classes,
+        return FERSplit(name or self.name, self.images[indices], self.labels[indices], self.classes,
                         [self.sources[i] for i in indices.tolist()])
 
     def class_counts(self):

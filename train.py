@@ -12,7 +12,9 @@ batch at a time; validation is a seeded, stratified 80/20 split of train (or the
 import argparse
 import json
 import math
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -159,9 +161,7 @@ def parse_args(argv=None):
 
 def load_data(args, split_indices=None):
     """-> (train, val, classes, split_record, full_train); split_indices (from a checkpoint) fix the split."""
-    root = args.data
-    if root == "demo":
-        root = ensure_demo_data()
+    root = data_root(args)
     classes = resolve_classes(root, args.classes)
     channels = args.channels or default_in_channels(args.arch)
     splits = available_splits(root)
@@ -176,19 +176,29 @@ def load_data(args, split_indices=None):
         if max(train_idx + val_idx) >= len(full_train):
             raise DataError(f"{root}: train has {len(full_train)} images but the checkpoint's split "
                             f"indexes up to {max(train_idx + val_idx)}; is this the same data?")
-    train, val = full_train.subset(train_idx), full_train.subset(val_idx)
-    train.name, val.name = "train", "val"
+    train, val = full_train.subset(train_idx, "train"), full_train.subset(val_idx, "val")
     record = {"source": f"stratified {args.val_fraction:g} of train, seed {args.seed}", "root": str(root),
               "train_indices": train_idx, "val_indices": val_idx}
     return train, val, classes, record, full_train
 
 
-def ensure_demo_data():
-    from synthetic import make_demo_dataset
-
+def data_root(args):
+    """--data as a path; 'demo' is the synthetic set, drawn on first use."""
+    if args.data != "demo":
+        return args.data
     if not (DEMO_ROOT / "train").is_dir():
+        from synthetic import make_demo_dataset
+
         print(f"making the synthetic demo dataset in {DEMO_ROOT} (procedurally drawn faces, not real data)")
-        make_demo_dataset(DEMO_ROOT)
+        DEMO_ROOT.parent.mkdir(parents=True, exist_ok=True)
+        # Drawn aside and renamed into place, so a second process (torchrun) never reads a half-made set.
+        staging = Path(tempfile.mkdtemp(dir=DEMO_ROOT.parent))
+        try:
+            make_demo_dataset(staging / "demo").rename(DEMO_ROOT)
+        except OSError:  # another process got there first
+            pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return DEMO_ROOT
 
 
@@ -486,7 +496,7 @@ def train_process(args, rank, world, local_rank):
 
 def test_best(args, best_path, full_train, ctx, log, say):
     """Score best.pth on the test split, if the data has one. It never influenced training or selection."""
-    root = DEMO_ROOT if args.data == "demo" else args.data
+    root = data_root(args)
     if args.test_split not in available_splits(root):
         say(f"no {args.test_split} split in {root}; score another dataset with: "
               f"python test.py --ckpt {best_path} --data DIR")
