@@ -25,7 +25,7 @@ import engine
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import (AUGMENTATIONS, DataError, available_splits, augment_batch, count_shared_images,
                      load_split, resolve_classes, stratified_split)
-from errors import exit_code
+from errors import UserError, exit_code
 from metrics import format_report
 from model import ARCHS, build_model, count_parameters, default_in_channels
 
@@ -83,6 +83,32 @@ def fraction(text):
     return value
 
 
+def fraction_or_zero(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def width_list(text):
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) <= 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
+    return widths
+
+
+def arch_args(args):
+    """The architecture flags that were given, as keyword arguments of the model (stored in checkpoints)."""
+    given = {"widths": args.widths, "convs_per_stage": args.convs_per_stage, "dropout": args.dropout}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and args.arch != "vgg":
+        raise UserError(f"--{next(iter(given)).replace('_', '-')} applies to --arch vgg only")
+    return given
+
+
 def augmentation_list(text):
     kinds = [] if text.lower() == "none" else [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in AUGMENTATIONS]
@@ -114,6 +140,9 @@ def get_args_parser():
     p.add_argument("--arch", choices=ARCHS, default="vgg")
     p.add_argument("--input-size", type=positive_int, default=48, help="images are resized to this square")
     p.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
+    p.add_argument("--widths", type=width_list, help="vgg: channels per stage, e.g. 32,64,128,256")
+    p.add_argument("--convs-per-stage", type=positive_int, help="vgg: conv3x3-BN-ReLU layers per stage (2)")
+    p.add_argument("--dropout", type=fraction_or_zero, help="vgg: dropout before the classifier (0.3)")
     p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--opt", choices=["sgd", "adamw"], default="sgd")
@@ -345,7 +374,7 @@ class TrainingLog:
 
 def checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, best, bad_epochs, split):
     return {
-        "arch": args.arch, "arch_args": {}, "classes": ctx["classes"], "input": ctx["input"],
+        "arch": args.arch, "arch_args": arch_args(args), "classes": ctx["classes"], "input": ctx["input"],
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
         "epoch": epoch, "args": vars(args), "metrics": metrics, "best": best, "bad_epochs": bad_epochs,
         "split": split,
@@ -402,7 +431,8 @@ def train_process(args, rank, world, local_rank):
     ctx = {"device": device, "amp": engine.use_amp(args.amp, device), "classes": classes, "rank": rank,
            "world": world, "input": {"size": args.input_size, "channels": channels, "mean": 0.5, "std": 0.5}}
     torch.manual_seed(args.seed)  # the same initial weights in every process
-    model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size)
+    model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size,
+                        **arch_args(args))
     if resume_state:
         check_resumable(resume_state, args, classes, resume_path)
         model = model_from_checkpoint(resume_state, resume_path)

@@ -127,3 +127,18 @@ def test_command_line_entry_points_run(tiny_data, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "Macro-F1" in run.stdout
+
+
+def test_architecture_flags_are_stored_and_rebuilt(scripts, tiny_data, tmp_path):
+    args = fast_train_args(tiny_data, tmp_path, "--epochs", "1", "--widths", "8,16,32,64", "--convs-per-stage", "1",
+                           "--dropout", "0.5")
+    assert scripts["train"].main(args) == 0
+    state = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
+    assert state["arch_args"] == {"widths": (8, 16, 32, 64), "convs_per_stage": 1, "dropout": 0.5}
+    assert scripts["test"].main(["--ckpt", str(tmp_path / "checkpoints" / "best.pth"),
+                                 "--out-dir", str(tmp_path / "eval")]) == 0
+
+
+def test_vgg_flags_with_the_seed_network_are_refused(scripts, tiny_data, tmp_path, capsys):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--arch", "seed", "--widths", "8,16")) == 2
+    assert "--widths applies to --arch vgg only" in capsys.readouterr().err
