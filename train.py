@@ -326,6 +326,7 @@ def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, cri
     # to all weights through the gradient all-reduce anyway, and this epoch is never saved.
     if not math.isfinite(loss_sum):
         raise FloatingPointError(f"non-finite training loss ({loss_sum / seen}) in epoch {epoch}")
+    # seen counts every process's images, so this is the throughput of the whole job.
     return {"train_loss": loss_sum / seen, "train_acc": 100 * correct / seen, "train_time": elapsed,
             "train_img_per_s": seen / elapsed}
 
@@ -495,7 +496,7 @@ def train_process(args, rank, world, local_rank):
             log.line(f"Train Loss: {stats['train_loss']:.4f}, Train Accuracy: {stats['train_acc']:.2f}%")
             log.line(f"Validation Loss: {val_loss:.4f}, Validation Accuracy: {metrics['val_acc']:.2f}%")
             log.line(f"Validation Macro-F1: {metrics['val_macro_f1']:.2f}, lr: {lr:.3g}, "
-                     f"time: {stats['train_time']:.1f}s, {world * stats['train_img_per_s']:.0f} img/s"
+                     f"time: {stats['train_time']:.1f}s, {stats['train_img_per_s']:.0f} img/s"
                      + (", best so far" if improved else f", {bad_epochs} epoch(s) without improvement"))
             log.record({**metrics, "best": improved, "processes": world})
             if bad_epochs >= args.patience:

@@ -39,8 +39,7 @@ def main(argv=None):
         if run.returncode != 0:
             raise SystemExit(f"{n} processes failed:\n{run.stderr[-2000:]}")
         last = json.loads((work / "logs" / "training_log.jsonl").read_text().splitlines()[-1])
-        img_s = last["train_img_per_s"] * last["processes"]
-        print(f"{n:>5}{last['train_time']:>10.1f}{img_s:>10.0f}{last['val_acc']:>10.2f}{wall:>10.1f}")
+        print(f"{n:>5}{last['train_time']:>10.1f}{last['train_img_per_s']:>10.0f}{last['val_acc']:>10.2f}{wall:>10.1f}")
     print(f"\ncommand: torchrun --standalone --nproc_per_node=N train.py --data {args.data} --epochs {args.epochs} "
           + " ".join(args.extra))
     return 0
