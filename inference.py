@@ -24,6 +24,7 @@ ONNX_METADATA_KEY = "fer_toolkit"
 @dataclass
 class Face:
     box: tuple                                   # x, y, width, height in the photo's pixels
+    crop: np.ndarray = field(default=None)      # what the model saw: C x size x size uint8
     probabilities: np.ndarray = field(default=None)
     heatmap: np.ndarray = field(default=None)   # Grad-CAM, crop-sized, 0..1
 
@@ -130,8 +131,8 @@ def classify_image(image, classifier, boxes, margin=0.15, explain=False):
     crops = crop_faces(image, boxes, classifier.input, margin)
     probs = classifier.probabilities(crops)
     heatmaps = classifier.grad_cam(crops, probs.argmax(1)) if explain else [None] * len(faces)
-    for face, p, hm in zip(faces, probs, heatmaps):
-        face.probabilities, face.heatmap = p, hm
+    for face, crop, p, hm in zip(faces, crops, probs, heatmaps):
+        face.crop, face.probabilities, face.heatmap = crop, p, hm
     return faces
 
 

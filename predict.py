@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from errors import UserError, exit_code
-from inference import (FaceDetector, annotate, classify_image, crop_faces, heatmap_overlay, load_classifier)
+from inference import FaceDetector, annotate, classify_image, heatmap_overlay, load_classifier
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "fer2013_5class_vgg.pth"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -149,8 +149,7 @@ def run(args):
                 print(f"{path}  face {i}  box {face.box[0]},{face.box[1]},{face.box[2]},{face.box[3]}  "
                       f"{row['label']}  {row['confidence']:.2f}")
                 if args.explain:
-                    crop = crop_faces(image, [face.box], classifier.input, args.margin)[0]
-                    overlay = heatmap_overlay(crop, face.heatmap).resize((192, 192), Image.BILINEAR)
+                    overlay = heatmap_overlay(face.crop, face.heatmap).resize((192, 192), Image.BILINEAR)
                     overlay.save(out_dir / f"{path.stem}_face{i}_gradcam.png")
             if not args.no_detect:
                 annotate(image, faces, classifier.classes).save(out_dir / f"{path.stem}_annotated.jpg", quality=92)
