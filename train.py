@@ -189,16 +189,14 @@ def parse_args(argv=None):
 # Data
 
 
-def load_data(args, split_indices=None):
-    """-> (train, val, classes, split_record, full_train); split_indices (from a checkpoint) fix the split."""
-    root = data_root(args)
-    classes = resolve_classes(root, args.classes)
+def load_data(args, root, classes, split_indices=None):
+    """-> (train, val, split_record, full_train); split_indices (from a checkpoint) fix the split."""
     channels = args.channels or default_in_channels(args.arch)
     splits = available_splits(root)
     full_train = load_split(root, "train", classes, args.input_size, channels)
     if "val" in splits and args.test_split != "val":
         val = load_split(root, "val", classes, args.input_size, channels)
-        return full_train, val, classes, {"source": "val split", "root": str(root)}, full_train
+        return full_train, val, {"source": "val split", "root": str(root)}, full_train
     if split_indices is None:
         train_idx, val_idx = stratified_split(full_train.labels, args.val_fraction, args.seed)
     else:
@@ -209,7 +207,7 @@ def load_data(args, split_indices=None):
     train, val = full_train.subset(train_idx, "train"), full_train.subset(val_idx, "val")
     record = {"source": f"stratified {args.val_fraction:g} of train, seed {args.seed}", "root": str(root),
               "train_indices": train_idx, "val_indices": val_idx}
-    return train, val, classes, record, full_train
+    return train, val, record, full_train
 
 
 def data_root(args):
@@ -419,9 +417,13 @@ def train_process(args, rank, world, local_rank):
         resume_state = load_checkpoint(resume_path)
 
     device = engine.select_device(args.device, local_rank)
+    root = data_root(args)
+    classes = resolve_classes(root, args.classes)
+    if resume_state:
+        check_resumable(resume_state, args, classes, resume_path)
     saved_split = resume_state.get("split", {}) if resume_state else {}
-    train_split, val_split, classes, split_record, full_train = load_data(
-        args, saved_split if "train_indices" in saved_split else None)
+    train_split, val_split, split_record, full_train = load_data(
+        args, root, classes, saved_split if "train_indices" in saved_split else None)
     for s in (full_train, val_split):
         for warning in s.warnings():
             say(f"warning: {warning}", file=sys.stderr)
@@ -435,7 +437,6 @@ def train_process(args, rank, world, local_rank):
     model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size,
                         **arch_args(args))
     if resume_state:
-        check_resumable(resume_state, args, classes, resume_path)
         model = model_from_checkpoint(resume_state, resume_path)
     model = engine.prepare_model(model, device)
     # `model` is what is saved and evaluated; `trained` is what the optimizer steps through (DDP, compiled).
@@ -521,14 +522,13 @@ def train_process(args, rank, world, local_rank):
     if not (out_dir / "best.pth").exists():
         log.close()
         raise CheckpointError(f"{out_dir / 'best.pth'} is missing: no epoch was trained, or it was removed")
-    result = test_best(args, out_dir / "best.pth", full_train, ctx, log, say)
+    result = test_best(args, root, out_dir / "best.pth", full_train, ctx, log, say)
     log.close()
     return result
 
 
-def test_best(args, best_path, full_train, ctx, log, say):
+def test_best(args, root, best_path, full_train, ctx, log, say):
     """Score best.pth on the test split, if the data has one. It never influenced training or selection."""
-    root = data_root(args)
     if args.test_split not in available_splits(root):
         say(f"no {args.test_split} split in {root}; score another dataset with: "
               f"python test.py --ckpt {best_path} --data DIR")

@@ -89,3 +89,10 @@ def test_resume_with_another_architecture_is_refused(tiny_data, tmp_path, script
     assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "1")) == 0
     assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--arch", "seed", "--resume")) == 2
     assert "holds arch 'vgg', not --arch seed" in capsys.readouterr().err
+
+
+def test_resume_with_another_class_list_is_refused(tiny_data, tmp_path, scripts, capsys):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "1")) == 0
+    args = fast_train_args(tiny_data, tmp_path, "--classes", "Happy,Sad", "--resume")
+    assert scripts["train"].main(args) == 2
+    assert "was trained on classes Angry, Happy, Neutral, Sad, Surprise, not Happy, Sad" in capsys.readouterr().err
