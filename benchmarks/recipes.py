@@ -52,7 +52,14 @@ def main(argv=None):
                    help="extra configurations: a name and train.py flags on top of the default recipe")
     p.add_argument("--extra", default="", help="flags added to every run, e.g. '--epochs 30'")
     p.add_argument("--out", default="runs/benchmark", help="where each run's checkpoints and logs go")
+    p.add_argument("--results", help="JSONL of finished runs: runs already in it are not repeated, new ones "
+                   "are appended, so a long table can be built over several sessions")
     args = p.parse_args(argv)
+    done = {}
+    if args.results and Path(args.results).exists():
+        for line in Path(args.results).read_text().splitlines():
+            row = json.loads(line)
+            done[(row["name"], row["seed"])] = row
 
     configs = [(r, ["--recipe", r]) for r in args.recipes]
     configs += [(spec.split("=", 1)[0], shlex.split(spec.split("=", 1)[1])) for spec in args.runs]
@@ -61,7 +68,12 @@ def main(argv=None):
           f"{'test acc':>10}{'macro-F1':>10}")
     for name, flags in configs:
         for seed in args.seeds:
-            row = run_one(args.data, name, flags, seed, Path(args.out), shlex.split(args.extra))
+            row = done.get((name, seed))
+            if row is None:
+                row = run_one(args.data, name, flags, seed, Path(args.out), shlex.split(args.extra))
+                if args.results:
+                    with open(args.results, "a") as f:
+                        f.write(json.dumps(row) + "\n")
             rows.append(row)
             print(f"{name:<14}{seed:>5}{row['epochs']:>8}{row['best_epoch']:>6}{row['train_s']:>9.1f}"
                   f"{row['wall_s']:>9.1f}{row['acc']:>10.2f}{row['macro_f1']:>10.2f}", flush=True)
