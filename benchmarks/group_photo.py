@@ -21,9 +21,11 @@ def main(argv=None):
     p.add_argument("--faces", type=int, default=6)
     p.add_argument("--size", type=int, nargs=2, default=[1280, 720], metavar=("W", "H"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", help="comma list of class folders to draw from (case-insensitive); default all")
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    folders = sorted(d for d in Path(args.data).iterdir() if d.is_dir())
+    wanted = {c.lower() for c in args.classes.split(",")} if args.classes else None
+    folders = sorted(d for d in Path(args.data).iterdir() if d.is_dir() and (not wanted or d.name.lower() in wanted))
     width, height = args.size
     canvas = Image.new("RGB", (width, height), (200, 200, 205))
     placed, rows, tries = [], [], 0
