@@ -22,7 +22,7 @@ def get_args_parser():
     p.add_argument("--ckpt", default="checkpoints/best.pth", help="checkpoint written by train.py")
     p.add_argument("--data", help="dataset folder or FER2013 .csv (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=["test", "val"],
-                   help="split to score (default: the checkpoint's --test-split, else test)")
+                   help="split to score (default: test for --data, else the split training scored)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="off",
@@ -42,9 +42,15 @@ def run(args):
     root = args.data or state.get("split", {}).get("root") or trained.get("data")
     if not root:
         raise DataError(f"{args.ckpt} does not record its data; pass --data DIR")
-    split = args.split or trained.get("test_split", "test")
-    if split not in available_splits(root):
-        raise DataError(f"{root} has no {split} split (it has: {', '.join(available_splits(root)) or 'none'})")
+    # Another dataset (--data) is scored on its test split when it has one; the training data on the split
+    # that training scored (FER2013's folders have only val/, their PublicTest).
+    trained_split = trained.get("test_split", "test")
+    candidates = [args.split] if args.split else (["test", trained_split] if args.data else [trained_split])
+    available = available_splits(root)
+    split = next((s for s in candidates if s in available), None)
+    if split is None:
+        raise DataError(f"{root} has no {' or '.join(dict.fromkeys(candidates))} split "
+                        f"(it has: {', '.join(available) or 'none'})")
 
     device = engine.select_device(args.device)
     model = engine.prepare_model(model_from_checkpoint(state, args.ckpt), device)
