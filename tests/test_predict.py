@@ -216,3 +216,13 @@ def test_release_checkpoint_is_small_and_predicts_like_the_original(trained, tin
     p_release = torch.softmax(engine.predict_logits(model_from_checkpoint(release), split.images,
                                                     release["input"], cpu), 1)
     assert (p_original - p_release).abs().max() < 0.01
+
+
+def test_shipped_model_is_used_without_ckpt(predict, group_photo, tmp_path):
+    assert predict.DEFAULT_MODEL.exists()
+    assert predict.main([str(group_photo), "--out-dir", str(tmp_path)]) == 0
+    rows = read_rows(tmp_path / "predictions.csv")
+    assert len(rows) == len(FACES)
+    assert {r["label"] for r in rows} <= {"Angry", "Happy", "Neutral", "Sad", "Surprise"}
+    state = load_checkpoint(predict.DEFAULT_MODEL)
+    assert state["model"]["head.1.weight"].dtype == torch.float16 and "optimizer" not in state
