@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 import engine
 from checkpoint import load_checkpoint, model_from_checkpoint
@@ -188,13 +188,15 @@ def annotate(image, faces, classes):
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     width = max(2, round(min(out.size) / 200))
+    font = ImageFont.load_default(size=max(12, min(out.size) // 36))
     for face in faces:
         x, y, w, h = face.box
         k = int(face.probabilities.argmax())
         draw.rectangle([x, y, x + w, y + h], outline=(255, 64, 64), width=width)
         text = f"{classes[k]} {100 * face.probabilities[k]:.0f}%"
-        tx, ty = x, max(0, y - 12 - width)
-        box = draw.textbbox((tx, ty), text)
-        draw.rectangle([box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1], fill=(255, 64, 64))
-        draw.text((tx, ty), text, fill=(255, 255, 255))
+        box = draw.textbbox((0, 0), text, font=font)
+        tx, ty = x, max(0, y - (box[3] - box[1]) - 2 * width)
+        box = draw.textbbox((tx, ty), text, font=font)
+        draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(255, 64, 64))
+        draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
     return out
