@@ -373,7 +373,7 @@ class TrainingLog:
 
 def checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, best, bad_epochs, split):
     return {
-        "arch": args.arch, "arch_args": arch_args(args), "classes": ctx["classes"], "input": ctx["input"],
+        "arch": args.arch, "arch_args": ctx["arch_args"], "classes": ctx["classes"], "input": ctx["input"],
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
         "epoch": epoch, "args": vars(args), "metrics": metrics, "best": best, "bad_epochs": bad_epochs,
         "split": split,
@@ -416,6 +416,7 @@ def train_process(args, rank, world, local_rank):
             raise CheckpointError(f"nothing to resume: {resume_path} does not exist")
         resume_state = load_checkpoint(resume_path)
 
+    model_args = arch_args(args)  # checked before any data is decoded
     device = engine.select_device(args.device, local_rank)
     root = data_root(args)
     classes = resolve_classes(root, args.classes)
@@ -432,12 +433,14 @@ def train_process(args, rank, world, local_rank):
 
     channels = args.channels or default_in_channels(args.arch)
     ctx = {"device": device, "amp": engine.use_amp(args.amp, device), "classes": classes, "rank": rank,
+           "arch_args": model_args,
            "world": world, "input": {"size": args.input_size, "channels": channels, "mean": 0.5, "std": 0.5}}
     torch.manual_seed(args.seed)  # the same initial weights in every process
-    model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size,
-                        **arch_args(args))
     if resume_state:
         model = model_from_checkpoint(resume_state, resume_path)
+    else:
+        model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size,
+                            **model_args)
     model = engine.prepare_model(model, device)
     # `model` is what is saved and evaluated; `trained` is what the optimizer steps through (DDP, compiled).
     trained = model
