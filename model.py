@@ -55,8 +55,8 @@ class FER_CNN(nn.Module):
 
 
 class FERNet(nn.Module):
-    """VGG-style: stages of `convs_per_stage` conv3x3-BN-ReLU, max-pool between stages, global average
-    pooling, dropout and one linear classifier.
+    """VGG-style: stages of conv3x3-BN-ReLU, max-pool between stages, global average pooling, dropout and
+    one linear classifier. `convs_per_stage` is one count for every stage or one count per stage.
 
     Global pooling keeps the classifier at width x classes parameters instead of the seed's 19M, which is
     where the seed over-fitted; the extra conv per stage buys receptive field instead.
@@ -67,9 +67,14 @@ class FERNet(nn.Module):
         super().__init__()
         if input_size < 2 ** (len(widths) - 1):
             raise ValueError(f"input_size {input_size} is too small for {len(widths)} stages")
+        if isinstance(convs_per_stage, int):
+            convs_per_stage = (convs_per_stage,) * len(widths)
+        if len(convs_per_stage) != len(widths) or min(convs_per_stage) < 1:
+            raise ValueError(f"convs_per_stage {convs_per_stage} needs one positive count per stage "
+                             f"({len(widths)} stages)")
         layers, c_in = [], in_channels
-        for stage, width in enumerate(widths):
-            for _ in range(convs_per_stage):
+        for stage, (width, convs) in enumerate(zip(widths, convs_per_stage)):
+            for _ in range(convs):
                 layers += conv_bn_relu(c_in, width)
                 c_in = width
             if stage < len(widths) - 1:

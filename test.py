@@ -22,7 +22,8 @@ def get_args_parser():
     p.add_argument("--ckpt", default="checkpoints/best.pth", help="checkpoint written by train.py")
     p.add_argument("--data", help="dataset folder or FER2013 .csv (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=["test", "val"],
-                   help="split to score (default: test for --data, else the split training scored)")
+                   help="split to score (default: test for --data, else the split training scored); val on data "
+                   "without a val folder is the part of train that training held out")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="off",
@@ -47,6 +48,10 @@ def run(args):
     trained_split = trained.get("test_split", "test")
     candidates = [args.split] if args.split else (["test", trained_split] if args.data else [trained_split])
     available = available_splits(root)
+    # Data without a val folder: "val" is the part of train that training held out, by the checkpoint's indices.
+    held_out = state.get("split", {}) if "val" not in available and "train" in available else {}
+    if "val_indices" in held_out:
+        available.append("val")
     split = next((s for s in candidates if s in available), None)
     if split is None:
         raise DataError(f"{root} has no {' or '.join(dict.fromkeys(candidates))} split "
@@ -55,7 +60,14 @@ def run(args):
     device = engine.select_device(args.device)
     model = engine.prepare_model(model_from_checkpoint(state, args.ckpt), device)
     cfg = state["input"]
-    data = load_split(root, split, state["classes"], cfg["size"], cfg["channels"])
+    if split == "val" and "val_indices" in held_out:
+        data = load_split(root, "train", state["classes"], cfg["size"], cfg["channels"])
+        if max(held_out["val_indices"]) >= len(data):
+            raise DataError(f"{root}: train has {len(data)} images but {args.ckpt}'s validation split indexes "
+                            f"up to {max(held_out['val_indices'])}; is this the data it was trained on?")
+        data = data.subset(held_out["val_indices"], "val")
+    else:
+        data = load_split(root, split, state["classes"], cfg["size"], cfg["channels"])
     for warning in data.warnings():
         print(f"warning: {warning}", file=sys.stderr)
 

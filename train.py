@@ -100,12 +100,22 @@ def width_list(text):
     return widths
 
 
+def conv_counts(text):
+    """One conv count for every stage ("2") or one per stage ("1,2,2,2")."""
+    counts = width_list(text)
+    return counts[0] if len(counts) == 1 else counts
+
+
 def arch_args(args):
     """The architecture flags that were given, as keyword arguments of the model (stored in checkpoints)."""
     given = {"widths": args.widths, "convs_per_stage": args.convs_per_stage, "dropout": args.dropout}
     given = {k: v for k, v in given.items() if v is not None}
     if given and args.arch != "vgg":
         raise UserError(f"--{next(iter(given)).replace('_', '-')} applies to --arch vgg only")
+    try:  # a throw-away build: a bad combination fails here, before any data is decoded
+        build_model(args.arch, 2, input_size=args.input_size, **given)
+    except ValueError as e:
+        raise UserError(f"--arch {args.arch}: {e}") from None
     return given
 
 
@@ -141,7 +151,8 @@ def get_args_parser():
     p.add_argument("--input-size", type=positive_int, default=48, help="images are resized to this square")
     p.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
     p.add_argument("--widths", type=width_list, help="vgg: channels per stage, e.g. 32,64,128,256")
-    p.add_argument("--convs-per-stage", type=positive_int, help="vgg: conv3x3-BN-ReLU layers per stage (2)")
+    p.add_argument("--convs-per-stage", type=conv_counts,
+                   help="vgg: conv3x3-BN-ReLU layers per stage, one count or one per stage (2)")
     p.add_argument("--dropout", type=fraction_or_zero, help="vgg: dropout before the classifier (0.3)")
     p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--batch-size", type=positive_int, default=64)

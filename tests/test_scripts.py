@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from checkpoint import load_checkpoint
-from conftest import ROOT, fast_train_args
+from conftest import ROOT, TINY_COUNTS, fast_train_args
 
 
 def test_training_writes_checkpoints_logs_and_a_test_report(trained, tiny_data):
@@ -43,6 +43,20 @@ def test_test_script_scores_the_checkpoint_like_training_did(trained, scripts, c
     assert report["accuracy"] == at_train_end["accuracy"]
     assert report["confusion_matrix"] == at_train_end["confusion_matrix"]
     assert report_path.with_name(report_path.stem + "_confusion.png").exists()
+
+
+def test_test_script_scores_the_held_out_validation_split(trained, scripts, capsys):
+    """tiny_data has no val folder, so --split val is the part of train that training held out."""
+    out = trained / "eval_val"
+    ckpt = trained / "checkpoints" / "best.pth"
+    assert scripts["test"].main(["--ckpt", str(ckpt), "--split", "val", "--out-dir", str(out)]) == 0
+    assert "[val]" in capsys.readouterr().out
+    report = json.loads(next(out.glob("*.json")).read_text())
+    val_indices = load_checkpoint(ckpt)["split"]["val_indices"]
+    train_labels = [k for k, c in enumerate(TINY_COUNTS) for _ in range(int(TINY_COUNTS[c]))]
+    expected = [sum(train_labels[i] == k for i in val_indices) for k in range(len(TINY_COUNTS))]
+    assert report["split"] == "val" and report["num_samples"] == len(val_indices)
+    assert [sum(row) for row in report["confusion_matrix"]] == expected
 
 
 def test_plot_curves_draws_the_training_log(trained, scripts):
@@ -137,6 +151,19 @@ def test_architecture_flags_are_stored_and_rebuilt(scripts, tiny_data, tmp_path)
     assert state["arch_args"] == {"widths": (8, 16, 32, 64), "convs_per_stage": 1, "dropout": 0.5}
     assert scripts["test"].main(["--ckpt", str(tmp_path / "checkpoints" / "best.pth"),
                                  "--out-dir", str(tmp_path / "eval")]) == 0
+
+
+def test_conv_counts_per_stage_are_stored_and_checked(scripts, tiny_data, tmp_path, capsys):
+    args = fast_train_args(tiny_data, tmp_path, "--epochs", "1", "--widths", "8,16,32", "--convs-per-stage", "1,2,3")
+    assert scripts["train"].main(args) == 0
+    state = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
+    assert state["arch_args"]["convs_per_stage"] == (1, 2, 3)
+    convs = [m for m in scripts["test"].model_from_checkpoint(state).modules() if type(m).__name__ == "Conv2d"]
+    assert len(convs) == 6
+    bad = fast_train_args(tiny_data, tmp_path / "bad", "--widths", "8,16,32", "--convs-per-stage", "1,2")
+    assert scripts["train"].main(bad) == 2
+    assert "one positive count per stage" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_vgg_flags_with_the_seed_network_are_refused(scripts, tiny_data, tmp_path, capsys):
