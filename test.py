@@ -28,7 +28,8 @@ def get_args_parser():
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="off",
                    help="bf16 autocast for inference; off by default so scores are exact fp32")
-    p.add_argument("--tta", action="store_true", help="average the logits of each image and its mirror")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help="average the logits of each image and its mirror (default: as training scored)")
     p.add_argument("--out-dir", default="logs", help="where the JSON report and confusion-matrix PNG go")
     return p
 
@@ -57,6 +58,7 @@ def run(args):
         raise DataError(f"{root} has no {' or '.join(dict.fromkeys(candidates))} split "
                         f"(it has: {', '.join(available) or 'none'})")
 
+    tta = trained.get("tta", False) if args.tta is None else args.tta
     device = engine.select_device(args.device)
     model = engine.prepare_model(model_from_checkpoint(state, args.ckpt), device)
     cfg = state["input"]
@@ -72,8 +74,8 @@ def run(args):
         print(f"warning: {warning}", file=sys.stderr)
 
     loss, report = engine.evaluate(model, data, cfg, device, args.batch_size, engine.use_amp(args.amp, device),
-                                   tta_flip=args.tta)
-    report.update(checkpoint=str(args.ckpt), data=str(root), split=split, loss=loss, tta_flip=args.tta)
+                                   tta_flip=tta)
+    report.update(checkpoint=str(args.ckpt), data=str(root), split=split, loss=loss, tta_flip=tta)
     print(f"{args.ckpt} (arch {state['arch']}, epoch {state.get('epoch', '?')}) on {root} [{split}]: "
           f"{len(data)} images")
     print(f"Test Loss: {loss:.4f}")

@@ -169,6 +169,8 @@ def get_args_parser():
                    help="'balanced' weights each class's loss by N / (classes * count)")
     p.add_argument("--aug", type=augmentation_list, default="flip,affine,jitter,erase",
                    help=f"none, or a comma list of {', '.join(AUGMENTATIONS)}")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                   help="score validation and test on each image and its mirror (logits averaged)")
     p.add_argument("--patience", type=positive_int, default=10,
                    help="stop after this many epochs without a better --monitor value")
     p.add_argument("--monitor", choices=MONITORS, default="val_macro_f1",
@@ -492,7 +494,8 @@ def train_process(args, rank, world, local_rank):
             lr = optimizer.param_groups[0]["lr"]
             stats = train_one_epoch(trained, train_images, train_labels, optimizer, scheduler, criterion, args,
                                     ctx, epoch)
-            val_loss, val_report = engine.evaluate(model, val_split, ctx["input"], device, amp=ctx["amp"])
+            val_loss, val_report = engine.evaluate(model, val_split, ctx["input"], device, amp=ctx["amp"],
+                                                   tta_flip=args.tta)
             metrics = {"epoch": epoch, "lr": lr, **stats, "val_loss": val_loss,
                        "val_acc": 100 * val_report["accuracy"], "val_macro_f1": 100 * val_report["macro_f1"]}
             value = metrics[args.monitor]
@@ -556,7 +559,7 @@ def test_best(args, root, best_path, full_train, ctx, log, say):
     if shared:
         say(f"note: {shared} of {len(test_split)} {args.test_split} images are pixel-identical to training images")
     # fp32, as test.py scores by default, so the two print the same figures for the same checkpoint.
-    loss, report = engine.evaluate(model, test_split, ctx["input"], ctx["device"])
+    loss, report = engine.evaluate(model, test_split, ctx["input"], ctx["device"], tta_flip=args.tta)
     log.line(f"Test Loss: {loss:.4f}, Test Accuracy: {100 * report['accuracy']:.2f}%")
     log.line(f"Test Macro-F1: {100 * report['macro_f1']:.2f} (best.pth from epoch {state['epoch']})")
     say(format_report(report))

@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
+import engine
 from checkpoint import load_checkpoint
 from conftest import ROOT, TINY_COUNTS, fast_train_args
 
@@ -169,3 +171,21 @@ def test_conv_counts_per_stage_are_stored_and_checked(scripts, tiny_data, tmp_pa
 def test_vgg_flags_with_the_seed_network_are_refused(scripts, tiny_data, tmp_path, capsys):
     assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--arch", "seed", "--widths", "8,16")) == 2
     assert "--widths applies to --arch vgg only" in capsys.readouterr().err
+
+
+def test_flip_tta_is_used_by_training_and_by_test_script_alike(scripts, tiny_data, tmp_path):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "1", "--tta")) == 0
+    ckpt = tmp_path / "checkpoints" / "best.pth"
+    at_train_end = json.loads((tmp_path / "logs" / "test_report.json").read_text())
+    assert scripts["test"].main(["--ckpt", str(ckpt), "--out-dir", str(tmp_path / "eval")]) == 0
+    report = json.loads(next((tmp_path / "eval").glob("*.json")).read_text())
+    assert report["tta_flip"] is True and report["confusion_matrix"] == at_train_end["confusion_matrix"]
+
+    state = load_checkpoint(ckpt)
+    model = engine.prepare_model(scripts["test"].model_from_checkpoint(state), torch.device("cpu"))
+    images = torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+    plain = engine.predict_logits(model, images, state["input"], cpu)
+    mirrored = engine.predict_logits(model, images.flip(-1), state["input"], cpu)
+    tta = engine.predict_logits(model, images, state["input"], cpu, tta_flip=True)
+    assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-5)
