@@ -33,7 +33,8 @@ def get_args_parser():
 
 def deployment_info(state):
     return {"classes": state["classes"], "input": state["input"], "arch": state["arch"],
-            "output": "logits; softmax gives class probabilities"}
+            "tta_flip": state.get("args", {}).get("tta", False),
+            "output": "logits of one image; with tta_flip, average them with the mirrored image's"}
 
 
 def export_onnx(model, example, info, out, opset):

@@ -37,11 +37,13 @@ class TorchClassifier:
     def __init__(self, ckpt_path, device="cpu"):
         state = load_checkpoint(ckpt_path)
         self.classes, self.input = state["classes"], state["input"]
+        self.tta_flip = state.get("args", {}).get("tta", False)  # scored as training validated it
         self.device = engine.select_device(device)
         self.model = engine.prepare_model(model_from_checkpoint(state, ckpt_path).float(), self.device).eval()
 
     def probabilities(self, crops_uint8):
-        logits = engine.predict_logits(self.model, torch.from_numpy(crops_uint8), self.input, self.device)
+        logits = engine.predict_logits(self.model, torch.from_numpy(crops_uint8), self.input, self.device,
+                                       tta_flip=self.tta_flip)
         return torch.softmax(logits, 1).numpy()
 
     def grad_cam(self, crops_uint8, class_indices):
@@ -63,12 +65,14 @@ class OnnxClassifier:
         if ONNX_METADATA_KEY not in meta:
             raise UserError(f"{onnx_path} was not exported by this toolkit (no {ONNX_METADATA_KEY} metadata)")
         info = json.loads(meta[ONNX_METADATA_KEY])
-        self.classes, self.input = info["classes"], info["input"]
+        self.classes, self.input, self.tta_flip = info["classes"], info["input"], info.get("tta_flip", False)
         self.input_name = self.session.get_inputs()[0].name
 
     def probabilities(self, crops_uint8):
         x = normalize(torch.from_numpy(crops_uint8), self.input["mean"], self.input["std"]).numpy()
         logits = self.session.run(None, {self.input_name: x})[0]
+        if self.tta_flip:
+            logits = (logits + self.session.run(None, {self.input_name: x[..., ::-1].copy()})[0]) / 2
         return torch.softmax(torch.from_numpy(logits), 1).numpy()
 
     def grad_cam(self, crops_uint8, class_indices):

@@ -16,6 +16,21 @@ def conv_bn_relu(c_in, c_out):
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
+def dense_head(in_features, num_classes):
+    """The seed's classifier: in_features-4096-1024-256-N with its two dropouts (19M weights for 4608 inputs)."""
+    return nn.Sequential(
+        nn.Dropout(p=0.2),
+        nn.Linear(in_features, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=0.5),
+        nn.Linear(4096, 1024),
+        nn.ReLU(inplace=True),
+        nn.Linear(1024, 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, num_classes),
+    )
+
+
 class FER_CNN(nn.Module):
     """The seed's network: 4 x (conv3x3-BN-ReLU-maxpool) at 64/128/256/512, then a 4608-4096-1024-256-N head.
 
@@ -37,17 +52,7 @@ class FER_CNN(nn.Module):
             ))
         self.conv1, self.conv2, self.conv3, self.conv4 = blocks
         side = input_size // 16
-        self.fc = nn.Sequential(
-            nn.Dropout(p=0.2),
-            nn.Linear(512 * side * side, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(p=0.5),
-            nn.Linear(4096, 1024),
-            nn.ReLU(inplace=True),
-            nn.Linear(1024, 256),
-            nn.ReLU(inplace=True),
-            nn.Linear(256, num_classes),
-        )
+        self.fc = dense_head(512 * side * side, num_classes)
 
     def forward(self, x):
         x = self.conv4(self.conv3(self.conv2(self.conv1(x))))
@@ -57,13 +62,15 @@ class FER_CNN(nn.Module):
 class FERNet(nn.Module):
     """VGG-style: stages of conv3x3-BN-ReLU, max-pool between stages, global average pooling, dropout and
     one linear classifier. `convs_per_stage` is one count for every stage or one count per stage.
+    head="fc" swaps pooling and classifier for the seed's: one more max-pool, flatten, its dense head
+    (`dropout` then does not apply); it exists to measure what global pooling is worth.
 
     Global pooling keeps the classifier at width x classes parameters instead of the seed's 19M, which is
     where the seed over-fitted; the extra conv per stage buys receptive field instead.
     """
 
     def __init__(self, num_classes=5, in_channels=1, input_size=48, widths=(32, 64, 128, 256),
-                 convs_per_stage=2, dropout=0.3):
+                 convs_per_stage=2, dropout=0.3, head="gap"):
         super().__init__()
         if input_size < 2 ** (len(widths) - 1):
             raise ValueError(f"input_size {input_size} is too small for {len(widths)} stages")
@@ -80,8 +87,17 @@ class FERNet(nn.Module):
             if stage < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, num_classes))
+        if head == "gap":
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, num_classes))
+        elif head == "fc":
+            side = input_size // 2 ** len(widths)
+            if side < 1:
+                raise ValueError(f"input_size {input_size} is too small for head 'fc' after {len(widths)} stages")
+            self.pool = nn.MaxPool2d(2)
+            self.head = dense_head(c_in * side * side, num_classes)
+        else:
+            raise ValueError(f"unknown head {head!r}; choose gap or fc")
 
     def forward(self, x):
         return self.head(torch.flatten(self.pool(self.features(x)), 1))

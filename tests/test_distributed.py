@@ -62,3 +62,16 @@ def test_a_checkpoint_from_two_processes_resumes_in_one(ddp_run, tiny_data, scri
     args = fast_train_args(tiny_data, tmp_path, "--epochs", "4", "--amp", "off", "--resume")
     assert scripts["train"].main(args) == 0
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["epoch"] == 4
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_epoch_batches_shuffle_each_image_once_and_balanced_draws_classes_evenly(scripts, world):
+    train = scripts["train"]
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    shuffled = train.get_args_parser().parse_args(["--data", "-", "--batch-size", "64"])
+    balanced = train.get_args_parser().parse_args(["--data", "-", "--batch-size", "64", "--sampler", "balanced"])
+    shards = [torch.cat(train.epoch_batches(labels, shuffled, 1, rank, world)) for rank in range(world)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(1000))  # disjoint shards covering every image
+    drawn = torch.cat([torch.cat(train.epoch_batches(labels, balanced, 1, r, world)) for r in range(world)])
+    assert len(drawn) == 1000 and 0.4 < labels[drawn].float().mean() < 0.6  # the minority is 10% of images
+    assert not torch.equal(drawn, torch.cat(train.epoch_batches(labels, balanced, 2, 0, 1)))  # redrawn each epoch

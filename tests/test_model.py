@@ -38,3 +38,20 @@ def test_default_model_is_much_smaller_than_the_seed_and_takes_other_sizes():
 def test_unknown_arch_is_rejected():
     with pytest.raises(ValueError, match="unknown arch"):
         build_model("resnet9000", 5)
+
+
+def test_vgg_with_the_seeds_dense_head_differs_only_in_the_classifier():
+    gap, fc = build_model("vgg", 5), build_model("vgg", 5, head="fc")
+    assert [type(m) for m in gap.features] == [type(m) for m in fc.features]
+    dense = [(m.in_features, m.out_features) for m in fc.head if isinstance(m, torch.nn.Linear)]
+    assert dense == [(256 * 3 * 3, 4096), (4096, 1024), (1024, 256), (256, 5)]
+    assert fc(torch.randn(2, 1, 48, 48)).shape == (2, 5)
+    with pytest.raises(ValueError, match="unknown head"):
+        build_model("vgg", 5, head="mlp")
+
+
+def test_per_stage_conv_counts():
+    model = build_model("vgg", 5, widths=(8, 16, 32), convs_per_stage=(1, 2, 3))
+    assert [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == [8, 16, 16, 32, 32, 32]
+    with pytest.raises(ValueError, match="one positive count per stage"):
+        build_model("vgg", 5, widths=(8, 16, 32), convs_per_stage=(1, 0, 3))
