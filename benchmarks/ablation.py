@@ -3,7 +3,8 @@
     python benchmarks/ablation.py --data /path/to/fer5 [--seeds 0 1 2] [--only default no_aug ...]
 
 Results are appended to runs/ablation.jsonl and runs already there are skipped, so the table (about
-15 minutes per row of 3 seeds on a 2-core CPU) can be filled over several sessions; every call prints the whole table.
+15 minutes per row of 3 seeds on a 2-core CPU) can be filled over several sessions; every call prints the
+whole table.
 """
 import argparse
 import sys
