@@ -157,7 +157,7 @@ def get_args_parser():
     p.add_argument("--dropout", type=fraction_or_zero, help="vgg: dropout before the classifier (0.3)")
     p.add_argument("--head", choices=["gap", "fc"],
                    help="vgg: global average pooling + linear (gap), or the seed's 4096-1024-256 dense head (fc)")
-    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--epochs", type=positive_int, default=28)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--opt", choices=["sgd", "adamw"], default="sgd")
     p.add_argument("--lr", type=positive_float, default=0.05)
@@ -175,7 +175,8 @@ def get_args_parser():
     p.add_argument("--aug", type=augmentation_list, default="flip,affine,jitter,erase",
                    help=f"none, or a comma list of {', '.join(AUGMENTATIONS)}")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                   help="score validation and test on each image and its mirror (logits averaged)")
+                   help="score the test split (and predict.py faces) on each image and its mirror, logits "
+                   "averaged; validation stays single-view, so epochs are chosen as without it")
     p.add_argument("--patience", type=positive_int, default=10,
                    help="stop after this many epochs without a better --monitor value")
     p.add_argument("--monitor", choices=MONITORS, default="val_macro_f1",
@@ -506,8 +507,7 @@ def train_process(args, rank, world, local_rank):
             lr = optimizer.param_groups[0]["lr"]
             stats = train_one_epoch(trained, train_images, train_labels, optimizer, scheduler, criterion, args,
                                     ctx, epoch)
-            val_loss, val_report = engine.evaluate(model, val_split, ctx["input"], device, amp=ctx["amp"],
-                                                   tta_flip=args.tta)
+            val_loss, val_report = engine.evaluate(model, val_split, ctx["input"], device, amp=ctx["amp"])
             metrics = {"epoch": epoch, "lr": lr, **stats, "val_loss": val_loss,
                        "val_acc": 100 * val_report["accuracy"], "val_macro_f1": 100 * val_report["macro_f1"]}
             value = metrics[args.monitor]

@@ -7,9 +7,17 @@ Results are appended to runs/ablation.jsonl and runs already there are skipped, 
 whole table.
 """
 import argparse
+import contextlib
+import importlib.util
+import io
+import json
 import sys
+import tempfile
+from pathlib import Path
 
 import recipes
+
+OUT = "runs/ablation"
 
 # name -> train.py flags on top of the default recipe
 ABLATIONS = {
@@ -31,7 +39,6 @@ ABLATIONS = {
     "adamw": "--opt adamw --lr 0.002 --weight-decay 0.05",
     "constant_lr": "--sched none --lr 0.01",
     "epochs_50": "--epochs 50",
-    "no_tta": "--no-tta",
 }
 
 
@@ -44,8 +51,37 @@ def main(argv=None):
     args = p.parse_args(argv)
     names = args.only or list(ABLATIONS)
     runs = [f"{name}={ABLATIONS[name]}" for name in names]
-    return recipes.main(["--data", args.data, "--seeds", *map(str, args.seeds), "--recipes", "--runs", *runs,
-                         "--results", args.results, "--out", "runs/ablation"])
+    status = recipes.main(["--data", args.data, "--seeds", *map(str, args.seeds), "--recipes", "--runs", *runs,
+                           "--results", args.results, "--out", OUT])
+    if status == 0 and "default" in names:
+        flip_tta_rows(args.seeds)
+    return status
+
+
+def flip_tta_rows(seeds):
+    """Flip TTA on vs off for the very same default models. Validation picks epochs without TTA, so turning
+    it off needs no retraining: test.py scores each best.pth both ways, on validation and on test."""
+    sys.path.insert(0, str(recipes.ROOT))
+    spec = importlib.util.spec_from_file_location("fer_test_script", recipes.ROOT / "test.py")
+    test_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_script)
+    scores = {}
+    for seed in seeds:
+        ckpt = Path(OUT) / f"default_seed{seed}" / "checkpoints" / "best.pth"
+        for tta in ("--tta", "--no-tta"):
+            for split in ("val", "test"):
+                with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
+                    test_script.main(["--ckpt", str(ckpt), "--split", split, tta, "--out-dir", out])
+                    report = json.loads(next(Path(out).glob("*.json")).read_text())
+                scores.setdefault((tta, split), []).append(report)
+    print(f"\nflip TTA, same default models ({len(seeds)} seeds; "
+          f"python test.py --ckpt {OUT}/default_seedS/checkpoints/best.pth --split val|test --tta|--no-tta):")
+    print(f"{'':<18}{'val macro-F1':>18}{'test acc':>18}{'test macro-F1':>18}")
+    for tta in ("--tta", "--no-tta"):
+        val, test = scores[(tta, "val")], scores[(tta, "test")]
+        print(f"{tta:<18}{recipes.mean_sd([100 * r['macro_f1'] for r in val]):>18}"
+              f"{recipes.mean_sd([100 * r['accuracy'] for r in test]):>18}"
+              f"{recipes.mean_sd([100 * r['macro_f1'] for r in test]):>18}")
 
 
 if __name__ == "__main__":
