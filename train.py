@@ -174,6 +174,9 @@ def get_args_parser():
                    help="'balanced' weights each class's loss by N / (classes * count)")
     p.add_argument("--aug", type=augmentation_list, default="flip,affine,jitter,erase",
                    help=f"none, or a comma list of {', '.join(AUGMENTATIONS)}")
+    p.add_argument("--ema", type=fraction_or_zero, default=0.0, metavar="DECAY",
+                   help="validate, keep and test an exponential moving average of the weights and BatchNorm "
+                   "statistics, updated every step with this decay (0: off)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="score the test split (and predict.py faces) on each image and its mirror, logits "
                    "averaged; validation stays single-view, so epochs are chosen as without it")
@@ -316,7 +319,7 @@ def epoch_batches(labels, args, epoch, rank, world):
     return batches
 
 
-def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, criterion, args, ctx, epoch):
+def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, criterion, args, ctx, epoch, ema=None):
     model.train()
     rank, world = ctx["rank"], ctx["world"]
     g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch, rank))  # augmentation
@@ -339,6 +342,8 @@ def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, cri
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
                                dtype=torch.float64)
         seen = totals[2].item()
@@ -397,13 +402,18 @@ class TrainingLog:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, best, bad_epochs, split):
-    return {
+def checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, best, bad_epochs, split, ema=None):
+    """"model" holds the weights that were validated and are deployed: the moving average when --ema is on,
+    and then "online_model" holds the weights the optimizer steps, which --resume continues from."""
+    state = {
         "arch": args.arch, "arch_args": ctx["arch_args"], "classes": ctx["classes"], "input": ctx["input"],
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
         "epoch": epoch, "args": vars(args), "metrics": metrics, "best": best, "bad_epochs": bad_epochs,
         "split": split,
     }
+    if ema is not None:
+        state.update(model=ema.module.state_dict(), online_model=model.state_dict(), ema_steps=int(ema.n_averaged))
+    return state
 
 
 def check_resumable(state, args, classes, path):
@@ -464,12 +474,22 @@ def train_process(args, rank, world, local_rank):
     torch.manual_seed(args.seed)  # the same initial weights in every process
     if resume_state:
         model = model_from_checkpoint(resume_state, resume_path)
+        if "online_model" in resume_state:
+            model.load_state_dict(resume_state["online_model"])
     else:
         model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size,
                             **model_args)
     model = engine.prepare_model(model, device)
-    # `model` is what is saved and evaluated; `trained` is what the optimizer steps through (DDP, compiled).
-    trained = model
+    # `model` is what the optimizer steps, `trained` the same wrapped for DDP or compiled, and `scored` what
+    # is validated, saved as best.pth and tested: `model` itself, or its moving average under --ema.
+    trained, ema = model, None
+    if args.ema:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
+        if resume_state and "online_model" in resume_state:
+            ema.module.load_state_dict(resume_state["model"])
+            ema.n_averaged.fill_(resume_state["ema_steps"])
+    scored = ema.module if ema is not None else model
     if world > 1:
         device_ids = [local_rank] if device.type == "cuda" else None
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -506,8 +526,8 @@ def train_process(args, rank, world, local_rank):
             log.line(f"Epoch [{epoch}/{args.epochs}]")
             lr = optimizer.param_groups[0]["lr"]
             stats = train_one_epoch(trained, train_images, train_labels, optimizer, scheduler, criterion, args,
-                                    ctx, epoch)
-            val_loss, val_report = engine.evaluate(model, val_split, ctx["input"], device, amp=ctx["amp"])
+                                    ctx, epoch, ema)
+            val_loss, val_report = engine.evaluate(scored, val_split, ctx["input"], device, amp=ctx["amp"])
             metrics = {"epoch": epoch, "lr": lr, **stats, "val_loss": val_loss,
                        "val_acc": 100 * val_report["accuracy"], "val_macro_f1": 100 * val_report["macro_f1"]}
             value = metrics[args.monitor]
@@ -518,7 +538,7 @@ def train_process(args, rank, world, local_rank):
                 bad_epochs += 1
             if is_main:
                 state = checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, best, bad_epochs,
-                                         split_record)
+                                         split_record, ema)
                 if improved:
                     save_checkpoint(state, out_dir / "best.pth")
                 save_checkpoint(state, out_dir / "last.pth")

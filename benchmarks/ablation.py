@@ -39,6 +39,7 @@ ABLATIONS = {
     "adamw": "--opt adamw --lr 0.002 --weight-decay 0.05",
     "constant_lr": "--sched none --lr 0.01",
     "epochs_50": "--epochs 50",
+    "ema": "--ema 0.995",
 }
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -25,9 +26,10 @@ def wait_for(path, proc, timeout=240):
         time.sleep(0.02)
 
 
-def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_data, tmp_path, scripts):
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_data, tmp_path, scripts, extra):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    args = ["--epochs", "4", "--patience", "10", "--seed", "5"]
+    args = ["--epochs", "4", "--patience", "10", "--seed", "5", *extra]
     assert scripts["train"].main(fast_train_args(tiny_data, full, *args)) == 0
 
     proc = start_training(fast_train_args(tiny_data, killed, *args))
@@ -41,8 +43,10 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_data,
     resumed = load_checkpoint(killed / "checkpoints" / "last.pth")
     reference = load_checkpoint(full / "checkpoints" / "last.pth")
     assert resumed["epoch"] == reference["epoch"] == 4
-    for name, tensor in reference["model"].items():
-        assert torch.equal(resumed["model"][name], tensor), f"{name} differs after resuming from epoch {survived}"
+    for weights in ("model", "online_model") if extra else ("model",):
+        for name, tensor in reference[weights].items():
+            assert torch.equal(resumed[weights][name], tensor), \
+                f"{weights} {name} differs after resuming from epoch {survived}"
     assert (killed / "logs" / "training_log.txt").read_text().startswith(lines_before)
 
 

@@ -189,3 +189,24 @@ def test_flip_tta_is_used_by_training_and_by_test_script_alike(scripts, tiny_dat
     mirrored = engine.predict_logits(model, images.flip(-1), state["input"], cpu)
     tta = engine.predict_logits(model, images, state["input"], cpu, tta_flip=True)
     assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_ema_averages_beside_an_unchanged_training_run(scripts, tiny_data, tmp_path):
+    plain, averaged = tmp_path / "plain", tmp_path / "ema"
+    assert scripts["train"].main(fast_train_args(tiny_data, plain, "--seed", "3")) == 0
+    assert scripts["train"].main(fast_train_args(tiny_data, averaged, "--seed", "3", "--ema", "0.9")) == 0
+    reference = load_checkpoint(plain / "checkpoints" / "last.pth")["model"]
+    state = load_checkpoint(averaged / "checkpoints" / "last.pth")
+    # The optimizer's weights are those of the run without averaging; the kept weights are not.
+    assert all(torch.equal(state["online_model"][k], v) for k, v in reference.items())
+    assert not torch.equal(state["model"]["head.1.weight"], state["online_model"]["head.1.weight"])
+    labels = torch.zeros(len(state["split"]["train_indices"]), dtype=torch.long)
+    batch_args = scripts["train"].get_args_parser().parse_args(["--data", "-", "--batch-size", "16"])
+    steps_per_epoch = len(scripts["train"].epoch_batches(labels, batch_args, 1, 0, 1))
+    assert steps_per_epoch > 1 and state["ema_steps"] == 2 * steps_per_epoch  # updated after every step
+    # What training tested is the average: test.py, scoring "model", prints the same figures.
+    assert scripts["test"].main(["--ckpt", str(averaged / "checkpoints" / "best.pth"),
+                                 "--out-dir", str(averaged / "eval")]) == 0
+    report = json.loads(next((averaged / "eval").glob("*.json")).read_text())
+    assert report["confusion_matrix"] == json.loads((averaged / "logs" / "test_report.json").read_text())[
+        "confusion_matrix"]
