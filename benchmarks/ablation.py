@@ -49,17 +49,18 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--only", nargs="+", choices=ABLATIONS, help="run just these rows")
     p.add_argument("--results", default="runs/ablation.jsonl")
+    p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = p.parse_args(argv)
     names = args.only or list(ABLATIONS)
     runs = [f"{name}={ABLATIONS[name]}" for name in names]
     status = recipes.main(["--data", args.data, "--seeds", *map(str, args.seeds), "--recipes", "--runs", *runs,
-                           "--results", args.results, "--out", OUT])
+                           "--results", args.results, "--out", OUT, *(["--markdown"] if args.markdown else [])])
     if status == 0 and "default" in names:
-        flip_tta_rows(args.seeds)
+        flip_tta_rows(args.seeds, args.markdown)
     return status
 
 
-def flip_tta_rows(seeds):
+def flip_tta_rows(seeds, markdown=False):
     """Flip TTA on vs off for the very same default models. Validation picks epochs without TTA, so turning
     it off needs no retraining: test.py scores each best.pth both ways, on validation and on test."""
     sys.path.insert(0, str(recipes.ROOT))
@@ -77,12 +78,16 @@ def flip_tta_rows(seeds):
                 scores.setdefault((tta, split), []).append(report)
     print(f"\nflip TTA, same default models ({len(seeds)} seeds; "
           f"python test.py --ckpt {OUT}/default_seedS/checkpoints/best.pth --split val|test --tta|--no-tta):")
+    table = [(tta, *(recipes.mean_sd([100 * r[key] for r in scores[(tta, split)]]).strip()
+                     for split, key in (("val", "macro_f1"), ("test", "accuracy"), ("test", "macro_f1"))))
+             for tta in ("--tta", "--no-tta")]
     print(f"{'':<18}{'val macro-F1':>18}{'test acc':>18}{'test macro-F1':>18}")
-    for tta in ("--tta", "--no-tta"):
-        val, test = scores[(tta, "val")], scores[(tta, "test")]
-        print(f"{tta:<18}{recipes.mean_sd([100 * r['macro_f1'] for r in val]):>18}"
-              f"{recipes.mean_sd([100 * r['accuracy'] for r in test]):>18}"
-              f"{recipes.mean_sd([100 * r['macro_f1'] for r in test]):>18}")
+    for row in table:
+        print("".join([f"{row[0]:<18}", *(f"{v:>18}" for v in row[1:])]))
+    if markdown:
+        print("\n| test.py | val Macro-F1 | test accuracy | test Macro-F1 |\n| --- | --- | --- | --- |")
+        for row in table:
+            print(f"| `{row[0]}` | {' | '.join(row[1:])} |")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ def main(argv=None):
                    help="extra configurations: a name and train.py flags on top of the default recipe")
     p.add_argument("--extra", default="", help="flags added to every run, e.g. '--epochs 30'")
     p.add_argument("--out", default="runs/benchmark", help="where each run's checkpoints and logs go")
+    p.add_argument("--markdown", action="store_true", help="also print the summary as a Markdown table")
     p.add_argument("--results", help="JSONL of finished runs: runs already in it are not repeated, new ones "
                    "are appended, so a long table can be built over several sessions")
     args = p.parse_args(argv)
@@ -91,7 +92,21 @@ def main(argv=None):
     print()
     for name, _ in configs:
         print(f"{name}: python {next(r['cmd'] for r in rows if r['name'] == name)}")
+    if args.markdown:
+        print_markdown(configs, rows)
     return 0
+
+
+def print_markdown(configs, rows):
+    """The summary again, as the Markdown table the write-up quotes."""
+    print("\n| row | train.py flags | runs | kept epochs | wall s | val Macro-F1 | test accuracy | test Macro-F1 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, flags in configs:
+        mine = [r for r in rows if r["name"] == name]
+        val = [r["val_macro_f1"] for r in mine if "val_macro_f1" in r]
+        print(f"| {name} | `{shlex.join(flags)}` | {len(mine)} | {', '.join(str(r['best_epoch']) for r in mine)} "
+              f"| {mean_sd([r['wall_s'] for r in mine]).strip()} | {mean_sd(val).strip() if val else '-'} "
+              f"| {mean_sd([r['acc'] for r in mine]).strip()} | {mean_sd([r['macro_f1'] for r in mine]).strip()} |")
 
 
 if __name__ == "__main__":
