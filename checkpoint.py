@@ -72,3 +72,9 @@ def model_from_checkpoint(state, path="checkpoint"):
         raise CheckpointError(f"{path}: weights do not fit arch {state['arch']!r}: "
                               f"{str(e).splitlines()[0][:120]}") from None
     return model
+
+
+def scores_with_flip(state):
+    """Whether the checkpoint's model is scored on each image and its mirror (train.py --tta); checkpoints
+    from before that flag were scored on the image alone."""
+    return state.get("args", {}).get("tta", False)

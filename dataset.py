@@ -261,6 +261,14 @@ def _load_csv_split(path, split, classes, size, channels):
 # Splitting, hashing, normalising and augmenting
 
 
+def recorded_subset(full, indices, name, record):
+    """full.subset(indices) for indices that a checkpoint recorded; DataError if they cannot be this data's."""
+    if indices and max(indices) >= len(full):
+        raise DataError(f"{record} indexes {full.name} images up to {max(indices)}, but {full.name} has "
+                        f"{len(full)}; is this the data it was trained on?")
+    return full.subset(indices, name)
+
+
 def stratified_split(labels, val_fraction, seed):
     """Seeded per-class shuffle; each class gives round(n * val_fraction) images (at least one) to val."""
     labels = torch.as_tensor(labels)

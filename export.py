@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, scores_with_flip
 from errors import UserError, exit_code
 from inference import ONNX_METADATA_KEY
 
@@ -33,7 +33,7 @@ def get_args_parser():
 
 def deployment_info(state):
     return {"classes": state["classes"], "input": state["input"], "arch": state["arch"],
-            "tta_flip": state.get("args", {}).get("tta", False),
+            "tta_flip": scores_with_flip(state),
             "output": "logits of one image; with tta_flip, average them with the mirrored image's"}
 
 

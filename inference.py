@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import engine
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, scores_with_flip
 from dataset import image_to_array, normalize
 from errors import UserError
 
@@ -37,7 +37,7 @@ class TorchClassifier:
     def __init__(self, ckpt_path, device="cpu"):
         state = load_checkpoint(ckpt_path)
         self.classes, self.input = state["classes"], state["input"]
-        self.tta_flip = state.get("args", {}).get("tta", False)  # scored as training validated it
+        self.tta_flip = scores_with_flip(state)  # scored as training's test was
         self.device = engine.select_device(device)
         self.model = engine.prepare_model(model_from_checkpoint(state, ckpt_path).float(), self.device).eval()
 

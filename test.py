@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import engine
-from checkpoint import load_checkpoint, model_from_checkpoint
-from dataset import DataError, available_splits, load_split
+from checkpoint import load_checkpoint, model_from_checkpoint, scores_with_flip
+from dataset import DataError, available_splits, load_split, recorded_subset
 from errors import exit_code
 from metrics import format_report
 
@@ -58,16 +58,13 @@ def run(args):
         raise DataError(f"{root} has no {' or '.join(dict.fromkeys(candidates))} split "
                         f"(it has: {', '.join(available) or 'none'})")
 
-    tta = trained.get("tta", False) if args.tta is None else args.tta
+    tta = scores_with_flip(state) if args.tta is None else args.tta
     device = engine.select_device(args.device)
     model = engine.prepare_model(model_from_checkpoint(state, args.ckpt), device)
     cfg = state["input"]
     if split == "val" and "val_indices" in held_out:
-        data = load_split(root, "train", state["classes"], cfg["size"], cfg["channels"])
-        if max(held_out["val_indices"]) >= len(data):
-            raise DataError(f"{root}: train has {len(data)} images but {args.ckpt}'s validation split indexes "
-                            f"up to {max(held_out['val_indices'])}; is this the data it was trained on?")
-        data = data.subset(held_out["val_indices"], "val")
+        data = recorded_subset(load_split(root, "train", state["classes"], cfg["size"], cfg["channels"]),
+                               held_out["val_indices"], "val", f"{root}: {args.ckpt}'s validation split")
     else:
         data = load_split(root, split, state["classes"], cfg["size"], cfg["channels"])
     for warning in data.warnings():

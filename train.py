@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 import engine
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from dataset import (AUGMENTATIONS, DataError, available_splits, augment_batch, count_shared_images,
-                     load_split, resolve_classes, stratified_split)
+from dataset import (AUGMENTATIONS, available_splits, augment_batch, count_shared_images,
+                     load_split, recorded_subset, resolve_classes, stratified_split)
 from errors import UserError, exit_code
 from metrics import format_report
 from model import ARCHS, build_model, count_parameters, default_in_channels
@@ -113,10 +113,6 @@ def arch_args(args):
     given = {k: v for k, v in given.items() if v is not None}
     if given and args.arch != "vgg":
         raise UserError(f"--{next(iter(given)).replace('_', '-')} applies to --arch vgg only")
-    try:  # a throw-away build: a bad combination fails here, before any data is decoded
-        build_model(args.arch, 2, input_size=args.input_size, **given)
-    except ValueError as e:
-        raise UserError(f"--arch {args.arch}: {e}") from None
     return given
 
 
@@ -223,10 +219,9 @@ def load_data(args, root, classes, split_indices=None):
         train_idx, val_idx = stratified_split(full_train.labels, args.val_fraction, args.seed)
     else:
         train_idx, val_idx = split_indices["train_indices"], split_indices["val_indices"]
-        if max(train_idx + val_idx) >= len(full_train):
-            raise DataError(f"{root}: train has {len(full_train)} images but the checkpoint's split "
-                            f"indexes up to {max(train_idx + val_idx)}; is this the same data?")
-    train, val = full_train.subset(train_idx, "train"), full_train.subset(val_idx, "val")
+    record = f"{root}: the checkpoint's split"
+    train = recorded_subset(full_train, train_idx, "train", record)
+    val = recorded_subset(full_train, val_idx, "val", record)
     record = {"source": f"stratified {args.val_fraction:g} of train, seed {args.seed}", "root": str(root),
               "train_indices": train_idx, "val_indices": val_idx}
     return train, val, record, full_train
@@ -452,12 +447,25 @@ def train_process(args, rank, world, local_rank):
             raise CheckpointError(f"nothing to resume: {resume_path} does not exist")
         resume_state = load_checkpoint(resume_path)
 
-    model_args = arch_args(args)  # checked before any data is decoded
+    model_args = arch_args(args)
     device = engine.select_device(args.device, local_rank)
     root = data_root(args)
     classes = resolve_classes(root, args.classes)
     if resume_state:
         check_resumable(resume_state, args, classes, resume_path)
+    # The model is built before any data is decoded, so a bad architecture flag fails at once.
+    channels = args.channels or default_in_channels(args.arch)
+    torch.manual_seed(args.seed)  # the same initial weights in every process
+    if resume_state:
+        model = model_from_checkpoint(resume_state, resume_path)
+        if "online_model" in resume_state:
+            model.load_state_dict(resume_state["online_model"])
+    else:
+        try:
+            model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size,
+                                **model_args)
+        except ValueError as e:
+            raise UserError(f"--arch {args.arch}: {e}") from None
     saved_split = resume_state.get("split", {}) if resume_state else {}
     train_split, val_split, split_record, full_train = load_data(
         args, root, classes, saved_split if "train_indices" in saved_split else None)
@@ -467,18 +475,9 @@ def train_process(args, rank, world, local_rank):
     say(describe(train_split))
     say(describe(val_split))
 
-    channels = args.channels or default_in_channels(args.arch)
     ctx = {"device": device, "amp": engine.use_amp(args.amp, device), "classes": classes, "rank": rank,
            "arch_args": model_args,
            "world": world, "input": {"size": args.input_size, "channels": channels, "mean": 0.5, "std": 0.5}}
-    torch.manual_seed(args.seed)  # the same initial weights in every process
-    if resume_state:
-        model = model_from_checkpoint(resume_state, resume_path)
-        if "online_model" in resume_state:
-            model.load_state_dict(resume_state["online_model"])
-    else:
-        model = build_model(args.arch, len(classes), in_channels=channels, input_size=args.input_size,
-                            **model_args)
     model = engine.prepare_model(model, device)
     # `model` is what the optimizer steps, `trained` the same wrapped for DDP or compiled, and `scored` what
     # is validated, saved as best.pth and tested: `model` itself, or its moving average under --ema.

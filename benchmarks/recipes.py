@@ -81,32 +81,36 @@ def main(argv=None):
                   f"{row['wall_s']:>9.1f}{row['acc']:>10.2f}{row['macro_f1']:>10.2f}", flush=True)
     print()
     # Validation Macro-F1 (of the epoch kept) is what a choice between rows may rest on; test is for reporting.
+    summary = summarize(configs, rows)
     print(f"{'config':<18}{'runs':>5}{'wall s (mean ± sd)':>22}{'val macro-F1':>18}{'test acc':>18}"
           f"{'test macro-F1':>18}")
-    for name, _ in configs:
-        mine = [r for r in rows if r["name"] == name]
-        val = [r["val_macro_f1"] for r in mine if "val_macro_f1" in r]
-        print(f"{name:<18}{len(mine):>5}{mean_sd([r['wall_s'] for r in mine]):>22}"
-              f"{mean_sd(val) if val else '-':>18}"
-              f"{mean_sd([r['acc'] for r in mine]):>18}{mean_sd([r['macro_f1'] for r in mine]):>18}")
+    for r in summary:
+        print(f"{r['name']:<18}{r['runs']:>5}{r['wall']:>22}{r['val']:>18}{r['acc']:>18}{r['macro_f1']:>18}")
     print()
     for name, _ in configs:
         print(f"{name}: python {next(r['cmd'] for r in rows if r['name'] == name)}")
-    if args.markdown:
-        print_markdown(configs, rows)
+    if args.markdown:  # the summary again, as the Markdown table the write-up quotes
+        print("\n| row | train.py flags | runs | kept epochs | wall s | val Macro-F1 | test accuracy | test Macro-F1 |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in summary:
+            print(f"| {r['name']} | `{shlex.join(r['flags'])}` | {r['runs']} | {r['kept']} | {r['wall']} | {r['val']} "
+                  f"| {r['acc']} | {r['macro_f1']} |")
     return 0
 
 
-def print_markdown(configs, rows):
-    """The summary again, as the Markdown table the write-up quotes."""
-    print("\n| row | train.py flags | runs | kept epochs | wall s | val Macro-F1 | test accuracy | test Macro-F1 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+def summarize(configs, rows):
+    """Per configuration: its runs, kept epochs, and mean ± sd of wall time, validation and test figures."""
+    summary = []
     for name, flags in configs:
         mine = [r for r in rows if r["name"] == name]
         val = [r["val_macro_f1"] for r in mine if "val_macro_f1" in r]
-        print(f"| {name} | `{shlex.join(flags)}` | {len(mine)} | {', '.join(str(r['best_epoch']) for r in mine)} "
-              f"| {mean_sd([r['wall_s'] for r in mine]).strip()} | {mean_sd(val).strip() if val else '-'} "
-              f"| {mean_sd([r['acc'] for r in mine]).strip()} | {mean_sd([r['macro_f1'] for r in mine]).strip()} |")
+        summary.append({"name": name, "flags": flags, "runs": len(mine),
+                        "kept": ", ".join(str(r["best_epoch"]) for r in mine),
+                        "wall": mean_sd([r["wall_s"] for r in mine]).strip(),
+                        "val": mean_sd(val).strip() if val else "-",
+                        "acc": mean_sd([r["acc"] for r in mine]).strip(),
+                        "macro_f1": mean_sd([r["macro_f1"] for r in mine]).strip()})
+    return summary
 
 
 if __name__ == "__main__":
