@@ -53,8 +53,6 @@ def select_device(name="auto", local_rank=0):
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
