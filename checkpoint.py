@@ -20,6 +20,9 @@ from model import build_model
 FORMAT = "fer-toolkit-checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("arch", "arch_args", "classes", "input", "model")
+# Architecture arguments a checkpoint made before they were recorded was built with: vgg checkpoints
+# without "widths" (models/fer2013_5class_vgg.pth among them) predate the change of default to 24..192.
+UNRECORDED_ARCH_ARGS = {"vgg": {"widths": (32, 64, 128, 256)}}
 
 
 class CheckpointError(UserError):
@@ -64,8 +67,9 @@ def load_checkpoint(path, map_location="cpu"):
 
 def model_from_checkpoint(state, path="checkpoint"):
     """Rebuild the model a checkpoint describes and load its weights."""
+    arch_args = {**UNRECORDED_ARCH_ARGS.get(state["arch"], {}), **state["arch_args"]}
     model = build_model(state["arch"], len(state["classes"]), in_channels=state["input"]["channels"],
-                        input_size=state["input"]["size"], **state["arch_args"])
+                        input_size=state["input"]["size"], **arch_args)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -27,7 +27,7 @@ from dataset import (AUGMENTATIONS, available_splits, augment_batch, count_share
                      load_split, recorded_subset, resolve_classes, stratified_split)
 from errors import UserError, exit_code
 from metrics import format_report
-from model import ARCHS, build_model, count_parameters, default_in_channels
+from model import ARCHS, VGG_WIDTHS, build_model, count_parameters, default_in_channels
 
 DEMO_ROOT = Path("data/demo")
 
@@ -107,12 +107,15 @@ def conv_counts(text):
 
 
 def arch_args(args):
-    """The architecture flags that were given, as keyword arguments of the model (stored in checkpoints)."""
+    """The architecture flags that were given, as keyword arguments of the model (stored in checkpoints).
+    vgg's widths are always recorded, so a later change of their default cannot misread a checkpoint."""
     given = {"widths": args.widths, "convs_per_stage": args.convs_per_stage, "dropout": args.dropout,
              "head": args.head}
     given = {k: v for k, v in given.items() if v is not None}
     if given and args.arch != "vgg":
         raise UserError(f"--{next(iter(given)).replace('_', '-')} applies to --arch vgg only")
+    if args.arch == "vgg":
+        given.setdefault("widths", VGG_WIDTHS)
     return given
 
 
@@ -147,7 +150,8 @@ def get_args_parser():
     p.add_argument("--arch", choices=ARCHS, default="vgg")
     p.add_argument("--input-size", type=positive_int, default=48, help="images are resized to this square")
     p.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
-    p.add_argument("--widths", type=width_list, help="vgg: channels per stage, e.g. 32,64,128,256")
+    p.add_argument("--widths", type=width_list,
+                   help=f"vgg: channels per stage (default: {','.join(map(str, VGG_WIDTHS))})")
     p.add_argument("--convs-per-stage", type=conv_counts,
                    help="vgg: conv3x3-BN-ReLU layers per stage, one count or one per stage (2)")
     p.add_argument("--dropout", type=fraction_or_zero, help="vgg: dropout before the classifier (0.3)")

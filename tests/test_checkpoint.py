@@ -3,12 +3,12 @@ import torch
 
 import checkpoint
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from model import build_model
+from model import VGG_WIDTHS, build_model
 
 
 def make_state(arch="vgg", classes=("a", "b", "c")):
     model = build_model(arch, len(classes))
-    return {"arch": arch, "arch_args": {}, "classes": list(classes),
+    return {"arch": arch, "arch_args": {"widths": VGG_WIDTHS} if arch == "vgg" else {}, "classes": list(classes),
             "input": {"size": 48, "channels": 1 if arch == "vgg" else 3, "mean": 0.5, "std": 0.5},
             "model": model.state_dict(), "epoch": 4}, model
 
@@ -21,6 +21,16 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     x = torch.randn(2, 1, 48, 48)
     assert torch.equal(rebuilt(x), model.eval()(x))
     assert loaded["epoch"] == 4 and loaded["classes"] == ["a", "b", "c"]
+
+
+def test_a_vgg_checkpoint_without_recorded_widths_is_rebuilt_at_the_old_default_widths(tmp_path):
+    old = build_model("vgg", 3, widths=(32, 64, 128, 256))
+    state, _ = make_state()
+    state.update(arch_args={}, model=old.state_dict())
+    save_checkpoint(state, tmp_path / "old.pth")
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "old.pth")).eval()
+    x = torch.randn(2, 1, 48, 48)
+    assert torch.equal(rebuilt(x), old.eval()(x))
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -62,7 +72,7 @@ def test_truncated_checkpoint_is_reported(tmp_path):
 
 def test_weights_of_another_architecture_are_rejected(tmp_path):
     state, _ = make_state()
-    state["arch"] = "seed"
+    state.update(arch="seed", arch_args={})
     save_checkpoint(state, tmp_path / "c.pth")
     with pytest.raises(CheckpointError, match="do not fit arch 'seed'"):
         model_from_checkpoint(load_checkpoint(tmp_path / "c.pth"))

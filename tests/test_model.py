@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import FER_CNN, FERNet, build_model, count_parameters
+from model import FER_CNN, VGG_WIDTHS, FERNet, build_model, count_parameters
 
 
 def seed_parameter_count(num_classes=5):
@@ -44,7 +44,7 @@ def test_vgg_with_the_seeds_dense_head_differs_only_in_the_classifier():
     gap, fc = build_model("vgg", 5), build_model("vgg", 5, head="fc")
     assert [type(m) for m in gap.features] == [type(m) for m in fc.features]
     dense = [(m.in_features, m.out_features) for m in fc.head if isinstance(m, torch.nn.Linear)]
-    assert dense == [(256 * 3 * 3, 4096), (4096, 1024), (1024, 256), (256, 5)]
+    assert dense == [(VGG_WIDTHS[-1] * 3 * 3, 4096), (4096, 1024), (1024, 256), (256, 5)]
     assert fc(torch.randn(2, 1, 48, 48)).shape == (2, 5)
     with pytest.raises(ValueError, match="unknown head"):
         build_model("vgg", 5, head="mlp")
