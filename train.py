@@ -224,9 +224,9 @@ def load_data(args, root, classes, split_indices=None):
         train_idx, val_idx = stratified_split(full_train.labels, args.val_fraction, args.seed)
     else:
         train_idx, val_idx = split_indices["train_indices"], split_indices["val_indices"]
-    record = f"{root}: the checkpoint's split"
-    train = recorded_subset(full_train, train_idx, "train", record)
-    val = recorded_subset(full_train, val_idx, "val", record)
+    indexed_by = f"{root}: the checkpoint's split"
+    train = recorded_subset(full_train, train_idx, "train", indexed_by)
+    val = recorded_subset(full_train, val_idx, "val", indexed_by)
     record = {"source": f"stratified {args.val_fraction:g} of train, seed {args.seed}", "root": str(root),
               "train_indices": train_idx, "val_indices": val_idx}
     return train, val, record, full_train
