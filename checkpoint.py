@@ -3,6 +3,8 @@
 A checkpoint is a dict that rebuilds and runs the model on its own: arch and its arguments, class names,
 input size, channels and normalisation, plus what resuming needs (optimizer, lr scheduler, epoch, early
 stopping state, the train/val split indices) and the training arguments and metrics for the record.
+How logits become decisions (flip TTA, the logit adjustment and the class frequencies it uses) is read
+from it by scores_with_flip and logit_bias, which every scoring path calls.
 It is written to a temporary file in the same folder, flushed to disk and renamed over the old one, so a
 crash or a full disk leaves the previous checkpoint intact.
 """
@@ -82,3 +84,20 @@ def scores_with_flip(state):
     """Whether the checkpoint's model is scored on each image and its mirror (train.py --tta); checkpoints
     from before that flag were scored on the image alone."""
     return state.get("args", {}).get("tta", False)
+
+
+def logit_bias(state, tau=None, path="checkpoint"):
+    """The per-class offsets added to the logits before any decision: -tau * log(training class frequency).
+
+    Logit adjustment (Menon et al., 2021): a model trained on imbalanced classes learns their frequencies
+    into its logits; subtracting tau * log(frequency) makes it decide as if classes were equally common,
+    which is what a class-balanced test and Macro-F1 reward (tau 1 is the Bayes rule for that). tau defaults
+    to the checkpoint's --logit-adjust (checkpoints from before that flag: 0); -> None when tau is 0.
+    """
+    tau = state.get("args", {}).get("logit_adjust", 0.0) if tau is None else tau
+    if not tau:
+        return None
+    if "class_prior" not in state:
+        raise CheckpointError(f"{path} does not record its training class frequencies, which --logit-adjust "
+                              "needs; pass --logit-adjust 0")
+    return (-tau * torch.tensor(state["class_prior"], dtype=torch.float64).log()).tolist()

@@ -92,8 +92,10 @@ def to_input(images_uint8, input_cfg, device, channels_last=True):
 
 
 @torch.no_grad()
-def predict_logits(model, images_uint8, input_cfg, device, batch_size=256, amp=False, tta_flip=False):
-    """Logits (float32, on the CPU) for every image of a uint8 N x C x H x W tensor."""
+def predict_logits(model, images_uint8, input_cfg, device, batch_size=256, amp=False, tta_flip=False,
+                   logit_bias=None):
+    """Logits (float32, on the CPU) for every image of a uint8 N x C x H x W tensor; logit_bias (one number
+    per class, checkpoint.logit_bias) is added to them."""
     model.eval()
     outputs = []
     for start in range(0, len(images_uint8), batch_size):
@@ -105,10 +107,11 @@ def predict_logits(model, images_uint8, input_cfg, device, batch_size=256, amp=F
         outputs.append(logits.cpu())
     if not outputs:
         return torch.zeros(0, 0)
-    return torch.cat(outputs)
+    logits = torch.cat(outputs)
+    return logits if logit_bias is None else logits + torch.tensor(logit_bias, dtype=logits.dtype)
 
 
-def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_flip=False):
+def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_flip=False, logit_bias=None):
     """-> (mean cross-entropy, classification_report) of model on a FERSplit.
 
     Under torchrun each process scores every world-size-th image and the confusion matrices and loss sums
@@ -116,7 +119,8 @@ def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_fli
     """
     rank, world = rank_and_world()
     labels = split.labels[rank::world]
-    logits = predict_logits(model, split.images[rank::world], input_cfg, device, batch_size, amp, tta_flip)
+    logits = predict_logits(model, split.images[rank::world], input_cfg, device, batch_size, amp, tta_flip,
+                            logit_bias)
     cm = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), len(split.classes)) if len(labels) else 0
     totals = torch.zeros(len(split.classes) ** 2 + 1, dtype=torch.float64)
     totals[:-1] += torch.as_tensor(cm, dtype=torch.float64).flatten()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, scores_with_flip
+from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scores_with_flip
 from errors import UserError, exit_code
 from inference import ONNX_METADATA_KEY
 
@@ -33,8 +33,9 @@ def get_args_parser():
 
 def deployment_info(state):
     return {"classes": state["classes"], "input": state["input"], "arch": state["arch"],
-            "tta_flip": scores_with_flip(state),
-            "output": "logits of one image; with tta_flip, average them with the mirrored image's"}
+            "tta_flip": scores_with_flip(state), "logit_bias": logit_bias(state),
+            "output": "logits of one image; with tta_flip, average them with the mirrored image's; "
+                      "then add logit_bias (one number per class) when it is not null"}
 
 
 def export_onnx(model, example, info, out, opset):
@@ -58,7 +59,7 @@ def export_torchscript(model, example, info, out):
 
 def export_release(state, out):
     """The checkpoint without what only training needs, its weights in fp16 (loading casts them back)."""
-    keep = ("arch", "arch_args", "classes", "input", "epoch", "args", "metrics", "best")
+    keep = ("arch", "arch_args", "classes", "input", "epoch", "args", "metrics", "best", "class_prior")
     release = {k: state[k] for k in keep if k in state}
     release["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     release["split"] = {k: v for k, v in state.get("split", {}).items() if not k.endswith("_indices")}

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import engine
-from checkpoint import load_checkpoint, model_from_checkpoint, scores_with_flip
+from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scores_with_flip
 from dataset import image_to_array, normalize
 from errors import UserError
 
@@ -38,12 +38,13 @@ class TorchClassifier:
         state = load_checkpoint(ckpt_path)
         self.classes, self.input = state["classes"], state["input"]
         self.tta_flip = scores_with_flip(state)  # scored as training's test was
+        self.logit_bias = logit_bias(state, path=ckpt_path)
         self.device = engine.select_device(device)
         self.model = engine.prepare_model(model_from_checkpoint(state, ckpt_path).float(), self.device).eval()
 
     def probabilities(self, crops_uint8):
         logits = engine.predict_logits(self.model, torch.from_numpy(crops_uint8), self.input, self.device,
-                                       tta_flip=self.tta_flip)
+                                       tta_flip=self.tta_flip, logit_bias=self.logit_bias)
         return torch.softmax(logits, 1).numpy()
 
     def grad_cam(self, crops_uint8, class_indices):
@@ -66,6 +67,7 @@ class OnnxClassifier:
             raise UserError(f"{onnx_path} was not exported by this toolkit (no {ONNX_METADATA_KEY} metadata)")
         info = json.loads(meta[ONNX_METADATA_KEY])
         self.classes, self.input, self.tta_flip = info["classes"], info["input"], info.get("tta_flip", False)
+        self.logit_bias = info.get("logit_bias")
         self.input_name = self.session.get_inputs()[0].name
 
     def probabilities(self, crops_uint8):
@@ -73,6 +75,8 @@ class OnnxClassifier:
         logits = self.session.run(None, {self.input_name: x})[0]
         if self.tta_flip:
             logits = (logits + self.session.run(None, {self.input_name: x[..., ::-1].copy()})[0]) / 2
+        if self.logit_bias is not None:
+            logits = logits + np.asarray(self.logit_bias, dtype=logits.dtype)
         return torch.softmax(torch.from_numpy(logits), 1).numpy()
 
     def grad_cam(self, crops_uint8, class_indices):

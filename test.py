@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import engine
-from checkpoint import load_checkpoint, model_from_checkpoint, scores_with_flip
+from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scores_with_flip
 from dataset import DataError, available_splits, load_split, recorded_subset
 from errors import exit_code
 from metrics import format_report
@@ -30,6 +30,9 @@ def get_args_parser():
                    help="bf16 autocast for inference; off by default so scores are exact fp32")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="average the logits of each image and its mirror (default: as training scored)")
+    p.add_argument("--logit-adjust", type=float, metavar="TAU",
+                   help="subtract TAU x log(training class frequency) from the logits; 0 is the plain argmax "
+                   "(default: as training scored)")
     p.add_argument("--out-dir", default="logs", help="where the JSON report and confusion-matrix PNG go")
     return p
 
@@ -59,6 +62,7 @@ def run(args):
                         f"(it has: {', '.join(available) or 'none'})")
 
     tta = scores_with_flip(state) if args.tta is None else args.tta
+    bias = logit_bias(state, args.logit_adjust, args.ckpt)
     device = engine.select_device(args.device)
     model = engine.prepare_model(model_from_checkpoint(state, args.ckpt), device)
     cfg = state["input"]
@@ -71,8 +75,9 @@ def run(args):
         print(f"warning: {warning}", file=sys.stderr)
 
     loss, report = engine.evaluate(model, data, cfg, device, args.batch_size, engine.use_amp(args.amp, device),
-                                   tta_flip=tta)
-    report.update(checkpoint=str(args.ckpt), data=str(root), split=split, loss=loss, tta_flip=tta)
+                                   tta_flip=tta, logit_bias=bias)
+    report.update(checkpoint=str(args.ckpt), data=str(root), split=split, loss=loss, tta_flip=tta,
+                  logit_bias=bias)
     print(f"{args.ckpt} (arch {state['arch']}, epoch {state.get('epoch', '?')}) on {root} [{split}]: "
           f"{len(data)} images")
     print(f"Test Loss: {loss:.4f}")

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 import engine
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint
 from dataset import (AUGMENTATIONS, available_splits, augment_batch, count_shared_images,
                      load_split, recorded_subset, resolve_classes, stratified_split)
 from errors import UserError, exit_code
@@ -39,7 +39,7 @@ RECIPES = {
     # lower validation loss, no test-time augmentation. The assignment does not show its batch size; 64 is assumed.
     "seed": dict(arch="seed", opt="sgd", lr=0.001, momentum=0.9, nesterov=False, weight_decay=0.0,
                  sched="none", warmup_epochs=0, aug="none", label_smoothing=0.0, class_weights="none",
-                 patience=3, monitor="val_loss", batch_size=64, epochs=50, tta=False),
+                 patience=3, monitor="val_loss", batch_size=64, epochs=50, tta=False, logit_adjust=0.0),
 }
 MONITORS = {"val_macro_f1": max, "val_acc": max, "val_loss": min}
 
@@ -181,6 +181,12 @@ def get_args_parser():
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="score the test split (and predict.py faces) on each image and its mirror, logits "
                    "averaged; validation stays single-view, so epochs are chosen as without it")
+    p.add_argument("--logit-adjust", type=non_negative_float, metavar="TAU",
+                   help="decide on logits minus TAU x log(training class frequency), on the test split and in "
+                   "predict.py: 1 makes an imbalanced training set decide as if classes were equally common, "
+                   "as a class-balanced test and Macro-F1 reward; 0 is the plain argmax, for data distributed "
+                   "like train. Default 1, or 0 under --class-weights balanced or --sampler balanced, which "
+                   "balance the classes already. Validation picks epochs without it")
     p.add_argument("--patience", type=positive_int, default=10,
                    help="stop after this many epochs without a better --monitor value")
     p.add_argument("--monitor", choices=MONITORS, default="val_macro_f1",
@@ -205,7 +211,11 @@ def parse_args(argv=None):
     known, _ = pre.parse_known_args(argv)
     parser = get_args_parser()
     parser.set_defaults(**RECIPES[known.recipe])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.logit_adjust is None:
+        balanced_already = args.class_weights == "balanced" or args.sampler == "balanced"
+        args.logit_adjust = 0.0 if balanced_already else 1.0
+    return args
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -409,7 +419,7 @@ def checkpoint_state(model, optimizer, scheduler, args, ctx, epoch, metrics, bes
         "arch": args.arch, "arch_args": ctx["arch_args"], "classes": ctx["classes"], "input": ctx["input"],
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
         "epoch": epoch, "args": vars(args), "metrics": metrics, "best": best, "bad_epochs": bad_epochs,
-        "split": split,
+        "split": split, "class_prior": ctx["class_prior"],
     }
     if ema is not None:
         state.update(model=ema.module.state_dict(), online_model=model.state_dict(), ema_steps=int(ema.n_averaged))
@@ -482,7 +492,8 @@ def train_process(args, rank, world, local_rank):
 
     ctx = {"device": device, "amp": engine.use_amp(args.amp, device), "classes": classes, "rank": rank,
            "arch_args": model_args,
-           "world": world, "input": {"size": args.input_size, "channels": channels, "mean": 0.5, "std": 0.5}}
+           "world": world, "input": {"size": args.input_size, "channels": channels, "mean": 0.5, "std": 0.5},
+           "class_prior": [max(n, 1) / len(train_split) for n in train_split.class_counts()]}
     model = engine.prepare_model(model, device)
     # `model` is what the optimizer steps, `trained` the same wrapped for DDP or compiled, and `scored` what
     # is validated, saved as best.pth and tested: `model` itself, or its moving average under --ema.
@@ -575,19 +586,27 @@ def train_process(args, rank, world, local_rank):
     if not (out_dir / "best.pth").exists():
         log.close()
         raise CheckpointError(f"{out_dir / 'best.pth'} is missing: no epoch was trained, or it was removed")
-    result = test_best(args, root, out_dir / "best.pth", full_train, ctx, log, say)
+    result = test_best(args, root, out_dir / "best.pth", full_train, val_split, ctx, log, say)
     log.close()
     return result
 
 
-def test_best(args, root, best_path, full_train, ctx, log, say):
+def test_best(args, root, best_path, full_train, val_split, ctx, log, say):
     """Score best.pth on the test split, if the data has one. It never influenced training or selection."""
+    state = load_checkpoint(best_path)
+    model = engine.prepare_model(model_from_checkpoint(state, best_path), ctx["device"])
+    bias = logit_bias(state, path=best_path)
+    if bias is not None:
+        # What the adjustment does on data we may look at: balanced accuracy (the accuracy a test with
+        # equally many images per class would give) of best.pth on validation, without and with it.
+        plain, adjusted = (engine.evaluate(model, val_split, ctx["input"], ctx["device"], tta_flip=args.tta,
+                                           logit_bias=b)[1]["macro_recall"] for b in (None, bias))
+        log.line(f"Validation balanced accuracy: {100 * plain:.2f}% plain argmax, {100 * adjusted:.2f}% with "
+                 f"--logit-adjust {args.logit_adjust:g}")
     if args.test_split not in available_splits(root):
         say(f"no {args.test_split} split in {root}; score another dataset with: "
               f"python test.py --ckpt {best_path} --data DIR")
         return 0
-    state = load_checkpoint(best_path)
-    model = engine.prepare_model(model_from_checkpoint(state, best_path), ctx["device"])
     test_split = load_split(root, args.test_split, ctx["classes"], ctx["input"]["size"], ctx["input"]["channels"])
     for warning in test_split.warnings():
         say(f"warning: {warning}", file=sys.stderr)
@@ -595,7 +614,8 @@ def test_best(args, root, best_path, full_train, ctx, log, say):
     if shared:
         say(f"note: {shared} of {len(test_split)} {args.test_split} images are pixel-identical to training images")
     # fp32, as test.py scores by default, so the two print the same figures for the same checkpoint.
-    loss, report = engine.evaluate(model, test_split, ctx["input"], ctx["device"], tta_flip=args.tta)
+    loss, report = engine.evaluate(model, test_split, ctx["input"], ctx["device"], tta_flip=args.tta,
+                                   logit_bias=bias)
     log.line(f"Test Loss: {loss:.4f}, Test Accuracy: {100 * report['accuracy']:.2f}%")
     log.line(f"Test Macro-F1: {100 * report['macro_f1']:.2f} (best.pth from epoch {state['epoch']})")
     say(format_report(report))

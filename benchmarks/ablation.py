@@ -62,13 +62,19 @@ def main(argv=None):
     status = recipes.main(["--data", args.data, "--seeds", *map(str, args.seeds), "--recipes", "--runs", *runs,
                            "--results", args.results, "--out", OUT, *(["--markdown"] if args.markdown else [])])
     if status == 0 and "default" in names:
-        flip_tta_rows(args.seeds, args.markdown)
+        rescored_rows(args.seeds, args.markdown)
     return status
 
 
-def flip_tta_rows(seeds, markdown=False):
-    """Flip TTA on vs off for the very same default models. Validation picks epochs without TTA, so turning
-    it off needs no retraining: test.py scores each best.pth both ways, on validation and on test."""
+# How the very same default models decide, varied after training: flip TTA and logit adjustment act only
+# on scoring, and validation picks epochs without either, so test.py re-scores each best.pth without retraining.
+RESCORINGS = {"default": [], "--no-tta": ["--no-tta"], "--logit-adjust 0.5": ["--logit-adjust", "0.5"],
+              "--logit-adjust 0": ["--logit-adjust", "0"]}
+COLUMNS = (("val", "macro_f1", "val macro-F1"), ("val", "macro_recall", "val bal. acc"),
+           ("test", "accuracy", "test acc"), ("test", "macro_f1", "test macro-F1"))
+
+
+def rescored_rows(seeds, markdown=False):
     sys.path.insert(0, str(recipes.ROOT))
     spec = importlib.util.spec_from_file_location("fer_test_script", recipes.ROOT / "test.py")
     test_script = importlib.util.module_from_spec(spec)
@@ -76,24 +82,24 @@ def flip_tta_rows(seeds, markdown=False):
     scores = {}
     for seed in seeds:
         ckpt = Path(OUT) / f"default_seed{seed}" / "checkpoints" / "best.pth"
-        for tta in ("--tta", "--no-tta"):
+        for name, flags in RESCORINGS.items():
             for split in ("val", "test"):
                 with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
-                    test_script.main(["--ckpt", str(ckpt), "--split", split, tta, "--out-dir", out])
+                    test_script.main(["--ckpt", str(ckpt), "--split", split, *flags, "--out-dir", out])
                     report = json.loads(next(Path(out).glob("*.json")).read_text())
-                scores.setdefault((tta, split), []).append(report)
-    print(f"\nflip TTA, same default models ({len(seeds)} seeds; "
-          f"python test.py --ckpt {OUT}/default_seedS/checkpoints/best.pth --split val|test --tta|--no-tta):")
-    table = [(tta, *(recipes.mean_sd([100 * r[key] for r in scores[(tta, split)]]).strip()
-                     for split, key in (("val", "macro_f1"), ("test", "accuracy"), ("test", "macro_f1"))))
-             for tta in ("--tta", "--no-tta")]
-    print(f"{'':<18}{'val macro-F1':>18}{'test acc':>18}{'test macro-F1':>18}")
+                scores.setdefault((name, split), []).append(report)
+    print(f"\nscoring of the same default models ({len(seeds)} seeds; python test.py --ckpt "
+          f"{OUT}/default_seedS/checkpoints/best.pth --split val|test [flags]); val bal. acc is the mean recall, "
+          "the accuracy of a class-balanced set:")
+    table = [(name, *(recipes.mean_sd([100 * r[key] for r in scores[(name, split)]]).strip()
+                      for split, key, _ in COLUMNS)) for name in RESCORINGS]
+    print(f"{'test.py flags':<22}" + "".join(f"{title:>18}" for *_, title in COLUMNS))
     for row in table:
-        print("".join([f"{row[0]:<18}", *(f"{v:>18}" for v in row[1:])]))
+        print("".join([f"{row[0]:<22}", *(f"{v:>18}" for v in row[1:])]))
     if markdown:
-        print("\n| test.py | val Macro-F1 | test accuracy | test Macro-F1 |\n| --- | --- | --- | --- |")
+        print("\n| test.py | " + " | ".join(title for *_, title in COLUMNS) + " |\n|" + " --- |" * (len(COLUMNS) + 1))
         for row in table:
-            print(f"| `{row[0]}` | {' | '.join(row[1:])} |")
+            print(f"| {row[0] if row[0] == 'default' else f'`{row[0]}`'} | {' | '.join(row[1:])} |")
 
 
 if __name__ == "__main__":

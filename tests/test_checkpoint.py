@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -76,3 +78,18 @@ def test_weights_of_another_architecture_are_rejected(tmp_path):
     save_checkpoint(state, tmp_path / "c.pth")
     with pytest.raises(CheckpointError, match="do not fit arch 'seed'"):
         model_from_checkpoint(load_checkpoint(tmp_path / "c.pth"))
+
+
+def test_logit_bias_subtracts_tau_times_the_log_class_frequency():
+    state, _ = make_state()
+    state.update(class_prior=[0.5, 0.3, 0.2], args={"logit_adjust": 1.0})
+    assert checkpoint.logit_bias(state) == pytest.approx([-math.log(0.5), -math.log(0.3), -math.log(0.2)])
+    assert checkpoint.logit_bias(state, tau=0.5) == pytest.approx([-0.5 * math.log(p) for p in (0.5, 0.3, 0.2)])
+    assert checkpoint.logit_bias(state, tau=0) is None
+
+
+def test_logit_bias_of_checkpoints_without_the_flag_or_the_frequencies():
+    state, _ = make_state()
+    assert checkpoint.logit_bias(state) is None  # made before --logit-adjust: plain argmax, as it was scored
+    with pytest.raises(CheckpointError, match="old.pth does not record its training class frequencies"):
+        checkpoint.logit_bias(state, tau=1.0, path="old.pth")

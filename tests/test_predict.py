@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import engine
-from checkpoint import load_checkpoint, model_from_checkpoint, scores_with_flip
+from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scores_with_flip
 from conftest import load_script
 from dataset import load_split
 from inference import FaceDetector, grad_cam
@@ -82,7 +82,8 @@ def test_no_detect_scores_crops_exactly_like_the_test_split(predict, trained, ti
     split = load_split(tiny_data, "test", state["classes"])
     mine = [i for i, s in enumerate(split.sources) if "/Happy/" in s]
     logits = engine.predict_logits(model_from_checkpoint(state), split.images[mine], state["input"],
-                                   torch.device("cpu"), tta_flip=scores_with_flip(state))
+                                   torch.device("cpu"), tta_flip=scores_with_flip(state),
+                                   logit_bias=logit_bias(state))
     expected = torch.softmax(logits, 1).numpy()
     assert len(rows) == len(mine)
     for row, source, p in zip(rows, [split.sources[i] for i in mine], expected):

@@ -10,6 +10,7 @@ from PIL import Image
 
 import engine
 from checkpoint import load_checkpoint
+from dataset import load_split
 from conftest import ROOT, TINY_COUNTS, fast_train_args
 
 
@@ -210,3 +211,39 @@ def test_ema_averages_beside_an_unchanged_training_run(scripts, tiny_data, tmp_p
     report = json.loads(next((averaged / "eval").glob("*.json")).read_text())
     assert report["confusion_matrix"] == json.loads((averaged / "logs" / "test_report.json").read_text())[
         "confusion_matrix"]
+
+
+@pytest.mark.parametrize("flags, tau", [((), 1.0), (("--class-weights", "balanced"), 0.0),
+                                        (("--sampler", "balanced"), 0.0), (("--recipe", "seed"), 0.0),
+                                        (("--class-weights", "balanced", "--logit-adjust", "0.5"), 0.5)])
+def test_logit_adjustment_is_on_unless_training_balanced_the_classes_already(scripts, flags, tau):
+    assert scripts["train"].parse_args(["--data", "x", *flags]).logit_adjust == tau
+
+
+def test_logit_adjustment_shifts_test_decisions_by_the_training_class_frequencies(trained, tiny_data, scripts,
+                                                                                   tmp_path):
+    ckpt = trained / "checkpoints" / "best.pth"
+    state = load_checkpoint(ckpt)
+    # The 80% of train that trained: TINY_COUNTS less the stratified fifth held out for validation.
+    labels = load_split(tiny_data, "train", state["classes"]).labels
+    kept = torch.bincount(labels[torch.as_tensor(state["split"]["train_indices"])], minlength=len(TINY_COUNTS))
+    assert state["class_prior"] == pytest.approx((kept / kept.sum()).tolist())
+    assert "Validation balanced accuracy: " in (trained / "logs" / "training_log.txt").read_text()
+
+    reports = {}
+    for tau in ("1", "0"):
+        out = tmp_path / tau
+        assert scripts["test"].main(["--ckpt", str(ckpt), "--logit-adjust", tau, "--out-dir", str(out)]) == 0
+        reports[tau] = json.loads(next(out.glob("*.json")).read_text())
+    at_train_end = json.loads((trained / "logs" / "test_report.json").read_text())
+    assert reports["1"]["confusion_matrix"] == at_train_end["confusion_matrix"]  # training's default, tau 1
+    assert reports["0"]["logit_bias"] is None
+    assert reports["0"]["confusion_matrix"] != reports["1"]["confusion_matrix"]  # the shift changes decisions
+
+    test = load_split(tiny_data, "test", state["classes"])
+    logits = engine.predict_logits(scripts["test"].model_from_checkpoint(state), test.images, state["input"],
+                                   torch.device("cpu"), tta_flip=True)
+    for tau, report in reports.items():
+        shifted = logits - float(tau) * torch.tensor(state["class_prior"]).log()
+        predicted = torch.bincount(shifted.argmax(1), minlength=len(TINY_COUNTS)).tolist()
+        assert [sum(column) for column in zip(*report["confusion_matrix"])] == predicted
