@@ -40,6 +40,7 @@ ABLATIONS = {
     "balanced_sampler": "--widths 32,64,128,256 --sampler balanced",
     "ema": f"--ema 0.995 {EARLIER}",
     "narrow": "--widths 16,32,64,128",
+    "narrow_56_epochs": "--widths 16,32,64,128 --epochs 56",
     "wide": "--widths 48,96,192,384",
     "one_conv": f"--convs-per-stage 1 {PLAIN_ARGMAX}",
     "dropout_0": "--dropout 0",
