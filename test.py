@@ -14,6 +14,7 @@ from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, score
 from dataset import DataError, available_splits, load_split, recorded_subset
 from errors import exit_code
 from metrics import format_report
+from train import non_negative_float
 
 
 def get_args_parser():
@@ -30,7 +31,7 @@ def get_args_parser():
                    help="bf16 autocast for inference; off by default so scores are exact fp32")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="average the logits of each image and its mirror (default: as training scored)")
-    p.add_argument("--logit-adjust", type=float, metavar="TAU",
+    p.add_argument("--logit-adjust", type=non_negative_float, metavar="TAU",
                    help="subtract TAU x log(training class frequency) from the logits; 0 is the plain argmax "
                    "(default: as training scored)")
     p.add_argument("--out-dir", default="logs", help="where the JSON report and confusion-matrix PNG go")

@@ -114,6 +114,7 @@ def test_missing_data_folder_is_a_one_line_error(scripts, tmp_path, capsys):
     (["--aug", "flip,warp"], "unknown augmentation warp"),
     (["--val-fraction", "1.5"], "between 0 and 1"),
     (["--lr", "nan"], "finite number"),
+    (["--logit-adjust", "-1"], "must be a finite number >= 0"),
 ])
 def test_nonsense_flags_are_rejected_with_allowed_values(scripts, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -247,3 +248,10 @@ def test_logit_adjustment_shifts_test_decisions_by_the_training_class_frequencie
         shifted = logits - float(tau) * torch.tensor(state["class_prior"]).log()
         predicted = torch.bincount(shifted.argmax(1), minlength=len(TINY_COUNTS)).tolist()
         assert [sum(column) for column in zip(*report["confusion_matrix"])] == predicted
+
+
+def test_test_script_rejects_a_negative_logit_adjustment(trained, scripts, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        scripts["test"].main(["--ckpt", str(trained / "checkpoints" / "best.pth"), "--logit-adjust", "-1"])
+    assert exit_info.value.code == 2
+    assert "--logit-adjust" in capsys.readouterr().err
