@@ -91,24 +91,31 @@ def to_input(images_uint8, input_cfg, device, channels_last=True):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def decision_logits(logits, mirrored_logits=None, logit_bias=None):
+    """The logits a model decides on, from its raw float32 outputs (PyTorch's or an ONNX session's): averaged
+    with those of the mirrored images (flip TTA), then shifted by logit_bias (checkpoint.logit_bias)."""
+    if mirrored_logits is not None:
+        logits = (logits + mirrored_logits) / 2
+    if logit_bias is not None:
+        logits = logits + torch.tensor(logit_bias, dtype=logits.dtype, device=logits.device)
+    return logits
+
+
 @torch.no_grad()
 def predict_logits(model, images_uint8, input_cfg, device, batch_size=256, amp=False, tta_flip=False,
                    logit_bias=None):
-    """Logits (float32, on the CPU) for every image of a uint8 N x C x H x W tensor; logit_bias (one number
-    per class, checkpoint.logit_bias) is added to them."""
+    """Decision logits (float32, on the CPU) for every image of a uint8 N x C x H x W tensor."""
     model.eval()
     outputs = []
     for start in range(0, len(images_uint8), batch_size):
         x = to_input(images_uint8[start:start + batch_size], input_cfg, device)
         with autocast(device, amp):
             logits = model(x).float()
-            if tta_flip:
-                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
-        outputs.append(logits.cpu())
+            mirrored = model(torch.flip(x, dims=[3])).float() if tta_flip else None
+        outputs.append(decision_logits(logits, mirrored, logit_bias).cpu())
     if not outputs:
         return torch.zeros(0, 0)
-    logits = torch.cat(outputs)
-    return logits if logit_bias is None else logits + torch.tensor(logit_bias, dtype=logits.dtype)
+    return torch.cat(outputs)
 
 
 def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_flip=False, logit_bias=None):

@@ -72,12 +72,10 @@ class OnnxClassifier:
 
     def probabilities(self, crops_uint8):
         x = normalize(torch.from_numpy(crops_uint8), self.input["mean"], self.input["std"]).numpy()
-        logits = self.session.run(None, {self.input_name: x})[0]
-        if self.tta_flip:
-            logits = (logits + self.session.run(None, {self.input_name: x[..., ::-1].copy()})[0]) / 2
-        if self.logit_bias is not None:
-            logits = logits + np.asarray(self.logit_bias, dtype=logits.dtype)
-        return torch.softmax(torch.from_numpy(logits), 1).numpy()
+        logits = torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
+        mirrored = (torch.from_numpy(self.session.run(None, {self.input_name: x[..., ::-1].copy()})[0])
+                    if self.tta_flip else None)
+        return torch.softmax(engine.decision_logits(logits, mirrored, self.logit_bias), 1).numpy()
 
     def grad_cam(self, crops_uint8, class_indices):
         raise UserError("--explain needs a PyTorch checkpoint (.pth): an ONNX graph has no gradients to read")
