@@ -83,6 +83,13 @@ def fraction(text):
     return value
 
 
+def share(text):
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def fraction_or_zero(text):
     value = float(text)
     if not 0 <= value < 1:
@@ -147,6 +154,9 @@ def get_args_parser():
                    help="split scored at the end; 'val' for FER2013's folders, whose val/ is PublicTest")
     p.add_argument("--val-fraction", type=fraction, default=0.2,
                    help="stratified share of train held out for validation when the data has no val/")
+    p.add_argument("--train-fraction", type=share, default=1.0,
+                   help="train on this stratified share of the training split (learning curves); "
+                   "validation is unchanged")
     p.add_argument("--arch", choices=ARCHS, default="vgg")
     p.add_argument("--input-size", type=positive_int, default=48, help="images are resized to this square")
     p.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
@@ -227,19 +237,34 @@ def load_data(args, root, classes, split_indices=None):
     channels = args.channels or default_in_channels(args.arch)
     splits = available_splits(root)
     full_train = load_split(root, "train", classes, args.input_size, channels)
+    indexed_by = f"{root}: the checkpoint's split"
     if "val" in splits and args.test_split != "val":
         val = load_split(root, "val", classes, args.input_size, channels)
-        return full_train, val, {"source": "val split", "root": str(root)}, full_train
+        record = {"source": "val split", "root": str(root)}
+        if split_indices is None and args.train_fraction == 1:
+            return full_train, val, record, full_train
+        train_idx = (split_indices["train_indices"] if split_indices
+                     else training_share(list(range(len(full_train))), full_train.labels, args))
+        record["train_indices"] = train_idx
+        return recorded_subset(full_train, train_idx, "train", indexed_by), val, record, full_train
     if split_indices is None:
         train_idx, val_idx = stratified_split(full_train.labels, args.val_fraction, args.seed)
+        train_idx = training_share(train_idx, full_train.labels, args)
     else:
         train_idx, val_idx = split_indices["train_indices"], split_indices["val_indices"]
-    indexed_by = f"{root}: the checkpoint's split"
     train = recorded_subset(full_train, train_idx, "train", indexed_by)
     val = recorded_subset(full_train, val_idx, "val", indexed_by)
     record = {"source": f"stratified {args.val_fraction:g} of train, seed {args.seed}", "root": str(root),
               "train_indices": train_idx, "val_indices": val_idx}
     return train, val, record, full_train
+
+
+def training_share(indices, labels, args):
+    """A stratified --train-fraction of the training indices, drawn with --seed; all of them at 1."""
+    if args.train_fraction == 1:
+        return indices
+    kept, _ = stratified_split(labels[indices], 1 - args.train_fraction, args.seed)
+    return [indices[i] for i in kept]
 
 
 def data_root(args):

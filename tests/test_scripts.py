@@ -255,3 +255,40 @@ def test_test_script_rejects_a_negative_logit_adjustment(trained, scripts, capsy
         scripts["test"].main(["--ckpt", str(trained / "checkpoints" / "best.pth"), "--logit-adjust", "-1"])
     assert exit_info.value.code == 2
     assert "--logit-adjust" in capsys.readouterr().err
+
+
+def per_class(indices):
+    labels = [k for k, c in enumerate(TINY_COUNTS) for _ in range(TINY_COUNTS[c])]
+    return [sum(labels[i] == k for i in indices) for k in range(len(TINY_COUNTS))]
+
+
+def test_train_fraction_trains_on_a_stratified_share_with_the_same_validation(trained, tiny_data, scripts,
+                                                                              tmp_path):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--seed", "1", "--train-fraction", "0.5")) == 0
+    full = load_checkpoint(trained / "checkpoints" / "last.pth")
+    half = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert half["split"]["val_indices"] == full["split"]["val_indices"]
+    assert set(half["split"]["train_indices"]) < set(full["split"]["train_indices"])
+    kept = [n - round(n * 0.5) for n in per_class(full["split"]["train_indices"])]
+    assert per_class(half["split"]["train_indices"]) == kept
+    assert half["class_prior"] == pytest.approx([n / sum(kept) for n in kept])
+
+
+def test_train_fraction_with_a_val_folder_keeps_its_share_when_resumed(tiny_data, scripts, tmp_path):
+    data = tmp_path / "data"
+    for src, dst in (("train", "train"), ("test", "val"), ("test", "test")):
+        shutil.copytree(tiny_data / src, data / dst)
+    args = fast_train_args(data, tmp_path, "--train-fraction", "0.25")
+    assert scripts["train"].main([*args, "--epochs", "1"]) == 0
+    split = load_checkpoint(tmp_path / "checkpoints" / "last.pth")["split"]
+    assert per_class(split["train_indices"]) == [n - round(n * 0.75) for n in TINY_COUNTS.values()]
+    assert scripts["train"].main([*args, "--resume"]) == 0
+    resumed = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert resumed["epoch"] == 2 and resumed["split"]["train_indices"] == split["train_indices"]
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
+def test_train_fraction_outside_zero_to_one_is_refused(scripts, tiny_data, tmp_path, capsys, value):
+    with pytest.raises(SystemExit):
+        scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--train-fraction", value))
+    assert "--train-fraction" in capsys.readouterr().err
