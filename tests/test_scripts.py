@@ -14,6 +14,12 @@ from dataset import load_split
 from conftest import ROOT, TINY_COUNTS, fast_train_args
 
 
+def per_class(indices):
+    """Images per class among these indices of tiny_data's train split (its files sort class by class)."""
+    labels = [k for k, c in enumerate(TINY_COUNTS) for _ in range(TINY_COUNTS[c])]
+    return [sum(labels[i] == k for i in indices) for k in range(len(TINY_COUNTS))]
+
+
 def test_training_writes_checkpoints_logs_and_a_test_report(trained, tiny_data):
     best = load_checkpoint(trained / "checkpoints" / "best.pth")
     last = load_checkpoint(trained / "checkpoints" / "last.pth")
@@ -56,10 +62,8 @@ def test_test_script_scores_the_held_out_validation_split(trained, scripts, caps
     assert "[val]" in capsys.readouterr().out
     report = json.loads(next(out.glob("*.json")).read_text())
     val_indices = load_checkpoint(ckpt)["split"]["val_indices"]
-    train_labels = [k for k, c in enumerate(TINY_COUNTS) for _ in range(int(TINY_COUNTS[c]))]
-    expected = [sum(train_labels[i] == k for i in val_indices) for k in range(len(TINY_COUNTS))]
     assert report["split"] == "val" and report["num_samples"] == len(val_indices)
-    assert [sum(row) for row in report["confusion_matrix"]] == expected
+    assert [sum(row) for row in report["confusion_matrix"]] == per_class(val_indices)
 
 
 def test_plot_curves_draws_the_training_log(trained, scripts):
@@ -255,11 +259,6 @@ def test_test_script_rejects_a_negative_logit_adjustment(trained, scripts, capsy
         scripts["test"].main(["--ckpt", str(trained / "checkpoints" / "best.pth"), "--logit-adjust", "-1"])
     assert exit_info.value.code == 2
     assert "--logit-adjust" in capsys.readouterr().err
-
-
-def per_class(indices):
-    labels = [k for k, c in enumerate(TINY_COUNTS) for _ in range(TINY_COUNTS[c])]
-    return [sum(labels[i] == k for i in indices) for k in range(len(TINY_COUNTS))]
 
 
 def test_train_fraction_trains_on_a_stratified_share_with_the_same_validation(trained, tiny_data, scripts,
