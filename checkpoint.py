@@ -4,7 +4,7 @@ A checkpoint is a dict that rebuilds and runs the model on its own: arch and its
 input size, channels and normalisation, plus what resuming needs (optimizer, lr scheduler, epoch, early
 stopping state, the train/val split indices) and the training arguments and metrics for the record.
 How logits become decisions (flip TTA, the logit adjustment and the class frequencies it uses) is read
-from it by scores_with_flip and logit_bias, which every scoring path calls.
+from it by scoring_views and logit_bias, which every scoring path calls.
 It is written to a temporary file in the same folder, flushed to disk and renamed over the old one, so a
 crash or a full disk leaves the previous checkpoint intact.
 """
@@ -80,10 +80,12 @@ def model_from_checkpoint(state, path="checkpoint"):
     return model
 
 
-def scores_with_flip(state):
-    """Whether the checkpoint's model is scored on each image and its mirror (train.py --tta); checkpoints
-    from before that flag were scored on the image alone."""
-    return state.get("args", {}).get("tta", False)
+def scoring_views(state):
+    """How the checkpoint's model is scored, as keyword arguments of engine.predict_logits: on each image's
+    mirror too (train.py --tta) and on copies zoomed by each of --tta-scales. Checkpoints from before those
+    flags were scored on the image alone."""
+    args = state.get("args", {})
+    return {"tta_flip": args.get("tta", False), "tta_scales": tuple(args.get("tta_scales", ()))}
 
 
 def logit_bias(state, tau=None, path="checkpoint"):

@@ -339,3 +339,11 @@ def augment_batch(x, kinds, generator):
         apply = (uniform(0, 1) < 0.5).view(n, 1, 1)
         x = x.masked_fill((box & apply).unsqueeze(1), 0.0)  # 0 is the mean after normalisation
     return x
+
+
+def zoom(x, scale):
+    """A float N x C x H x W batch zoomed about its centre by scale (above 1 zooms in), the border reflected,
+    as augment_batch's affine zoom samples it."""
+    theta = torch.tensor([[1 / scale, 0.0, 0.0], [0.0, 1 / scale, 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

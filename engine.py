@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from dataset import normalize
+from dataset import normalize, zoom
 from metrics import confusion_matrix, report_from_confusion
 
 
@@ -91,11 +91,23 @@ def to_input(images_uint8, input_cfg, device, channels_last=True):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def decision_logits(logits, mirrored_logits=None, logit_bias=None):
-    """The logits a model decides on, from its raw float32 outputs (PyTorch's or an ONNX session's): averaged
-    with those of the mirrored images (flip TTA), then shifted by logit_bias (checkpoint.logit_bias)."""
-    if mirrored_logits is not None:
-        logits = (logits + mirrored_logits) / 2
+def tta_views(x, tta_flip=False, tta_scales=()):
+    """The views of a normalised batch that test-time augmentation scores: the batch itself, then a copy
+    zoomed by each factor in tta_scales (above 1 zooms in, as train-time affine augmentation does; the border
+    is reflected, as there), each followed by its mirror under tta_flip."""
+    for scale in (1.0, *tta_scales):
+        view = x if scale == 1.0 else zoom(x, scale)
+        if not x.is_contiguous():  # a channels_last batch (to_input's) keeps its layout
+            view = view.contiguous(memory_format=torch.channels_last)
+        yield view
+        if tta_flip:
+            yield torch.flip(view, dims=[3])
+
+
+def decision_logits(view_logits, logit_bias=None):
+    """The logits a model decides on, from its raw float32 outputs (PyTorch's or an ONNX session's) for
+    each of tta_views: averaged, then shifted by logit_bias (checkpoint.logit_bias)."""
+    logits = torch.stack(list(view_logits)).mean(0)
     if logit_bias is not None:
         logits = logits + torch.tensor(logit_bias, dtype=logits.dtype, device=logits.device)
     return logits
@@ -103,22 +115,22 @@ def decision_logits(logits, mirrored_logits=None, logit_bias=None):
 
 @torch.no_grad()
 def predict_logits(model, images_uint8, input_cfg, device, batch_size=256, amp=False, tta_flip=False,
-                   logit_bias=None):
+                   tta_scales=(), logit_bias=None):
     """Decision logits (float32, on the CPU) for every image of a uint8 N x C x H x W tensor."""
     model.eval()
     outputs = []
     for start in range(0, len(images_uint8), batch_size):
         x = to_input(images_uint8[start:start + batch_size], input_cfg, device)
         with autocast(device, amp):
-            logits = model(x).float()
-            mirrored = model(torch.flip(x, dims=[3])).float() if tta_flip else None
-        outputs.append(decision_logits(logits, mirrored, logit_bias).cpu())
+            view_logits = [model(view).float() for view in tta_views(x, tta_flip, tta_scales)]
+        outputs.append(decision_logits(view_logits, logit_bias).cpu())
     if not outputs:
         return torch.zeros(0, 0)
     return torch.cat(outputs)
 
 
-def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_flip=False, logit_bias=None):
+def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_flip=False, tta_scales=(),
+             logit_bias=None):
     """-> (mean cross-entropy, classification_report) of model on a FERSplit.
 
     Under torchrun each process scores every world-size-th image and the confusion matrices and loss sums
@@ -127,7 +139,7 @@ def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_fli
     rank, world = rank_and_world()
     labels = split.labels[rank::world]
     logits = predict_logits(model, split.images[rank::world], input_cfg, device, batch_size, amp, tta_flip,
-                            logit_bias)
+                            tta_scales, logit_bias)
     cm = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), len(split.classes)) if len(labels) else 0
     totals = torch.zeros(len(split.classes) ** 2 + 1, dtype=torch.float64)
     totals[:-1] += torch.as_tensor(cm, dtype=torch.float64).flatten()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scores_with_flip
+from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scoring_views
 from errors import UserError, exit_code
 from inference import ONNX_METADATA_KEY
 
@@ -33,8 +33,9 @@ def get_args_parser():
 
 def deployment_info(state):
     return {"classes": state["classes"], "input": state["input"], "arch": state["arch"],
-            "tta_flip": scores_with_flip(state), "logit_bias": logit_bias(state),
-            "output": "logits of one image; with tta_flip, average them with the mirrored image's; "
+            **scoring_views(state), "logit_bias": logit_bias(state),
+            "output": "logits of one image; average them with those of the image zoomed about its centre by "
+                      "each of tta_scales (border reflected) and, with tta_flip, of the mirror of each view; "
                       "then add logit_bias (one number per class) when it is not null"}
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import engine
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scores_with_flip
+from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scoring_views
 from dataset import image_to_array, normalize
 from errors import UserError
 
@@ -37,14 +37,14 @@ class TorchClassifier:
     def __init__(self, ckpt_path, device="cpu"):
         state = load_checkpoint(ckpt_path)
         self.classes, self.input = state["classes"], state["input"]
-        self.tta_flip = scores_with_flip(state)  # scored as training's test was
+        self.views = scoring_views(state)  # scored as training's test was
         self.logit_bias = logit_bias(state, path=ckpt_path)
         self.device = engine.select_device(device)
         self.model = engine.prepare_model(model_from_checkpoint(state, ckpt_path).float(), self.device).eval()
 
     def probabilities(self, crops_uint8):
         logits = engine.predict_logits(self.model, torch.from_numpy(crops_uint8), self.input, self.device,
-                                       tta_flip=self.tta_flip, logit_bias=self.logit_bias)
+                                       **self.views, logit_bias=self.logit_bias)
         return torch.softmax(logits, 1).numpy()
 
     def grad_cam(self, crops_uint8, class_indices):
@@ -66,16 +66,16 @@ class OnnxClassifier:
         if ONNX_METADATA_KEY not in meta:
             raise UserError(f"{onnx_path} was not exported by this toolkit (no {ONNX_METADATA_KEY} metadata)")
         info = json.loads(meta[ONNX_METADATA_KEY])
-        self.classes, self.input, self.tta_flip = info["classes"], info["input"], info.get("tta_flip", False)
+        self.classes, self.input = info["classes"], info["input"]
+        self.views = {"tta_flip": info.get("tta_flip", False), "tta_scales": tuple(info.get("tta_scales", ()))}
         self.logit_bias = info.get("logit_bias")
         self.input_name = self.session.get_inputs()[0].name
 
     def probabilities(self, crops_uint8):
-        x = normalize(torch.from_numpy(crops_uint8), self.input["mean"], self.input["std"]).numpy()
-        logits = torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
-        mirrored = (torch.from_numpy(self.session.run(None, {self.input_name: x[..., ::-1].copy()})[0])
-                    if self.tta_flip else None)
-        return torch.softmax(engine.decision_logits(logits, mirrored, self.logit_bias), 1).numpy()
+        x = normalize(torch.from_numpy(crops_uint8), self.input["mean"], self.input["std"])
+        view_logits = [torch.from_numpy(self.session.run(None, {self.input_name: view.numpy()})[0])
+                       for view in engine.tta_views(x, **self.views)]
+        return torch.softmax(engine.decision_logits(view_logits, self.logit_bias), 1).numpy()
 
     def grad_cam(self, crops_uint8, class_indices):
         raise UserError("--explain needs a PyTorch checkpoint (.pth): an ONNX graph has no gradients to read")

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import engine
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scores_with_flip
+from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scoring_views
 from dataset import DataError, available_splits, load_split, recorded_subset
 from errors import exit_code
 from metrics import format_report
-from train import non_negative_float
+from train import non_negative_float, scale_list
 
 
 def get_args_parser():
@@ -31,6 +31,9 @@ def get_args_parser():
                    help="bf16 autocast for inference; off by default so scores are exact fp32")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="average the logits of each image and its mirror (default: as training scored)")
+    p.add_argument("--tta-scales", type=scale_list, metavar="S1,S2",
+                   help="also average the logits of each image zoomed by these factors, or none "
+                   "(default: as training scored)")
     p.add_argument("--logit-adjust", type=non_negative_float, metavar="TAU",
                    help="subtract TAU x log(training class frequency) from the logits; 0 is the plain argmax "
                    "(default: as training scored)")
@@ -62,7 +65,11 @@ def run(args):
         raise DataError(f"{root} has no {' or '.join(dict.fromkeys(candidates))} split "
                         f"(it has: {', '.join(available) or 'none'})")
 
-    tta = scores_with_flip(state) if args.tta is None else args.tta
+    views = scoring_views(state)
+    if args.tta is not None:
+        views["tta_flip"] = args.tta
+    if args.tta_scales is not None:
+        views["tta_scales"] = args.tta_scales
     bias = logit_bias(state, args.logit_adjust, args.ckpt)
     device = engine.select_device(args.device)
     model = engine.prepare_model(model_from_checkpoint(state, args.ckpt), device)
@@ -76,9 +83,8 @@ def run(args):
         print(f"warning: {warning}", file=sys.stderr)
 
     loss, report = engine.evaluate(model, data, cfg, device, args.batch_size, engine.use_amp(args.amp, device),
-                                   tta_flip=tta, logit_bias=bias)
-    report.update(checkpoint=str(args.ckpt), data=str(root), split=split, loss=loss, tta_flip=tta,
-                  logit_bias=bias)
+                                   **views, logit_bias=bias)
+    report.update(checkpoint=str(args.ckpt), data=str(root), split=split, loss=loss, **views, logit_bias=bias)
     print(f"{args.ckpt} (arch {state['arch']}, epoch {state.get('epoch', '?')}) on {root} [{split}]: "
           f"{len(data)} images")
     print(f"Test Loss: {loss:.4f}")

@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 import engine
-from checkpoint import CheckpointError, load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint
+from checkpoint import (CheckpointError, load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint,
+                        scoring_views)
 from dataset import (AUGMENTATIONS, available_splits, augment_batch, count_shared_images,
                      load_split, recorded_subset, resolve_classes, stratified_split)
 from errors import UserError, exit_code
@@ -105,6 +106,17 @@ def width_list(text):
     if not widths or min(widths) <= 0:
         raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
     return widths
+
+
+def scale_list(text):
+    """Zoom factors for test-time augmentation: a comma list of positive numbers, or none."""
+    try:
+        scales = () if text.lower() == "none" else tuple(float(v) for v in text.split(","))
+    except ValueError:
+        scales = (0.0,)
+    if not all(0 < v < math.inf for v in scales):
+        raise argparse.ArgumentTypeError(f"must be none or comma-separated positive numbers, got {text!r}")
+    return scales
 
 
 def conv_counts(text):
@@ -191,6 +203,10 @@ def get_args_parser():
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="score the test split (and predict.py faces) on each image and its mirror, logits "
                    "averaged; validation stays single-view, so epochs are chosen as without it")
+    p.add_argument("--tta-scales", type=scale_list, default=(), metavar="S1,S2",
+                   help="also score the test split (and predict.py faces) zoomed about the centre by each factor "
+                   "(above 1 zooms in; each view mirrored too under --tta), logits averaged, e.g. 0.9,1.1; "
+                   "none: the image alone")
     p.add_argument("--logit-adjust", type=non_negative_float, metavar="TAU",
                    help="decide on logits minus TAU x log(training class frequency), on the test split and in "
                    "predict.py: 1 makes an imbalanced training set decide as if classes were equally common, "
@@ -620,11 +636,11 @@ def test_best(args, root, best_path, full_train, val_split, ctx, log, say):
     """Score best.pth on the test split, if the data has one. It never influenced training or selection."""
     state = load_checkpoint(best_path)
     model = engine.prepare_model(model_from_checkpoint(state, best_path), ctx["device"])
-    bias = logit_bias(state, path=best_path)
+    bias, views = logit_bias(state, path=best_path), scoring_views(state)
     if bias is not None:
         # What the adjustment does on data we may look at: balanced accuracy (the accuracy a test with
         # equally many images per class would give) of best.pth on validation, without and with it.
-        plain, adjusted = (engine.evaluate(model, val_split, ctx["input"], ctx["device"], tta_flip=args.tta,
+        plain, adjusted = (engine.evaluate(model, val_split, ctx["input"], ctx["device"], **views,
                                            logit_bias=b)[1]["macro_recall"] for b in (None, bias))
         log.line(f"Validation balanced accuracy: {100 * plain:.2f}% plain argmax, {100 * adjusted:.2f}% with "
                  f"--logit-adjust {args.logit_adjust:g}")
@@ -639,8 +655,7 @@ def test_best(args, root, best_path, full_train, val_split, ctx, log, say):
     if shared:
         say(f"note: {shared} of {len(test_split)} {args.test_split} images are pixel-identical to training images")
     # fp32, as test.py scores by default, so the two print the same figures for the same checkpoint.
-    loss, report = engine.evaluate(model, test_split, ctx["input"], ctx["device"], tta_flip=args.tta,
-                                   logit_bias=bias)
+    loss, report = engine.evaluate(model, test_split, ctx["input"], ctx["device"], **views, logit_bias=bias)
     log.line(f"Test Loss: {loss:.4f}, Test Accuracy: {100 * report['accuracy']:.2f}%")
     log.line(f"Test Macro-F1: {100 * report['macro_f1']:.2f} (best.pth from epoch {state['epoch']})")
     say(format_report(report))

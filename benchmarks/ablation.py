@@ -74,10 +74,11 @@ def main(argv=None):
     return status
 
 
-# How the very same default models decide, varied after training: flip TTA and logit adjustment act only
-# on scoring, and validation picks epochs without either, so test.py re-scores each best.pth without retraining.
-RESCORINGS = {"default": [], "--no-tta": ["--no-tta"], "--logit-adjust 0.5": ["--logit-adjust", "0.5"],
-              "--logit-adjust 0": ["--logit-adjust", "0"]}
+# How the very same default models decide, varied after training: flip and zoom TTA and logit adjustment act
+# only on scoring, and validation picks epochs without them, so test.py re-scores each best.pth without
+# retraining.
+RESCORINGS = {"default": [], "--no-tta": ["--no-tta"], "--tta-scales 0.9,1.1": ["--tta-scales", "0.9,1.1"],
+              "--logit-adjust 0.5": ["--logit-adjust", "0.5"], "--logit-adjust 0": ["--logit-adjust", "0"]}
 COLUMNS = (("val", "macro_f1", "val macro-F1"), ("val", "macro_recall", "val bal. acc"),
            ("test", "accuracy", "test acc"), ("test", "macro_f1", "test macro-F1"))
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from dataset import (DataError, FER2013_CLASSES, augment_batch, available_splits, count_shared_images,
-                     image_to_array, load_split, resolve_classes, stratified_split)
+                     image_to_array, load_split, resolve_classes, stratified_split, zoom)
 
 
 def write_image(path, mode="L", size=(48, 48), value=128):
@@ -152,6 +152,19 @@ def test_augment_batch_keeps_shape_and_is_seeded():
     b = augment_batch(x, kinds, torch.Generator().manual_seed(0))
     assert a.shape == x.shape and torch.equal(a, b)
     assert not torch.allclose(a, x)
+
+
+def test_zoom_magnifies_about_the_centre():
+    # A horizontal ramp: zooming in by 2 halves its slope and keeps its middle value where it was.
+    ramp = torch.arange(48.0).view(1, 1, 1, 48).expand(2, 3, 48, 48)
+    zoomed = zoom(ramp, 2.0)
+    assert zoomed.shape == ramp.shape
+    middle = zoomed[..., 8:40]  # away from the reflected border
+    assert torch.allclose(middle.diff(dim=-1), torch.full_like(middle.diff(dim=-1), 0.5), atol=1e-4)
+    assert torch.allclose(zoomed[..., 23:25].mean(-1), ramp[..., 23:25].mean(-1), atol=1e-4)
+    assert torch.allclose(zoom(ramp, 1.0), ramp, atol=1e-4)
+    # Zooming out by 2 doubles the slope near the centre.
+    assert torch.allclose(zoom(ramp, 0.5)[..., 20:28].diff(dim=-1), torch.full((2, 3, 48, 7), 2.0), atol=1e-4)
 
 
 def test_flip_alone_mirrors_exactly():

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 import engine
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scores_with_flip
+from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scoring_views
 from conftest import load_script
 from dataset import load_split
-from inference import FaceDetector, grad_cam
+from inference import FaceDetector, grad_cam, load_classifier
 from synthetic import draw_face
 
 FACES = [("Happy", 160, (30, 40)), ("Sad", 120, (300, 60)), ("Surprise", 96, (480, 300)), ("Angry", 200, (200, 250))]
@@ -82,8 +82,7 @@ def test_no_detect_scores_crops_exactly_like_the_test_split(predict, trained, ti
     split = load_split(tiny_data, "test", state["classes"])
     mine = [i for i, s in enumerate(split.sources) if "/Happy/" in s]
     logits = engine.predict_logits(model_from_checkpoint(state), split.images[mine], state["input"],
-                                   torch.device("cpu"), tta_flip=scores_with_flip(state),
-                                   logit_bias=logit_bias(state))
+                                   torch.device("cpu"), **scoring_views(state), logit_bias=logit_bias(state))
     expected = torch.softmax(logits, 1).numpy()
     assert len(rows) == len(mine)
     for row, source, p in zip(rows, [split.sources[i] for i in mine], expected):
@@ -192,6 +191,21 @@ def test_predict_runs_the_onnx_model_with_the_same_answers(predict, exported, tr
     assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
     assert [float(r["confidence"]) for r in onnx_rows] == pytest.approx([float(r["confidence"]) for r in torch_rows],
                                                                          abs=1e-4)
+
+
+def test_onnx_model_scores_the_zoomed_views_its_checkpoint_names(trained, tiny_data, tmp_path):
+    state = load_checkpoint(trained / "checkpoints" / "best.pth")
+    # A 2-epoch model's probabilities hardly move with the input; a sharper classifier makes views tell.
+    state["model"]["head.1.weight"] *= 100
+    save_checkpoint(state, tmp_path / "plain.pth")
+    state["args"]["tta_scales"] = (0.8, 1.25)
+    save_checkpoint(state, tmp_path / "zoomed.pth")
+    assert load_script("export").main(["--ckpt", str(tmp_path / "zoomed.pth"), "--out", str(tmp_path / "z.onnx")]) == 0
+    crops = load_split(tiny_data, "test", state["classes"]).images.numpy()
+    plain = load_classifier(tmp_path / "plain.pth").probabilities(crops)
+    zoomed = load_classifier(tmp_path / "zoomed.pth").probabilities(crops)
+    assert np.abs(zoomed - plain).max() > 1e-3  # the zoomed views change the answer
+    assert np.abs(load_classifier(tmp_path / "z.onnx").probabilities(crops) - zoomed).max() < 1e-4
 
 
 def test_bad_inputs_are_one_line_errors(predict, trained, tmp_path, capsys):

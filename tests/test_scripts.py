@@ -10,7 +10,7 @@ from PIL import Image
 
 import engine
 from checkpoint import load_checkpoint
-from dataset import load_split
+from dataset import load_split, zoom
 from conftest import ROOT, TINY_COUNTS, fast_train_args
 
 
@@ -195,6 +195,37 @@ def test_flip_tta_is_used_by_training_and_by_test_script_alike(scripts, tiny_dat
     mirrored = engine.predict_logits(model, images.flip(-1), state["input"], cpu)
     tta = engine.predict_logits(model, images, state["input"], cpu, tta_flip=True)
     assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_zoomed_views_are_scored_by_training_and_test_script_alike(scripts, tiny_data, tmp_path):
+    flags = ("--epochs", "1", "--tta-scales", "0.9,1.1")
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, *flags)) == 0
+    ckpt = tmp_path / "checkpoints" / "best.pth"
+    at_train_end = json.loads((tmp_path / "logs" / "test_report.json").read_text())
+    for override, scales in (([], [0.9, 1.1]), (["--tta-scales", "none"], [])):
+        out = tmp_path / f"eval{len(scales)}"
+        assert scripts["test"].main(["--ckpt", str(ckpt), "--out-dir", str(out), *override]) == 0
+        report = json.loads(next(out.glob("*.json")).read_text())
+        assert report["tta_scales"] == scales and report["tta_flip"] is True
+        if scales:
+            assert report["confusion_matrix"] == at_train_end["confusion_matrix"]
+
+    state = load_checkpoint(ckpt)
+    model = engine.prepare_model(scripts["test"].model_from_checkpoint(state), torch.device("cpu")).eval()
+    images = torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8)
+    x = engine.to_input(images, state["input"], torch.device("cpu"))
+    with torch.no_grad():
+        views = [model(v) for s in (x, zoom(x, 0.9), zoom(x, 1.1)) for v in (s, s.flip(-1))]
+    got = engine.predict_logits(model, images, state["input"], torch.device("cpu"), tta_flip=True,
+                                tta_scales=(0.9, 1.1))
+    assert torch.allclose(got, torch.stack(views).mean(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("text", ["0", "-1,1", "a", "1.1,", "inf"])
+def test_bad_tta_scales_are_refused(scripts, text):
+    with pytest.raises(SystemExit) as exit_info:
+        scripts["train"].parse_args(["--data", "x", "--tta-scales", text])
+    assert exit_info.value.code == 2
 
 
 def test_ema_averages_beside_an_unchanged_training_run(scripts, tiny_data, tmp_path):
