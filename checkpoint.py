@@ -3,7 +3,7 @@
 A checkpoint is a dict that rebuilds and runs the model on its own: arch and its arguments, class names,
 input size, channels and normalisation, plus what resuming needs (optimizer, lr scheduler, epoch, early
 stopping state, the train/val split indices) and the training arguments and metrics for the record.
-How logits become decisions (flip TTA, the logit adjustment and the class frequencies it uses) is read
+How logits become decisions (flip and zoom TTA, the logit adjustment and the class frequencies it uses) is read
 from it by scoring_views and logit_bias, which every scoring path calls.
 It is written to a temporary file in the same folder, flushed to disk and renamed over the old one, so a
 crash or a full disk leaves the previous checkpoint intact.

@@ -110,12 +110,13 @@ def width_list(text):
 
 def scale_list(text):
     """Zoom factors for test-time augmentation: a comma list of positive numbers, or none."""
+    error = argparse.ArgumentTypeError(f"must be none or comma-separated positive numbers, got {text!r}")
     try:
         scales = () if text.lower() == "none" else tuple(float(v) for v in text.split(","))
     except ValueError:
-        scales = (0.0,)
+        raise error from None
     if not all(0 < v < math.inf for v in scales):
-        raise argparse.ArgumentTypeError(f"must be none or comma-separated positive numbers, got {text!r}")
+        raise error
     return scales
 
 
