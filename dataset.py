@@ -320,8 +320,7 @@ def augment_batch(x, kinds, generator):
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos * sign, -sin, shift[:, 0]], 1),
                              torch.stack([sin * sign, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        x = warp(x, theta.to(x.dtype))
     if "jitter" in kinds:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         contrast = uniform(0.8, 1.2).view(n, 1, 1, 1)
@@ -341,9 +340,15 @@ def augment_batch(x, kinds, generator):
     return x
 
 
-def zoom(x, scale):
-    """A float N x C x H x W batch zoomed about its centre by scale (above 1 zooms in), the border reflected,
-    as augment_batch's affine zoom samples it."""
-    theta = torch.tensor([[1 / scale, 0.0, 0.0], [0.0, 1 / scale, 0.0]], dtype=x.dtype, device=x.device)
-    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+def warp(x, theta):
+    """A float N x C x H x W batch resampled through N 2x3 affine matrices (output to input coordinates),
+    bilinear, the border reflected."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def zoom(x, scale):
+    """A float N x C x H x W batch zoomed about its centre by scale (above 1 zooms in), sampled as
+    augment_batch's affine zoom is."""
+    theta = torch.tensor([[1 / scale, 0.0, 0.0], [0.0, 1 / scale, 0.0]], dtype=x.dtype, device=x.device)
+    return warp(x, theta.expand(x.shape[0], 2, 3))
