@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dataset import load_split, recorded_subset
 from errors import UserError
 from model import build_model
 
@@ -78,6 +79,13 @@ def model_from_checkpoint(state, path="checkpoint"):
         raise CheckpointError(f"{path}: weights do not fit arch {state['arch']!r}: "
                               f"{str(e).splitlines()[0][:120]}") from None
     return model
+
+
+def held_out_validation(state, root, path="checkpoint"):
+    """The faces of root's train split that training held out for validation, by the checkpoint's indices."""
+    cfg = state["input"]
+    return recorded_subset(load_split(root, "train", state["classes"], cfg["size"], cfg["channels"]),
+                           state["split"]["val_indices"], "val", f"{root}: {path}'s validation split")
 
 
 def scoring_views(state):

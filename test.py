@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import engine
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scoring_views
-from dataset import DataError, available_splits, load_split, recorded_subset
+from checkpoint import held_out_validation, load_checkpoint, logit_bias, model_from_checkpoint, scoring_views
+from dataset import DataError, available_splits, load_split
 from errors import exit_code
 from metrics import format_report
 from train import non_negative_float, scale_list
@@ -75,8 +75,7 @@ def run(args):
     model = engine.prepare_model(model_from_checkpoint(state, args.ckpt), device)
     cfg = state["input"]
     if split == "val" and "val_indices" in held_out:
-        data = recorded_subset(load_split(root, "train", state["classes"], cfg["size"], cfg["channels"]),
-                               held_out["val_indices"], "val", f"{root}: {args.ckpt}'s validation split")
+        data = held_out_validation(state, root, args.ckpt)
     else:
         data = load_split(root, split, state["classes"], cfg["size"], cfg["channels"])
     for warning in data.warnings():

@@ -14,8 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint  # noqa: E402
-from dataset import load_split, recorded_subset  # noqa: E402
+from checkpoint import held_out_validation, load_checkpoint, logit_bias, model_from_checkpoint  # noqa: E402
 from train import scale_list  # noqa: E402
 
 
@@ -28,16 +27,16 @@ def main(argv=None):
     print(f"{'checkpoint':<60} {'faces':>6} {'views':<24} {'val acc':>8} {'val F1':>8}")
     for path in args.ckpt:
         state = load_checkpoint(path)
-        split, cfg = state.get("split", {}), state["input"]
+        split = state.get("split", {})
         if "val_indices" not in split:
             raise SystemExit(f"{path} records no held-out validation indices (its data had a val folder)")
-        val = recorded_subset(load_split(split["root"], "train", state["classes"], cfg["size"], cfg["channels"]),
-                              split["val_indices"], "val", f"{path}'s validation split")
+        val = held_out_validation(state, split["root"], path)
         model = engine.prepare_model(model_from_checkpoint(state, path), device)
+        bias = logit_bias(state, path=path)
         for name, views in (("image", {}), ("+ mirror", {"tta_flip": True}),
                             ("+ zoom", {"tta_scales": args.scales}),
                             ("+ mirror + zoom", {"tta_flip": True, "tta_scales": args.scales})):
-            _, report = engine.evaluate(model, val, cfg, device, **views, logit_bias=logit_bias(state, path=path))
+            _, report = engine.evaluate(model, val, state["input"], device, **views, logit_bias=bias)
             print(f"{path:<60} {len(val):>6} {name:<24} {100 * report['accuracy']:>8.2f} "
                   f"{100 * report['macro_f1']:>8.2f}")
     return 0
