@@ -77,7 +77,8 @@ def main(argv=None):
 # How the very same default models decide, varied after training: flip and zoom TTA and logit adjustment act
 # only on scoring, and validation picks epochs without them, so test.py re-scores each best.pth without
 # retraining.
-RESCORINGS = {"default": [], "--no-tta": ["--no-tta"], "--tta-scales 0.9,1.1": ["--tta-scales", "0.9,1.1"],
+RESCORINGS = {"default": [], "--tta-scales none": ["--tta-scales", "none"],
+              "--no-tta --tta-scales none": ["--no-tta", "--tta-scales", "none"],
               "--logit-adjust 0.5": ["--logit-adjust", "0.5"], "--logit-adjust 0": ["--logit-adjust", "0"]}
 COLUMNS = (("val", "macro_f1", "val macro-F1"), ("val", "macro_recall", "val bal. acc"),
            ("test", "accuracy", "test acc"), ("test", "macro_f1", "test macro-F1"))
@@ -102,9 +103,9 @@ def rescored_rows(seeds, markdown=False):
           "the accuracy of a class-balanced set:")
     table = [(name, *(recipes.mean_sd([100 * r[key] for r in scores[(name, split)]]).strip()
                       for split, key, _ in COLUMNS)) for name in RESCORINGS]
-    print(f"{'test.py flags':<22}" + "".join(f"{title:>18}" for *_, title in COLUMNS))
+    print(f"{'test.py flags':<28}" + "".join(f"{title:>18}" for *_, title in COLUMNS))
     for row in table:
-        print("".join([f"{row[0]:<22}", *(f"{v:>18}" for v in row[1:])]))
+        print("".join([f"{row[0]:<28}", *(f"{v:>18}" for v in row[1:])]))
     if markdown:
         print("\n| test.py | " + " | ".join(title for *_, title in COLUMNS) + " |\n|" + " --- |" * (len(COLUMNS) + 1))
         for row in table:
