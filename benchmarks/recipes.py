@@ -48,7 +48,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--recipes", nargs="*", default=["seed", "default"], help="named recipes of train.py")
+    p.add_argument("--recipes", nargs="*", default=["seed", "default"],
+                   help="named recipes of train.py, run as baselines beside --runs (default: seed default; "
+                   "--recipes with no names runs none)")
     p.add_argument("--runs", nargs="*", default=[], metavar="NAME=FLAGS",
                    help="extra configurations: a name and train.py flags on top of the default recipe")
     p.add_argument("--extra", default="", help="flags added to every run, e.g. '--epochs 30'")
