@@ -241,3 +241,16 @@ def test_shipped_model_is_used_without_ckpt(predict, group_photo, tmp_path):
     assert {r["label"] for r in rows} <= {"Angry", "Happy", "Neutral", "Sad", "Surprise"}
     state = load_checkpoint(predict.DEFAULT_MODEL)
     assert state["model"]["head.1.weight"].dtype == torch.float16 and "optimizer" not in state
+
+
+def test_shipped_seven_class_model_keeps_its_classes_and_views(predict, group_photo, tmp_path):
+    # The release export must carry what the model card promises: seven classes, fp16 weights without training
+    # state, and the ten test-time views its PublicTest figure was scored with.
+    ckpt = predict.DEFAULT_MODEL.parent / "fer2013_7class_vgg.pth"
+    state = load_checkpoint(ckpt)
+    assert state["classes"] == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    assert state["model"]["head.1.weight"].dtype == torch.float16 and "optimizer" not in state
+    assert scoring_views(state) == {"tta_flip": True, "tta_scales": (0.9, 0.95, 1.05, 1.1)}
+    assert predict.main([str(group_photo), "--ckpt", str(ckpt), "--out-dir", str(tmp_path)]) == 0
+    rows = read_rows(tmp_path / "predictions.csv")
+    assert len(rows) == len(FACES) and {r["label"] for r in rows} <= set(state["classes"])
