@@ -33,6 +33,7 @@ SPLIT_ALIASES = {
 }
 CSV_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 AUGMENTATIONS = ("flip", "affine", "jitter", "erase")
+MIXES = ("none", "mixup", "cutmix")
 
 
 class DataError(UserError):
@@ -338,6 +339,32 @@ def augment_batch(x, kinds, generator):
         apply = (uniform(0, 1) < 0.5).view(n, 1, 1)
         x = x.masked_fill((box & apply).unsqueeze(1), 0.0)  # 0 is the mean after normalisation
     return x
+
+
+def mix_batch(x, kind, alpha, generator):
+    """Blend each image of a float batch with a partner from the same batch (a random pairing).
+
+    mixup: a weighted average of the two images; cutmix: a box of the partner pasted in. The original's share
+    lam is drawn from Beta(alpha, alpha); for cutmix it is the share of pixels the original keeps after the box
+    is clipped to the image. -> (mixed batch, partner index of each image, lam); the loss to train on is
+    lam x loss(labels) + (1 - lam) x loss(labels[partner]).
+    """
+    n, (h, w) = x.shape[0], x.shape[-2:]
+    draw = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
+    lam = float(draw.beta(alpha, alpha))
+    partner = torch.randperm(n, generator=generator).to(x.device)
+    if kind == "mixup":
+        return x * lam + x[partner] * (1 - lam), partner, lam
+    if kind != "cutmix":
+        raise ValueError(f"unknown mix {kind!r}; choose from {', '.join(MIXES[1:])}")
+    # One box for the whole batch, centred anywhere, with an area of (1 - lam) before clipping.
+    bh, bw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+    cy, cx = int(draw.integers(h)), int(draw.integers(w))
+    top, bottom = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h)
+    left, right = max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
+    x = x.clone()
+    x[..., top:bottom, left:right] = x[partner][..., top:bottom, left:right]
+    return x, partner, 1 - (bottom - top) * (right - left) / (h * w)
 
 
 def warp(x, theta):

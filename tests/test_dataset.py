@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from dataset import (DataError, FER2013_CLASSES, augment_batch, available_splits, count_shared_images,
-                     image_to_array, load_split, resolve_classes, stratified_split, zoom)
+                     image_to_array, load_split, mix_batch, resolve_classes, stratified_split, zoom)
 
 
 def write_image(path, mode="L", size=(48, 48), value=128):
@@ -152,6 +152,31 @@ def test_augment_batch_keeps_shape_and_is_seeded():
     b = augment_batch(x, kinds, torch.Generator().manual_seed(0))
     assert a.shape == x.shape and torch.equal(a, b)
     assert not torch.allclose(a, x)
+
+
+def test_mixup_blends_each_image_with_its_partner_by_lam():
+    x = torch.randn(16, 1, 8, 8)
+    mixed, partner, lam = mix_batch(x, "mixup", 0.4, torch.Generator().manual_seed(0))
+    assert 0 < lam < 1 and sorted(partner.tolist()) == list(range(16))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[partner], atol=1e-6)
+    again = mix_batch(x, "mixup", 0.4, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], mixed) and again[2] == lam
+
+
+def test_cutmix_pastes_one_box_whose_area_sets_lam():
+    # Distinct constant images, so each output pixel shows whether it came from the image or its partner.
+    x = torch.arange(32.0).view(32, 1, 1, 1).expand(32, 1, 12, 12).contiguous()
+    for seed in range(20):
+        mixed, partner, lam = mix_batch(x, "cutmix", 1.0, torch.Generator().manual_seed(seed))
+        from_partner = mixed != x
+        moved = partner != torch.arange(32)
+        assert torch.all((mixed == x) | (mixed == x[partner]))
+        # Every image whose partner is another image loses the same box, and lam is the share it keeps.
+        shares = 1 - from_partner[moved].flatten(1).float().mean(1)
+        assert torch.allclose(shares, torch.full_like(shares, lam))
+        assert not from_partner[~moved].any()
+    with pytest.raises(ValueError, match="unknown mix"):
+        mix_batch(x, "mosaic", 1.0, torch.Generator().manual_seed(0))
 
 
 def test_zoom_magnifies_about_the_centre():

@@ -250,6 +250,17 @@ def test_ema_averages_beside_an_unchanged_training_run(scripts, tiny_data, tmp_p
         "confusion_matrix"]
 
 
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_mixed_batches_change_training_and_are_recorded(scripts, tiny_data, tmp_path, mix):
+    plain, mixed = tmp_path / "plain", tmp_path / mix
+    assert scripts["train"].main(fast_train_args(tiny_data, plain, "--seed", "3")) == 0
+    assert scripts["train"].main(fast_train_args(tiny_data, mixed, "--seed", "3", "--mix", mix)) == 0
+    reference = load_checkpoint(plain / "checkpoints" / "last.pth")
+    state = load_checkpoint(mixed / "checkpoints" / "last.pth")
+    assert state["args"]["mix"] == mix and reference["args"]["mix"] == "none"
+    assert not torch.equal(state["model"]["head.1.weight"], reference["model"]["head.1.weight"])
+
+
 @pytest.mark.parametrize("flags, tau", [((), 1.0), (("--class-weights", "balanced"), 0.0),
                                         (("--sampler", "balanced"), 0.0), (("--recipe", "seed"), 0.0),
                                         (("--class-weights", "balanced", "--logit-adjust", "0.5"), 0.5)])
