@@ -363,7 +363,7 @@ def mix_batch(x, kind, alpha, generator):
     top, bottom = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h)
     left, right = max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
     x = x.clone()
-    x[..., top:bottom, left:right] = x[partner][..., top:bottom, left:right]
+    x[..., top:bottom, left:right] = x[partner, :, top:bottom, left:right]
     return x, partner, 1 - (bottom - top) * (right - left) / (h * w)
 
 

@@ -394,14 +394,14 @@ def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, cri
         y = train_labels[idx]
         if aug:
             x = augment_batch(x, aug, g)
-        partner, lam = None, 1.0
         if args.mix != "none":
             x, partner, lam = mix_batch(x, args.mix, args.mix_alpha, g)
         with engine.autocast(ctx["device"], ctx["amp"]):
             logits = model(x)
-        loss = criterion(logits.float(), y)
-        if partner is not None:
-            loss = lam * loss + (1 - lam) * criterion(logits.float(), y[partner])
+        logits = logits.float()
+        loss = criterion(logits, y)
+        if args.mix != "none":
+            loss = lam * loss + (1 - lam) * criterion(logits, y[partner])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
