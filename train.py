@@ -498,7 +498,13 @@ def main(argv=None):
 def train(args):
     rank, world, local_rank = engine.init_distributed()
     try:
-        return train_process(args, rank, world, local_rank)
+        status = train_process(args, rank, world, local_rank)
+        if world > 1:
+            # A process that tears Gloo down while its peer still works (rank 0 writing the test report)
+            # can abort the run and lose that report: all leave together. Not on an exception, where a
+            # peer may never arrive.
+            torch.distributed.barrier()
+        return status
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
