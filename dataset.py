@@ -300,11 +300,15 @@ def normalize(images_uint8, mean, std):
     return (images_uint8.float().div_(255) - mean) / std
 
 
-def augment_batch(x, kinds, generator):
+AFFINE_RANGES = (10.0, 0.1, 0.1)  # rotation (degrees), scale and shift (share of the image) either way
+
+
+def augment_batch(x, kinds, generator, affine=AFFINE_RANGES):
     """Random augmentation of a whole float batch at once, on whatever device x is on.
 
-    flip: horizontal flip; affine: rotation +-10 deg, scale 0.9-1.1, shift +-10%; jitter: brightness and
-    contrast +-20%; erase: one random rectangle of up to a quarter of the image set to the mean.
+    flip: horizontal flip; affine: rotation +-DEG, scale 1 +- SCALE, shift +-SHIFT of the image size, for
+    affine = (DEG, SCALE, SHIFT), by default +-10 deg, 0.9-1.1, +-10%; jitter: brightness and contrast +-20%;
+    erase: one random rectangle of up to a quarter of the image set to the mean.
     """
     n, dev = x.shape[0], x.device
 
@@ -315,9 +319,10 @@ def augment_batch(x, kinds, generator):
         sign = torch.ones(n, device=dev)
         if "flip" in kinds:
             sign = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-        angle = uniform(-10, 10).deg2rad() if "affine" in kinds else torch.zeros(n, device=dev)
-        scale = uniform(0.9, 1.1) if "affine" in kinds else torch.ones(n, device=dev)
-        shift = uniform(-0.1, 0.1, 2) if "affine" in kinds else torch.zeros(n, 2, device=dev)
+        degrees, scaling, shifting = affine
+        angle = uniform(-degrees, degrees).deg2rad() if "affine" in kinds else torch.zeros(n, device=dev)
+        scale = uniform(1 - scaling, 1 + scaling) if "affine" in kinds else torch.ones(n, device=dev)
+        shift = uniform(-shifting, shifting, 2) if "affine" in kinds else torch.zeros(n, 2, device=dev)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos * sign, -sin, shift[:, 0]], 1),
                              torch.stack([sin * sign, cos, shift[:, 1]], 1)], 1)

@@ -24,8 +24,8 @@ from tqdm import tqdm
 import engine
 from checkpoint import (CheckpointError, load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint,
                         scoring_views)
-from dataset import (AUGMENTATIONS, MIXES, available_splits, augment_batch, count_shared_images, load_split,
-                     mix_batch, recorded_subset, resolve_classes, stratified_split)
+from dataset import (AFFINE_RANGES, AUGMENTATIONS, MIXES, available_splits, augment_batch, count_shared_images,
+                     load_split, mix_batch, recorded_subset, resolve_classes, stratified_split)
 from errors import UserError, exit_code
 from metrics import format_report
 from model import ARCHS, VGG_WIDTHS, build_model, count_parameters, default_in_channels
@@ -149,6 +149,19 @@ def augmentation_list(text):
     return text
 
 
+def affine_ranges(text):
+    """--affine DEG,SCALE,SHIFT: three non-negative numbers, SCALE and SHIFT below 1."""
+    error = argparse.ArgumentTypeError(f"must be DEG,SCALE,SHIFT, three non-negative numbers with SCALE and "
+                                       f"SHIFT below 1, e.g. 10,0.1,0.1; got {text!r}")
+    try:
+        ranges = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise error from None
+    if len(ranges) != 3 or not all(0 <= v < math.inf for v in ranges) or max(ranges[1:]) >= 1:
+        raise error
+    return ranges
+
+
 def class_list(text):
     names = [c.strip() for c in text.split(",") if c.strip()]
     if len(names) < 2:
@@ -199,6 +212,9 @@ def get_args_parser():
                    help="'balanced' weights each class's loss by N / (classes * count)")
     p.add_argument("--aug", type=augmentation_list, default="flip,affine,jitter,erase",
                    help=f"none, or a comma list of {', '.join(AUGMENTATIONS)}")
+    p.add_argument("--affine", type=affine_ranges, default=AFFINE_RANGES, metavar="DEG,SCALE,SHIFT",
+                   help="ranges of the affine augmentation: rotation +-DEG degrees, scale 1 +- SCALE, shift "
+                   "+-SHIFT of the image size (10,0.1,0.1)")
     p.add_argument("--mix", choices=MIXES, default="none",
                    help="blend each training batch with itself shuffled, labels weighted alike: mixup (whole "
                    "images) or cutmix (a pasted box)")
@@ -393,7 +409,7 @@ def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, cri
         x = engine.to_input(train_images[idx], ctx["input"], ctx["device"])
         y = train_labels[idx]
         if aug:
-            x = augment_batch(x, aug, g)
+            x = augment_batch(x, aug, g, args.affine)
         if args.mix != "none":
             x, partner, lam = mix_batch(x, args.mix, args.mix_alpha, g)
         with engine.autocast(ctx["device"], ctx["amp"]):

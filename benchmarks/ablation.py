@@ -60,7 +60,8 @@ ABLATIONS = {"default": "", "seed_recipe": "--recipe seed",
              **{name: f"{flags} {MIRROR_ONLY}" for name, flags in MEASURED_WITH_MIRROR_ONLY.items()},
              # Rows measured on today's default, zoom TTA included.
              "mixup": "--mix mixup --mix-alpha 0.2", "cutmix": "--mix cutmix",
-             "weight_decay_2e-3": "--weight-decay 2e-3", "lr_0.1": "--lr 0.1"}
+             "weight_decay_2e-3": "--weight-decay 2e-3", "lr_0.1": "--lr 0.1",
+             "affine_strong": "--affine 15,0.2,0.15"}
 
 
 def main(argv=None):

@@ -154,6 +154,22 @@ def test_augment_batch_keeps_shape_and_is_seeded():
     assert not torch.allclose(a, x)
 
 
+def test_affine_ranges_set_how_far_the_warp_moves_images():
+    x = torch.randn(64, 1, 48, 48)
+
+    def moved(ranges):  # mean absolute change away from the reflected border
+        out = augment_batch(x, ["affine"], torch.Generator().manual_seed(0), ranges)
+        return (out - x)[..., 12:36, 12:36].abs().mean().item()
+
+    assert moved((0.0, 0.0, 0.0)) < 1e-5  # no rotation, scaling or shift: the identity warp
+    assert 0.1 < moved((5.0, 0.05, 0.05)) < moved((10.0, 0.1, 0.1)) < moved((20.0, 0.2, 0.2))
+    # Rotation alone turns images about their centre, so it leaves a ring pattern centred there unchanged.
+    coords = torch.arange(48.0) - 23.5
+    rings = torch.cos(coords.view(48, 1).hypot(coords.view(1, 48)) / 3).expand(64, 1, 48, 48)
+    rotated = augment_batch(rings, ["affine"], torch.Generator().manual_seed(0), (30.0, 0.0, 0.0))
+    assert torch.allclose(rotated[..., 8:40, 8:40], rings[..., 8:40, 8:40], atol=0.05)
+
+
 def test_mixup_blends_each_image_with_its_partner_by_lam():
     x = torch.randn(16, 1, 8, 8)
     mixed, partner, lam = mix_batch(x, "mixup", 0.4, torch.Generator().manual_seed(0))

@@ -119,6 +119,8 @@ def test_missing_data_folder_is_a_one_line_error(scripts, tmp_path, capsys):
     (["--val-fraction", "1.5"], "between 0 and 1"),
     (["--lr", "nan"], "finite number"),
     (["--logit-adjust", "-1"], "must be a finite number >= 0"),
+    (["--affine", "10,0.1"], "must be DEG,SCALE,SHIFT"),
+    (["--affine", "10,1.5,0.1"], "SCALE and SHIFT below 1"),
 ])
 def test_nonsense_flags_are_rejected_with_allowed_values(scripts, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
