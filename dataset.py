@@ -307,8 +307,8 @@ def augment_batch(x, kinds, generator, affine=AFFINE_RANGES):
     """Random augmentation of a whole float batch at once, on whatever device x is on.
 
     flip: horizontal flip; affine: rotation +-DEG, scale 1 +- SCALE, shift +-SHIFT of the image size, for
-    affine = (DEG, SCALE, SHIFT), by default +-10 deg, 0.9-1.1, +-10%; jitter: brightness and contrast +-20%;
-    erase: one random rectangle of up to a quarter of the image set to the mean.
+    affine = (DEG, SCALE, SHIFT), AFFINE_RANGES by default; jitter: brightness and contrast +-20%; erase: one
+    random rectangle of up to a quarter of the image set to the mean.
     """
     n, dev = x.shape[0], x.device
 

@@ -109,16 +109,24 @@ def width_list(text):
     return widths
 
 
-def scale_list(text):
-    """Zoom factors for test-time augmentation: a comma list of positive numbers, or none."""
-    error = argparse.ArgumentTypeError(f"must be none or comma-separated positive numbers, got {text!r}")
+def float_list(text, valid, expected):
+    """A comma list of numbers that valid(tuple) accepts, else an argparse error saying it `expected` them."""
+    error = argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
     try:
-        scales = () if text.lower() == "none" else tuple(float(v) for v in text.split(","))
+        numbers = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise error from None
-    if not all(0 < v < math.inf for v in scales):
+    if not valid(numbers):
         raise error
-    return scales
+    return numbers
+
+
+def scale_list(text):
+    """Zoom factors for test-time augmentation: a comma list of positive numbers, or none."""
+    if text.lower() == "none":
+        return ()
+    return float_list(text, lambda scales: all(0 < v < math.inf for v in scales),
+                      "none or comma-separated positive numbers")
 
 
 def conv_counts(text):
@@ -149,17 +157,14 @@ def augmentation_list(text):
     return text
 
 
+AFFINE_DEFAULT = ",".join(f"{v:g}" for v in AFFINE_RANGES)  # as --affine is written
+
+
 def affine_ranges(text):
     """--affine DEG,SCALE,SHIFT: three non-negative numbers, SCALE and SHIFT below 1."""
-    error = argparse.ArgumentTypeError(f"must be DEG,SCALE,SHIFT, three non-negative numbers with SCALE and "
-                                       f"SHIFT below 1, e.g. 10,0.1,0.1; got {text!r}")
-    try:
-        ranges = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise error from None
-    if len(ranges) != 3 or not all(0 <= v < math.inf for v in ranges) or max(ranges[1:]) >= 1:
-        raise error
-    return ranges
+    return float_list(text, lambda r: len(r) == 3 and all(0 <= v < math.inf for v in r) and max(r[1:]) < 1,
+                      f"DEG,SCALE,SHIFT, three non-negative numbers with SCALE and SHIFT below 1, e.g. "
+                      f"{AFFINE_DEFAULT}")
 
 
 def class_list(text):
@@ -214,7 +219,7 @@ def get_args_parser():
                    help=f"none, or a comma list of {', '.join(AUGMENTATIONS)}")
     p.add_argument("--affine", type=affine_ranges, default=AFFINE_RANGES, metavar="DEG,SCALE,SHIFT",
                    help="ranges of the affine augmentation: rotation +-DEG degrees, scale 1 +- SCALE, shift "
-                   "+-SHIFT of the image size (10,0.1,0.1)")
+                   f"+-SHIFT of the image size ({AFFINE_DEFAULT})")
     p.add_argument("--mix", choices=MIXES, default="none",
                    help="blend each training batch with itself shuffled, labels weighted alike: mixup (whole "
                    "images) or cutmix (a pasted box)")
