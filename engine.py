@@ -133,21 +133,28 @@ def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_fli
              logit_bias=None):
     """-> (mean cross-entropy, classification_report) of model on a FERSplit.
 
-    Under torchrun each process scores every world-size-th image and the confusion matrices and loss sums
-    are added up, so every process gets the figures of one process scoring the whole split.
+    Under torchrun each process scores every world-size-th image and score_logits adds the shares up.
     """
     rank, world = rank_and_world()
-    labels = split.labels[rank::world]
     logits = predict_logits(model, split.images[rank::world], input_cfg, device, batch_size, amp, tta_flip,
                             tta_scales, logit_bias)
-    cm = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), len(split.classes)) if len(labels) else 0
-    totals = torch.zeros(len(split.classes) ** 2 + 1, dtype=torch.float64)
+    return score_logits(logits, split.labels[rank::world], split.classes, device)
+
+
+def score_logits(logits, labels, classes, device):
+    """-> (mean cross-entropy, classification_report) of decision logits against their labels.
+
+    Under torchrun each process passes its share of a split; the confusion matrices and loss sums are added
+    up, so every process gets the figures of one process scoring the whole split.
+    """
+    cm = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), len(classes)) if len(labels) else 0
+    totals = torch.zeros(len(classes) ** 2 + 1, dtype=torch.float64)
     totals[:-1] += torch.as_tensor(cm, dtype=torch.float64).flatten()
     if len(labels):
         totals[-1] = F.cross_entropy(logits, labels, reduction="sum").double()
     totals = all_reduce_sum(totals, device)
-    cm = totals[:-1].round().long().view(len(split.classes), -1).numpy()
-    return (totals[-1] / max(1, len(split))).item(), report_from_confusion(cm, split.classes)
+    cm = totals[:-1].round().long().view(len(classes), -1).numpy()
+    return (totals[-1] / max(1, int(cm.sum()))).item(), report_from_confusion(cm, classes)
 
 
 def save_report(report, out_dir, stem, title=""):

@@ -4,10 +4,13 @@ Macro-F1 and the confusion matrix, printed and written as JSON and PNG.
     python test.py --ckpt checkpoints/best.pth                   # the data it was trained on
     python test.py --ckpt checkpoints/best.pth --data DIR        # another dataset, same classes
     python test.py --ckpt checkpoints/best.pth --data fer2013 --split val
+    python test.py --ckpt run1/best.pth run2/best.pth run3/best.pth   # an ensemble: mean of their logits
 """
 import argparse
 import sys
 from pathlib import Path
+
+import torch
 
 import engine
 from checkpoint import held_out_validation, load_checkpoint, logit_bias, model_from_checkpoint, scoring_views
@@ -20,7 +23,9 @@ from train import non_negative_float, scale_list
 def get_args_parser():
     p = argparse.ArgumentParser(description="Evaluate a trained checkpoint on a test split.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", default="checkpoints/best.pth", help="checkpoint written by train.py")
+    p.add_argument("--ckpt", nargs="+", default=["checkpoints/best.pth"],
+                   help="checkpoint written by train.py; several make an ensemble, scored on the mean of their "
+                   "decision logits (each model with its own TTA views and logit adjustment)")
     p.add_argument("--data", help="dataset folder or FER2013 .csv (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=["test", "val"],
                    help="split to score (default: test for --data, else the split training scored); val on data "
@@ -46,11 +51,14 @@ def main(argv=None):
 
 
 def run(args):
-    state = load_checkpoint(args.ckpt)
+    states = [load_checkpoint(path) for path in args.ckpt]
+    state, first = states[0], args.ckpt[0]
+    for other, path in zip(states[1:], args.ckpt[1:]):
+        check_same_task(state, first, other, path)
     trained = state.get("args", {})
     root = args.data or state.get("split", {}).get("root") or trained.get("data")
     if not root:
-        raise DataError(f"{args.ckpt} does not record its data; pass --data DIR")
+        raise DataError(f"{first} does not record its data; pass --data DIR")
     # Another dataset (--data) is scored on its test split when it has one; the training data on the split
     # that training scored (FER2013's folders have only val/, their PublicTest).
     trained_split = trained.get("test_split", "test")
@@ -65,33 +73,55 @@ def run(args):
         raise DataError(f"{root} has no {' or '.join(dict.fromkeys(candidates))} split "
                         f"(it has: {', '.join(available) or 'none'})")
 
-    views = scoring_views(state)
-    if args.tta is not None:
-        views["tta_flip"] = args.tta
-    if args.tta_scales is not None:
-        views["tta_scales"] = args.tta_scales
-    bias = logit_bias(state, args.logit_adjust, args.ckpt)
-    device = engine.select_device(args.device)
-    model = engine.prepare_model(model_from_checkpoint(state, args.ckpt), device)
     cfg = state["input"]
     if split == "val" and "val_indices" in held_out:
-        data = held_out_validation(state, root, args.ckpt)
+        for other, path in zip(states[1:], args.ckpt[1:]):
+            if other.get("split", {}).get("val_indices") != held_out["val_indices"]:
+                raise DataError(f"{path} held out other training images for validation than {first}; their "
+                                "ensemble has no common validation split (train them with the same --seed)")
+        data = held_out_validation(state, root, first)
     else:
         data = load_split(root, split, state["classes"], cfg["size"], cfg["channels"])
     for warning in data.warnings():
         print(f"warning: {warning}", file=sys.stderr)
 
-    loss, report = engine.evaluate(model, data, cfg, device, args.batch_size, engine.use_amp(args.amp, device),
-                                   **views, logit_bias=bias)
-    report.update(checkpoint=str(args.ckpt), data=str(root), split=split, loss=loss, **views, logit_bias=bias)
-    print(f"{args.ckpt} (arch {state['arch']}, epoch {state.get('epoch', '?')}) on {root} [{split}]: "
-          f"{len(data)} images")
+    device = engine.select_device(args.device)
+    amp = engine.use_amp(args.amp, device)
+    members, member_logits = [], []
+    for member, path in zip(states, args.ckpt):
+        views = scoring_views(member)
+        if args.tta is not None:
+            views["tta_flip"] = args.tta
+        if args.tta_scales is not None:
+            views["tta_scales"] = args.tta_scales
+        bias = logit_bias(member, args.logit_adjust, path)
+        model = engine.prepare_model(model_from_checkpoint(member, path), device)
+        member_logits.append(engine.predict_logits(model, data.images, member["input"], device, args.batch_size,
+                                                   amp, **views, logit_bias=bias))
+        members.append(dict(checkpoint=str(path), **views, logit_bias=bias))
+        print(f"{path} (arch {member['arch']}, epoch {member.get('epoch', '?')}) on {root} [{split}]: "
+              f"{len(data)} images")
+    loss, report = engine.score_logits(torch.stack(member_logits).mean(0), data.labels, data.classes, device)
+    report.update(data=str(root), split=split, loss=loss)
+    report.update(members[0] if len(members) == 1 else dict(checkpoint=[m["checkpoint"] for m in members],
+                                                            members=members))
     print(f"Test Loss: {loss:.4f}")
     print(format_report(report))
+    names = ", ".join(Path(path).name for path in args.ckpt)
     json_path, png_path = engine.save_report(report, args.out_dir, f"test_{Path(str(root)).name}_{split}",
-                                             title=f"{Path(args.ckpt).name} on {Path(str(root)).name}/{split}")
+                                             title=f"{names} on {Path(str(root)).name}/{split}")
     print(f"wrote {json_path} and {png_path}")
     return 0
+
+
+def check_same_task(state, path, other, other_path):
+    """An ensemble's members must answer the same question: the same classes in the same order, from the
+    same input size and channels (each normalises with its own mean and std)."""
+    def task(s):
+        return f"classes {','.join(s['classes'])}, {s['input']['size']} px, {s['input']['channels']} channel(s)"
+    if task(other) != task(state):
+        raise DataError(f"{other_path} ({task(other)}) does not match {path} ({task(state)}); "
+                        "an ensemble's checkpoints need the same classes and input")
 
 
 if __name__ == "__main__":

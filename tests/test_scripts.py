@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 import engine
-from checkpoint import load_checkpoint, scoring_views
+from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scoring_views
 from dataset import load_split, zoom
+from metrics import confusion_matrix
 from conftest import ROOT, TINY_COUNTS, fast_train_args
 
 
@@ -64,6 +65,56 @@ def test_test_script_scores_the_held_out_validation_split(trained, scripts, caps
     val_indices = load_checkpoint(ckpt)["split"]["val_indices"]
     assert report["split"] == "val" and report["num_samples"] == len(val_indices)
     assert [sum(row) for row in report["confusion_matrix"]] == per_class(val_indices)
+
+
+def test_several_checkpoints_are_scored_as_an_ensemble_of_their_logits(trained, tiny_data, scripts, capsys,
+                                                                       tmp_path):
+    # A second member whose logits differ clearly: the trained one with its classifier's biases shifted.
+    state = load_checkpoint(trained / "checkpoints" / "best.pth")
+    shift = torch.tensor([2.0, 0.0, -1.0, 0.0, -2.0])
+    shifted = {k: v + shift if v.shape == (5,) and k.endswith("bias") else v for k, v in state["model"].items()}
+    assert sum(v.shape == (5,) and k.endswith("bias") for k, v in state["model"].items()) == 1
+    save_checkpoint({**state, "model": shifted}, tmp_path / "shifted.pth")
+    ckpts = [trained / "checkpoints" / "best.pth", tmp_path / "shifted.pth"]
+    out = tmp_path / "eval_ensemble"
+    assert scripts["test"].main(["--ckpt", *map(str, ckpts), "--logit-adjust", "0.5", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert all(str(c) in printed for c in ckpts)
+    report = json.loads(next(out.glob("*.json")).read_text())
+    # The same decision made by hand: each member's own scoring (its TTA views, its logit adjustment), averaged.
+    states = [load_checkpoint(c) for c in ckpts]
+    test = load_split(tiny_data, "test", states[0]["classes"], 48, 1)
+    cpu = torch.device("cpu")
+
+    def member_logits(s):
+        model = engine.prepare_model(model_from_checkpoint(s), cpu)
+        return engine.predict_logits(model, test.images, s["input"], cpu, **scoring_views(s),
+                                     logit_bias=logit_bias(s, 0.5))
+    logits = torch.stack([member_logits(s) for s in states]).mean(0)
+    expected = confusion_matrix(test.labels.numpy(), logits.argmax(1).numpy(), 5)
+    assert report["confusion_matrix"] == expected.tolist()
+    # Its loss is that of the mean logits, which neither member's own logits give.
+    cross_entropy = torch.nn.functional.cross_entropy
+    assert report["loss"] == pytest.approx(cross_entropy(logits, test.labels).item(), rel=1e-5)
+    for s in states:
+        assert cross_entropy(member_logits(s), test.labels).item() != pytest.approx(report["loss"], rel=1e-2)
+    assert report["checkpoint"] == [str(c) for c in ckpts]
+    assert [m["logit_bias"] for m in report["members"]] == [logit_bias(s, 0.5) for s in states]
+
+
+def test_an_ensemble_of_mismatched_checkpoints_is_refused(trained, scripts, tmp_path, capsys):
+    best = trained / "checkpoints" / "best.pth"
+    state = load_checkpoint(best)
+    reordered = {**state, "classes": state["classes"][::-1]}
+    save_checkpoint(reordered, tmp_path / "reordered.pth")
+    assert scripts["test"].main(["--ckpt", str(best), str(tmp_path / "reordered.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reordered.pth" in err and "same classes and input" in err and "\n" not in err
+    # On the held-out validation split the members must have held out the same images.
+    other_split = {**state, "split": {**state["split"], "val_indices": state["split"]["val_indices"][1:]}}
+    save_checkpoint(other_split, tmp_path / "other_split.pth")
+    assert scripts["test"].main(["--ckpt", str(best), str(tmp_path / "other_split.pth"), "--split", "val"]) == 2
+    assert "other training images for validation" in capsys.readouterr().err
 
 
 def test_plot_curves_draws_the_training_log(trained, scripts):
