@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+import engine
 from dataset import load_split, recorded_subset
 from errors import UserError
 from model import build_model
@@ -111,3 +112,22 @@ def logit_bias(state, tau=None, path="checkpoint"):
         raise CheckpointError(f"{path} does not record its training class frequencies, which --logit-adjust "
                               "needs; pass --logit-adjust 0")
     return (-tau * torch.tensor(state["class_prior"], dtype=torch.float64).log()).tolist()
+
+
+def scored_logits(state, images_uint8, device, path="checkpoint", batch_size=256, amp=False, tta_flip=None,
+                  tta_scales=None, tau=None):
+    """Decision logits of the checkpoint's model for a uint8 N x C x H x W tensor, scored as training scored
+    its test split (scoring_views, logit_bias) unless tta_flip, tta_scales or tau say otherwise.
+
+    -> (logits, how): how records the views and logit bias used, for a report.
+    """
+    views = scoring_views(state)
+    if tta_flip is not None:
+        views["tta_flip"] = tta_flip
+    if tta_scales is not None:
+        views["tta_scales"] = tuple(tta_scales)
+    bias = logit_bias(state, tau, path)
+    model = engine.prepare_model(model_from_checkpoint(state, path), device)
+    logits = engine.predict_logits(model, images_uint8, state["input"], device, batch_size, amp, **views,
+                                   logit_bias=bias)
+    return logits, dict(checkpoint=str(path), **views, logit_bias=bias)

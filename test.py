@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 import engine
-from checkpoint import held_out_validation, load_checkpoint, logit_bias, model_from_checkpoint, scoring_views
+from checkpoint import held_out_validation, load_checkpoint, scored_logits
 from dataset import DataError, available_splits, load_split
 from errors import exit_code
 from metrics import format_report
@@ -89,16 +89,10 @@ def run(args):
     amp = engine.use_amp(args.amp, device)
     members, member_logits = [], []
     for member, path in zip(states, args.ckpt):
-        views = scoring_views(member)
-        if args.tta is not None:
-            views["tta_flip"] = args.tta
-        if args.tta_scales is not None:
-            views["tta_scales"] = args.tta_scales
-        bias = logit_bias(member, args.logit_adjust, path)
-        model = engine.prepare_model(model_from_checkpoint(member, path), device)
-        member_logits.append(engine.predict_logits(model, data.images, member["input"], device, args.batch_size,
-                                                   amp, **views, logit_bias=bias))
-        members.append(dict(checkpoint=str(path), **views, logit_bias=bias))
+        logits, how = scored_logits(member, data.images, device, path, args.batch_size, amp, args.tta,
+                                    args.tta_scales, args.logit_adjust)
+        member_logits.append(logits)
+        members.append(how)
         print(f"{path} (arch {member['arch']}, epoch {member.get('epoch', '?')}) on {root} [{split}]: "
               f"{len(data)} images")
     loss, report = engine.score_logits(torch.stack(member_logits).mean(0), data.labels, data.classes, device)

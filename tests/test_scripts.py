@@ -220,7 +220,7 @@ def test_conv_counts_per_stage_are_stored_and_checked(scripts, tiny_data, tmp_pa
     assert scripts["train"].main(args) == 0
     state = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
     assert state["arch_args"]["convs_per_stage"] == (1, 2, 3)
-    convs = [m for m in scripts["test"].model_from_checkpoint(state).modules() if type(m).__name__ == "Conv2d"]
+    convs = [m for m in model_from_checkpoint(state).modules() if type(m).__name__ == "Conv2d"]
     assert len(convs) == 6
     bad = fast_train_args(tiny_data, tmp_path / "bad", "--widths", "8,16,32", "--convs-per-stage", "1,2")
     assert scripts["train"].main(bad) == 2
@@ -242,7 +242,7 @@ def test_flip_tta_is_used_by_training_and_by_test_script_alike(scripts, tiny_dat
     assert report["tta_flip"] is True and report["confusion_matrix"] == at_train_end["confusion_matrix"]
 
     state = load_checkpoint(ckpt)
-    model = engine.prepare_model(scripts["test"].model_from_checkpoint(state), torch.device("cpu"))
+    model = engine.prepare_model(model_from_checkpoint(state), torch.device("cpu"))
     images = torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8)
     cpu = torch.device("cpu")
     plain = engine.predict_logits(model, images, state["input"], cpu)
@@ -265,7 +265,7 @@ def test_zoomed_views_are_scored_by_training_and_test_script_alike(scripts, tiny
             assert report["confusion_matrix"] == at_train_end["confusion_matrix"]
 
     state = load_checkpoint(ckpt)
-    model = engine.prepare_model(scripts["test"].model_from_checkpoint(state), torch.device("cpu")).eval()
+    model = engine.prepare_model(model_from_checkpoint(state), torch.device("cpu")).eval()
     images = torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8)
     x = engine.to_input(images, state["input"], torch.device("cpu"))
     with torch.no_grad():
@@ -342,7 +342,7 @@ def test_logit_adjustment_shifts_test_decisions_by_the_training_class_frequencie
     assert reports["0"]["confusion_matrix"] != reports["1"]["confusion_matrix"]  # the shift changes decisions
 
     test = load_split(tiny_data, "test", state["classes"])
-    logits = engine.predict_logits(scripts["test"].model_from_checkpoint(state), test.images, state["input"],
+    logits = engine.predict_logits(model_from_checkpoint(state), test.images, state["input"],
                                    torch.device("cpu"), tta_flip=True)
     for tau, report in reports.items():
         shifted = logits - float(tau) * torch.tensor(state["class_prior"]).log()

@@ -1,0 +1,55 @@
+"""What averaging several independently trained models is worth: every combination of k of the given
+checkpoints, scored as `test.py --ckpt A B ...` scores an ensemble (the mean of the members' decision logits),
+on the split their training scored; mean ± sd over the combinations of each size k.
+
+    python benchmarks/ensemble.py runs/ens/default_seed{0,1,2}/checkpoints/best.pth [...]
+
+A measurement, not a way to choose: every combination of a size is scored and none is picked. An ensemble
+of k costs k training runs and k times the inference.
+"""
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+
+from recipes import mean_sd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: E402
+from checkpoint import load_checkpoint, scored_logits  # noqa: E402
+from dataset import load_split  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ckpt", nargs="+", help="checkpoints written by train.py, trained for the same classes")
+    p.add_argument("--sizes", type=int, nargs="+", help="ensemble sizes (default: 1 up to all of them)")
+    args = p.parse_args(argv)
+    states = [load_checkpoint(path) for path in args.ckpt]
+    first = states[0]
+    root, split = first["split"]["root"], first["args"].get("test_split", "test")
+    for state, path in zip(states, args.ckpt):
+        if (state["classes"], state["input"]["size"], state["input"]["channels"], state["split"]["root"]) != \
+                (first["classes"], first["input"]["size"], first["input"]["channels"], root):
+            raise SystemExit(f"{path} was trained on other data, classes or input than {args.ckpt[0]}")
+    data = load_split(root, split, first["classes"], first["input"]["size"], first["input"]["channels"])
+    device = torch.device("cpu")
+    logits = [scored_logits(state, data.images, device, path)[0] for state, path in zip(states, args.ckpt)]
+
+    print(f"{len(states)} checkpoints on {root} [{split}], {len(data)} images")
+    print(f"{'members':>8}{'combinations':>14}{'accuracy':>18}{'Macro-F1':>18}")
+    for k in args.sizes or range(1, len(states) + 1):
+        scores = []
+        for combo in itertools.combinations(range(len(states)), k):
+            mean_logits = torch.stack([logits[i] for i in combo]).mean(0)
+            _, report = engine.score_logits(mean_logits, data.labels, data.classes, device)
+            scores.append((100 * report["accuracy"], 100 * report["macro_f1"]))
+        acc, f1 = zip(*scores)
+        print(f"{k:>8}{len(scores):>14}{mean_sd(acc).strip():>18}{mean_sd(f1).strip():>18}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
