@@ -225,6 +225,9 @@ def get_args_parser():
                    "images) or cutmix (a pasted box)")
     p.add_argument("--mix-alpha", type=positive_float, default=1.0, metavar="ALPHA",
                    help="--mix draws the original image's share from Beta(ALPHA, ALPHA)")
+    p.add_argument("--sam", type=non_negative_float, default=0.0, metavar="RHO",
+                   help="sharpness-aware minimisation: step with the gradient taken at the weights moved RHO "
+                   "(in L2 norm) up the gradient, which costs a second forward and backward pass (0: off)")
     p.add_argument("--ema", type=fraction_or_zero, default=0.0, metavar="DECAY",
                    help="validate, keep and test an exponential moving average of the weights and BatchNorm "
                    "statistics, updated every step with this decay (0: off)")
@@ -417,14 +420,25 @@ def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, cri
             x = augment_batch(x, aug, g, args.affine)
         if args.mix != "none":
             x, partner, lam = mix_batch(x, args.mix, args.mix_alpha, g)
-        with engine.autocast(ctx["device"], ctx["amp"]):
-            logits = model(x)
-        logits = logits.float()
-        loss = criterion(logits, y)
-        if args.mix != "none":
-            loss = lam * loss + (1 - lam) * criterion(logits, y[partner])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+
+        def forward_backward():
+            with engine.autocast(ctx["device"], ctx["amp"]):
+                logits = model(x).float()
+            loss = criterion(logits, y)
+            if args.mix != "none":
+                loss = lam * loss + (1 - lam) * criterion(logits, y[partner])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return logits, loss
+
+        logits, loss = forward_backward()
+        if args.sam:
+            # SAM (Foret et al., 2021): the gradient at the worst nearby weights favours flat minima.
+            moves = sam_ascent(model, args.sam)
+            forward_backward()
+            with torch.no_grad():
+                for param, move in moves:
+                    param.sub_(move)
         optimizer.step()
         scheduler.step()
         if ema is not None:
@@ -443,6 +457,21 @@ def train_one_epoch(model, train_images, train_labels, optimizer, scheduler, cri
     # seen counts every process's images, so this is the throughput of the whole job.
     return {"train_loss": loss_sum / seen, "train_acc": 100 * correct / seen, "train_time": elapsed,
             "train_img_per_s": seen / elapsed}
+
+
+def sam_ascent(model, rho):
+    """Move every weight that has a gradient by rho * grad / ||grad|| (one norm over all of them, as SAM does);
+    -> the (weight, move) pairs, to move back after the second gradient."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    scale = rho / (norm + 1e-12)
+    moves = []
+    with torch.no_grad():
+        for p in params:
+            move = p.grad * scale
+            p.add_(move)
+            moves.append((p, move))
+    return moves
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -303,15 +303,30 @@ def test_ema_averages_beside_an_unchanged_training_run(scripts, tiny_data, tmp_p
         "confusion_matrix"]
 
 
-@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
-def test_mixed_batches_change_training_and_are_recorded(scripts, tiny_data, tmp_path, mix):
-    plain, mixed = tmp_path / "plain", tmp_path / mix
+@pytest.mark.parametrize("flag, value, off", [("mix", "mixup", "none"), ("mix", "cutmix", "none"),
+                                               ("sam", 0.05, 0.0)])
+def test_mixed_batches_and_sam_change_training_and_are_recorded(scripts, tiny_data, tmp_path, flag, value, off):
+    plain, changed = tmp_path / "plain", tmp_path / "changed"
     assert scripts["train"].main(fast_train_args(tiny_data, plain, "--seed", "3")) == 0
-    assert scripts["train"].main(fast_train_args(tiny_data, mixed, "--seed", "3", "--mix", mix)) == 0
+    assert scripts["train"].main(fast_train_args(tiny_data, changed, "--seed", "3", f"--{flag}", str(value))) == 0
     reference = load_checkpoint(plain / "checkpoints" / "last.pth")
-    state = load_checkpoint(mixed / "checkpoints" / "last.pth")
-    assert state["args"]["mix"] == mix and reference["args"]["mix"] == "none"
+    state = load_checkpoint(changed / "checkpoints" / "last.pth")
+    assert state["args"][flag] == value and reference["args"][flag] == off
     assert not torch.equal(state["model"]["head.1.weight"], reference["model"]["head.1.weight"])
+
+
+def test_sam_ascent_moves_the_weights_rho_up_the_gradient_and_back(scripts):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[1].weight.requires_grad_(False)  # a frozen weight has no gradient and must not move
+    model(torch.randn(5, 3)).square().sum().backward()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    norm = torch.cat([g.flatten() for g in grads.values()]).norm()
+    moves = scripts["train"].sam_ascent(model, 0.1)
+    assert torch.cat([m.flatten() for _, m in moves]).norm().item() == pytest.approx(0.1, rel=1e-5)
+    for name, p in model.named_parameters():
+        expected = before[name] + 0.1 * grads[name] / norm if name in grads else before[name]
+        assert torch.allclose(p, expected, atol=1e-7)
 
 
 @pytest.mark.parametrize("flags, tau", [((), 1.0), (("--class-weights", "balanced"), 0.0),
