@@ -1,13 +1,16 @@
-"""Export a checkpoint for deployment: ONNX (run by ONNX Runtime) or TorchScript.
+"""Export a checkpoint for deployment: ONNX (run by ONNX Runtime), a torch.export program, or TorchScript.
 
     python export.py --ckpt checkpoints/best.pth --format onnx          # -> checkpoints/best.onnx
+    python export.py --ckpt checkpoints/best.pth --format pt2           # -> checkpoints/best.pt2
     python export.py --ckpt checkpoints/best.pth --format torchscript   # -> checkpoints/best.torchscript.pt
     python export.py --ckpt checkpoints/best.pth --format release --out models/my_model.pth
         # a checkpoint for shipping: fp16 weights, no optimizer state or split indices (predict.py reads it)
 
 The exported model takes normalised float images (N x C x H x W, (pixel / 255 - mean) / std) and returns
 logits; the class names and that preprocessing travel inside the file (ONNX metadata `fer_toolkit`, or the
-TorchScript extra file `fer_toolkit.json`), so `predict.py --ckpt model.onnx` needs nothing else.
+extra file `fer_toolkit.json` of a .pt2 or TorchScript file), so `predict.py --ckpt model.onnx` (or .pt2)
+needs nothing else. pt2 (torch.export, loaded with torch.export.load) is what PyTorch now recommends in place
+of TorchScript, which it deprecates; TorchScript stays for LibTorch (C++) deployments.
 """
 import argparse
 import json
@@ -18,14 +21,15 @@ import torch
 
 from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scoring_views
 from errors import UserError, exit_code
-from inference import ONNX_METADATA_KEY
+from inference import EXPORT_METADATA_FILE, ONNX_METADATA_KEY
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Export a trained checkpoint to ONNX or TorchScript.",
+    p = argparse.ArgumentParser(description="Export a trained checkpoint to ONNX, torch.export (.pt2) or "
+                                "TorchScript.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/best.pth")
-    p.add_argument("--format", choices=["onnx", "torchscript", "release"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "pt2", "torchscript", "release"], default="onnx")
     p.add_argument("--out", help="output file (default: beside the checkpoint)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     return p
@@ -39,23 +43,32 @@ def deployment_info(state):
                       "then add logit_bias (one number per class) when it is not null"}
 
 
+# Any batch size, for the ONNX and torch.export programs.
+DYNAMIC_BATCH = {"x": {0: torch.export.Dim("batch")}}
+
+
 def export_onnx(model, example, info, out, opset):
     try:
         import onnx
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install onnx onnxscript") from None
-    # torch.export-based exporter (PyTorch's default since 2.9), with any batch size.
+    # torch.export-based exporter (PyTorch's default since 2.9).
     torch.onnx.export(model, (example,), str(out), input_names=["image"], output_names=["logits"],
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset)
+                      dynamic_shapes=DYNAMIC_BATCH, opset_version=opset)
     proto = onnx.load(str(out))
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(info)
     onnx.save(proto, str(out))
 
 
+def export_program(model, example, info, out):
+    program = torch.export.export(model, (example,), dynamic_shapes=DYNAMIC_BATCH)
+    torch.export.save(program, str(out), extra_files={EXPORT_METADATA_FILE: json.dumps(info)})
+
+
 def export_torchscript(model, example, info, out):
     traced = torch.jit.trace(model, example)
-    torch.jit.save(traced, str(out), _extra_files={f"{ONNX_METADATA_KEY}.json": json.dumps(info)})
+    torch.jit.save(traced, str(out), _extra_files={EXPORT_METADATA_FILE: json.dumps(info)})
 
 
 def export_release(state, out):
@@ -76,11 +89,13 @@ def run(args):
     model = model_from_checkpoint(state, args.ckpt).float().eval()
     cfg = state["input"]
     example = torch.zeros(2, cfg["channels"], cfg["size"], cfg["size"])
-    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "release": ".release.pth"}[args.format]
+    suffix = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt", "release": ".release.pth"}[args.format]
     out = Path(args.out) if args.out else Path(args.ckpt).with_suffix(suffix)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "onnx":
         export_onnx(model, example, deployment_info(state), out, args.opset)
+    elif args.format == "pt2":
+        export_program(model, example, deployment_info(state), out)
     elif args.format == "torchscript":
         export_torchscript(model, example, deployment_info(state), out)
     else:

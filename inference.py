@@ -19,6 +19,7 @@ from dataset import image_to_array, normalize
 from errors import UserError
 
 ONNX_METADATA_KEY = "fer_toolkit"
+EXPORT_METADATA_FILE = f"{ONNX_METADATA_KEY}.json"  # inside .pt2 and TorchScript files
 
 
 @dataclass
@@ -52,7 +53,25 @@ class TorchClassifier:
         return grad_cam(self.model, x, class_indices)
 
 
-class OnnxClassifier:
+class ExportedClassifier:
+    """A model exported by export.py: the class names, preprocessing and scoring views travel in its metadata
+    (deployment_info there); subclasses say how to run one normalised float batch to logits."""
+
+    def __init__(self, info):
+        self.classes, self.input = info["classes"], info["input"]
+        self.views = {"tta_flip": info.get("tta_flip", False), "tta_scales": tuple(info.get("tta_scales", ()))}
+        self.logit_bias = info.get("logit_bias")
+
+    def probabilities(self, crops_uint8):
+        x = normalize(torch.from_numpy(crops_uint8), self.input["mean"], self.input["std"])
+        view_logits = [self.logits(view) for view in engine.tta_views(x, **self.views)]
+        return torch.softmax(engine.decision_logits(view_logits, self.logit_bias), 1).numpy()
+
+    def grad_cam(self, crops_uint8, class_indices):
+        raise UserError("--explain needs a PyTorch checkpoint (.pth): an exported graph has no layers to read")
+
+
+class OnnxClassifier(ExportedClassifier):
     def __init__(self, onnx_path):
         try:
             import onnxruntime
@@ -65,20 +84,31 @@ class OnnxClassifier:
         meta = self.session.get_modelmeta().custom_metadata_map
         if ONNX_METADATA_KEY not in meta:
             raise UserError(f"{onnx_path} was not exported by this toolkit (no {ONNX_METADATA_KEY} metadata)")
-        info = json.loads(meta[ONNX_METADATA_KEY])
-        self.classes, self.input = info["classes"], info["input"]
-        self.views = {"tta_flip": info.get("tta_flip", False), "tta_scales": tuple(info.get("tta_scales", ()))}
-        self.logit_bias = info.get("logit_bias")
+        super().__init__(json.loads(meta[ONNX_METADATA_KEY]))
         self.input_name = self.session.get_inputs()[0].name
 
-    def probabilities(self, crops_uint8):
-        x = normalize(torch.from_numpy(crops_uint8), self.input["mean"], self.input["std"])
-        view_logits = [torch.from_numpy(self.session.run(None, {self.input_name: view.numpy()})[0])
-                       for view in engine.tta_views(x, **self.views)]
-        return torch.softmax(engine.decision_logits(view_logits, self.logit_bias), 1).numpy()
+    def logits(self, x):
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.contiguous().numpy()})[0])
 
-    def grad_cam(self, crops_uint8, class_indices):
-        raise UserError("--explain needs a PyTorch checkpoint (.pth): an ONNX graph has no gradients to read")
+
+class ExportedProgramClassifier(ExportedClassifier):
+    """A torch.export program (.pt2), TorchScript's successor, run by PyTorch without the toolkit's model code."""
+
+    def __init__(self, path):
+        extra = {EXPORT_METADATA_FILE: ""}
+        try:
+            program = torch.export.load(str(path), extra_files=extra)
+        except Exception as e:
+            raise UserError(f"{path} is not a readable torch.export program: {str(e).splitlines()[0][:100]}") \
+                from None
+        if not extra[EXPORT_METADATA_FILE]:
+            raise UserError(f"{path} was not exported by this toolkit (no {EXPORT_METADATA_FILE} inside)")
+        super().__init__(json.loads(extra[EXPORT_METADATA_FILE]))
+        self.module = program.module()
+
+    @torch.no_grad()
+    def logits(self, x):
+        return self.module(x).float()
 
 
 def load_classifier(path, device="cpu"):
@@ -87,6 +117,8 @@ def load_classifier(path, device="cpu"):
         raise UserError(f"model file {path} does not exist")
     if path.suffix.lower() == ".onnx":
         return OnnxClassifier(path)
+    if path.suffix.lower() == ".pt2":
+        return ExportedProgramClassifier(path)
     return TorchClassifier(path, device)
 
 

@@ -7,6 +7,7 @@
     python predict.py --video clip.mp4                   # annotated video and a per-frame CSV
     python predict.py group.jpg --explain                # Grad-CAM heat-map of every face
     python predict.py group.jpg --ckpt model.onnx        # an exported ONNX model, run by ONNX Runtime
+    python predict.py group.jpg --ckpt model.pt2         # an exported torch.export program
 
 Prints one line per face (file, box, label, confidence) and writes to --out-dir an annotated copy of each
 picture and predictions.csv / predictions.json with every class's probability.
@@ -33,7 +34,8 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Classify the expression of every face in photos or a video.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("inputs", nargs="*", help="photos and/or folders of photos")
-    p.add_argument("--ckpt", default=str(DEFAULT_MODEL), help="a checkpoint (.pth) or an exported .onnx model")
+    p.add_argument("--ckpt", default=str(DEFAULT_MODEL),
+                   help="a checkpoint (.pth) or a model export.py wrote (.onnx, .pt2)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--no-detect", action="store_true", help="treat each image as one face crop")
     mode.add_argument("--boxes", help="CSV with columns file,x,y,w,h giving the faces (no detection)")

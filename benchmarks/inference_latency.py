@@ -1,7 +1,7 @@
-"""Per-face inference latency on this machine: PyTorch checkpoint vs the ONNX export under ONNX Runtime.
+"""Per-face inference latency on this machine: the PyTorch checkpoint, its ONNX export under ONNX Runtime and
+its torch.export program (.pt2).
 
-    python benchmarks/inference_latency.py --ckpt models/fer2013_5class_vgg.pth [--onnx model.onnx]
-        [--photo group.jpg]
+    python benchmarks/inference_latency.py --ckpt models/fer2013_5class_vgg.pth [--photo group.jpg]
 
 Times classification of preprocessed face crops (batch 1 and batch 32; median of repeated runs) and, with
 --photo, the whole predict path for that photo: detection, cropping and classification.
@@ -35,15 +35,14 @@ def median_ms(fn, repeats):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--onnx", help="exported model (default: export --ckpt to a temporary file)")
     p.add_argument("--photo", help="a photo to time detection + classification on")
     p.add_argument("--repeats", type=int, default=50)
     args = p.parse_args(argv)
-    onnx_path = args.onnx
-    if onnx_path is None:
-        onnx_path = str(Path(tempfile.mkdtemp()) / "model.onnx")
-        export.main(["--ckpt", args.ckpt, "--out", onnx_path])
-    runtimes = {"PyTorch": load_classifier(args.ckpt), "ONNX Runtime": load_classifier(onnx_path)}
+    exports = Path(tempfile.mkdtemp())
+    runtimes = {"PyTorch": load_classifier(args.ckpt)}
+    for name, fmt in (("ONNX Runtime", "onnx"), ("torch.export", "pt2")):
+        export.main(["--ckpt", args.ckpt, "--format", fmt, "--out", str(exports / f"model.{fmt}")])
+        runtimes[name] = load_classifier(exports / f"model.{fmt}")
     cfg = runtimes["PyTorch"].input
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "

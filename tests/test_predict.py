@@ -13,6 +13,7 @@ import engine
 from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scoring_views
 from conftest import load_script
 from dataset import load_split
+from errors import UserError
 from inference import FaceDetector, grad_cam, load_classifier
 from synthetic import draw_face
 
@@ -161,6 +162,7 @@ def exported(trained, tmp_path_factory):
     ckpt = trained / "checkpoints" / "best.pth"
     assert export.main(["--ckpt", str(ckpt), "--format", "onnx", "--out", str(out / "model.onnx")]) == 0
     assert export.main(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(out / "model.pt")]) == 0
+    assert export.main(["--ckpt", str(ckpt), "--format", "pt2", "--out", str(out / "model.pt2")]) == 0
     return out
 
 
@@ -179,21 +181,29 @@ def test_onnx_runtime_matches_pytorch_on_real_images(exported, trained, tiny_dat
     assert meta["classes"] == state["classes"] and meta["input"] == state["input"]
 
     scripted = torch.jit.load(str(exported / "model.pt"))
+    extra = {"fer_toolkit.json": ""}
+    program = torch.export.load(str(exported / "model.pt2"), extra_files=extra).module()
     with torch.no_grad():
         assert (scripted(x) - model(x)).abs().max() < 1e-4
+        assert (program(x) - model(x)).abs().max() < 1e-4
+        assert program(x[:3]).shape == (3, 5)  # any batch size
+    assert json.loads(extra["fer_toolkit.json"])["classes"] == state["classes"]
 
 
-def test_predict_runs_the_onnx_model_with_the_same_answers(predict, exported, trained, group_photo, tmp_path):
-    for name, model in (("onnx", exported / "model.onnx"), ("torch", trained / "checkpoints" / "best.pth")):
+def test_predict_runs_the_exported_models_with_the_same_answers(predict, exported, trained, group_photo, tmp_path):
+    models = {"onnx": exported / "model.onnx", "pt2": exported / "model.pt2",
+              "torch": trained / "checkpoints" / "best.pth"}
+    for name, model in models.items():
         assert predict.main([str(group_photo), "--ckpt", str(model), "--out-dir", str(tmp_path / name)]) == 0
-    onnx_rows = read_rows(tmp_path / "onnx" / "predictions.csv")
     torch_rows = read_rows(tmp_path / "torch" / "predictions.csv")
-    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
-    assert [float(r["confidence"]) for r in onnx_rows] == pytest.approx([float(r["confidence"]) for r in torch_rows],
-                                                                         abs=1e-4)
+    for name in ("onnx", "pt2"):
+        rows = read_rows(tmp_path / name / "predictions.csv")
+        assert [r["label"] for r in rows] == [r["label"] for r in torch_rows]
+        assert [float(r["confidence"]) for r in rows] == pytest.approx([float(r["confidence"]) for r in torch_rows],
+                                                                        abs=1e-4)
 
 
-def test_onnx_model_scores_the_zoomed_views_its_checkpoint_names(trained, tiny_data, tmp_path):
+def test_exported_models_score_the_zoomed_views_their_checkpoint_names(trained, tiny_data, tmp_path):
     state = load_checkpoint(trained / "checkpoints" / "best.pth")
     # A 2-epoch model's probabilities hardly move with the input; a sharper classifier makes views tell.
     state["model"]["head.1.weight"] *= 100
@@ -206,6 +216,9 @@ def test_onnx_model_scores_the_zoomed_views_its_checkpoint_names(trained, tiny_d
     zoomed = load_classifier(tmp_path / "zoomed.pth").probabilities(crops)
     assert np.abs(zoomed - plain).max() > 1e-3  # the zoomed views change the answer
     assert np.abs(load_classifier(tmp_path / "z.onnx").probabilities(crops) - zoomed).max() < 1e-4
+    assert load_script("export").main(["--ckpt", str(tmp_path / "zoomed.pth"), "--format", "pt2",
+                                       "--out", str(tmp_path / "z.pt2")]) == 0
+    assert np.abs(load_classifier(tmp_path / "z.pt2").probabilities(crops) - zoomed).max() < 1e-4
 
 
 def test_bad_inputs_are_one_line_errors(predict, trained, tmp_path, capsys):
@@ -215,6 +228,16 @@ def test_bad_inputs_are_one_line_errors(predict, trained, tmp_path, capsys):
     bad.write_text("nope")
     assert predict.main([str(tmp_path), "--ckpt", str(bad)]) == 2
     assert "not a readable ONNX model" in capsys.readouterr().err
+    bad.with_suffix(".pt2").write_text("nope")
+    assert predict.main([str(tmp_path), "--ckpt", str(bad.with_suffix(".pt2"))]) == 2
+    assert "not a readable torch.export program" in capsys.readouterr().err
+
+
+def test_a_pt2_file_without_the_toolkits_metadata_is_refused(trained, tmp_path):
+    model = model_from_checkpoint(load_checkpoint(trained / "checkpoints" / "best.pth")).eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 1, 48, 48),)), str(tmp_path / "foreign.pt2"))
+    with pytest.raises(UserError, match="not exported by this toolkit"):
+        load_classifier(tmp_path / "foreign.pt2")
 
 
 def test_release_checkpoint_is_small_and_predicts_like_the_original(trained, tiny_data, tmp_path):
