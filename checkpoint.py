@@ -114,6 +114,18 @@ def logit_bias(state, tau=None, path="checkpoint"):
     return (-tau * torch.tensor(state["class_prior"], dtype=torch.float64).log()).tolist()
 
 
+def check_same_task(members):
+    """members: (path, classes, input config) of each model of an ensemble. CheckpointError unless all share
+    the classes, in the same order, and the input size and channels (each normalises with its own mean/std)."""
+    def task(classes, input_cfg):
+        return f"classes {','.join(classes)}, {input_cfg['size']} px, {input_cfg['channels']} channel(s)"
+    first_path, *first = members[0]
+    for path, *other in members[1:]:
+        if task(*other) != task(*first):
+            raise CheckpointError(f"{path} ({task(*other)}) does not match {first_path} ({task(*first)}); "
+                                  "an ensemble's models need the same classes and input")
+
+
 def scored_logits(state, images_uint8, device, path="checkpoint", batch_size=256, amp=False, tta_flip=None,
                   tta_scales=None, tau=None):
     """Decision logits of the checkpoint's model for a uint8 N x C x H x W tensor, scored as training scored

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import engine
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, scoring_views
+from checkpoint import check_same_task, load_checkpoint, logit_bias, model_from_checkpoint, scoring_views
 from dataset import image_to_array, normalize
 from errors import UserError
 
@@ -31,10 +31,16 @@ class Face:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Models: a checkpoint (PyTorch) or an exported ONNX file, behind one interface
+# Models: a checkpoint (PyTorch), an exported ONNX or torch.export file, or an ensemble of them, behind one
+# interface: classes, input, decision_logits (TTA views averaged, logit bias added), probabilities, grad_cam.
 
 
-class TorchClassifier:
+class Classifier:
+    def probabilities(self, crops_uint8):
+        return torch.softmax(self.decision_logits(crops_uint8), 1).numpy()
+
+
+class TorchClassifier(Classifier):
     def __init__(self, ckpt_path, device="cpu"):
         state = load_checkpoint(ckpt_path)
         self.classes, self.input = state["classes"], state["input"]
@@ -43,17 +49,16 @@ class TorchClassifier:
         self.device = engine.select_device(device)
         self.model = engine.prepare_model(model_from_checkpoint(state, ckpt_path).float(), self.device).eval()
 
-    def probabilities(self, crops_uint8):
-        logits = engine.predict_logits(self.model, torch.from_numpy(crops_uint8), self.input, self.device,
-                                       **self.views, logit_bias=self.logit_bias)
-        return torch.softmax(logits, 1).numpy()
+    def decision_logits(self, crops_uint8):
+        return engine.predict_logits(self.model, torch.from_numpy(crops_uint8), self.input, self.device,
+                                     **self.views, logit_bias=self.logit_bias)
 
     def grad_cam(self, crops_uint8, class_indices):
         x = engine.to_input(torch.from_numpy(crops_uint8), self.input, self.device)
         return grad_cam(self.model, x, class_indices)
 
 
-class ExportedClassifier:
+class ExportedClassifier(Classifier):
     """A model exported by export.py: the class names, preprocessing and scoring views travel in its metadata
     (deployment_info there); subclasses say how to run one normalised float batch to logits."""
 
@@ -62,10 +67,10 @@ class ExportedClassifier:
         self.views = {"tta_flip": info.get("tta_flip", False), "tta_scales": tuple(info.get("tta_scales", ()))}
         self.logit_bias = info.get("logit_bias")
 
-    def probabilities(self, crops_uint8):
+    def decision_logits(self, crops_uint8):
         x = normalize(torch.from_numpy(crops_uint8), self.input["mean"], self.input["std"])
-        view_logits = [self.logits(view) for view in engine.tta_views(x, **self.views)]
-        return torch.softmax(engine.decision_logits(view_logits, self.logit_bias), 1).numpy()
+        return engine.decision_logits([self.logits(view) for view in engine.tta_views(x, **self.views)],
+                                      self.logit_bias)
 
     def grad_cam(self, crops_uint8, class_indices):
         raise UserError("--explain needs a PyTorch checkpoint (.pth): an exported graph has no layers to read")
@@ -111,8 +116,30 @@ class ExportedProgramClassifier(ExportedClassifier):
         return self.module(x).float()
 
 
-def load_classifier(path, device="cpu"):
-    path = Path(path)
+class EnsembleClassifier(Classifier):
+    """Several models deciding together on the mean of their decision logits, as `test.py --ckpt A B` scores."""
+
+    def __init__(self, members, paths):
+        check_same_task([(path, m.classes, m.input) for path, m in zip(paths, members)])
+        self.members = members
+        self.classes, self.input = members[0].classes, members[0].input
+
+    def decision_logits(self, crops_uint8):
+        return torch.stack([m.decision_logits(crops_uint8) for m in self.members]).mean(0)
+
+    def grad_cam(self, crops_uint8, class_indices):
+        """The members' heat-maps for the ensemble's classes, averaged."""
+        return np.mean([m.grad_cam(crops_uint8, class_indices) for m in self.members], axis=0)
+
+
+def load_classifier(paths, device="cpu"):
+    """A checkpoint (.pth), an exported .onnx or .pt2 file, or a list of them (an ensemble)."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    members = [load_one_classifier(path, device) for path in paths]
+    return members[0] if len(members) == 1 else EnsembleClassifier(members, paths)
+
+
+def load_one_classifier(path, device):
     if not path.is_file():
         raise UserError(f"model file {path} does not exist")
     if path.suffix.lower() == ".onnx":

@@ -8,6 +8,7 @@
     python predict.py group.jpg --explain                # Grad-CAM heat-map of every face
     python predict.py group.jpg --ckpt model.onnx        # an exported ONNX model, run by ONNX Runtime
     python predict.py group.jpg --ckpt model.pt2         # an exported torch.export program
+    python predict.py group.jpg --ckpt a.pth b.pth       # an ensemble: the mean of the models' logits
 
 Prints one line per face (file, box, label, confidence) and writes to --out-dir an annotated copy of each
 picture and predictions.csv / predictions.json with every class's probability.
@@ -34,8 +35,9 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Classify the expression of every face in photos or a video.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("inputs", nargs="*", help="photos and/or folders of photos")
-    p.add_argument("--ckpt", default=str(DEFAULT_MODEL),
-                   help="a checkpoint (.pth) or a model export.py wrote (.onnx, .pt2)")
+    p.add_argument("--ckpt", nargs="+", default=[str(DEFAULT_MODEL)],
+                   help="a checkpoint (.pth) or a model export.py wrote (.onnx, .pt2); several make an ensemble, "
+                   "deciding on the mean of their logits as test.py scores it")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--no-detect", action="store_true", help="treat each image as one face crop")
     mode.add_argument("--boxes", help="CSV with columns file,x,y,w,h giving the faces (no detection)")
@@ -114,7 +116,7 @@ def main(argv=None):
 def run(args):
     if not args.inputs and not args.video:
         raise UserError("give photos or folders to classify, or --video FILE")
-    if not Path(args.ckpt).exists() and args.ckpt == str(DEFAULT_MODEL):
+    if args.ckpt == [str(DEFAULT_MODEL)] and not DEFAULT_MODEL.exists():
         raise UserError(f"the shipped model {DEFAULT_MODEL} is missing; pass --ckpt checkpoints/best.pth")
     classifier = load_classifier(args.ckpt, args.device)
     detector = None if (args.no_detect or args.boxes) else FaceDetector(args.min_face)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 import engine
-from checkpoint import held_out_validation, load_checkpoint, scored_logits
+from checkpoint import check_same_task, held_out_validation, load_checkpoint, scored_logits
 from dataset import DataError, available_splits, load_split
 from errors import exit_code
 from metrics import format_report
@@ -53,8 +53,7 @@ def main(argv=None):
 def run(args):
     states = [load_checkpoint(path) for path in args.ckpt]
     state, first = states[0], args.ckpt[0]
-    for other, path in zip(states[1:], args.ckpt[1:]):
-        check_same_task(state, first, other, path)
+    check_same_task([(path, s["classes"], s["input"]) for path, s in zip(args.ckpt, states)])
     trained = state.get("args", {})
     root = args.data or state.get("split", {}).get("root") or trained.get("data")
     if not root:
@@ -106,16 +105,6 @@ def run(args):
                                              title=f"{names} on {Path(str(root)).name}/{split}")
     print(f"wrote {json_path} and {png_path}")
     return 0
-
-
-def check_same_task(state, path, other, other_path):
-    """An ensemble's members must answer the same question: the same classes in the same order, from the
-    same input size and channels (each normalises with its own mean and std)."""
-    def task(s):
-        return f"classes {','.join(s['classes'])}, {s['input']['size']} px, {s['input']['channels']} channel(s)"
-    if task(other) != task(state):
-        raise DataError(f"{other_path} ({task(other)}) does not match {path} ({task(state)}); "
-                        "an ensemble's checkpoints need the same classes and input")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,36 @@ def test_no_detect_scores_crops_exactly_like_the_test_split(predict, trained, ti
         assert [float(row[f"p_{c}"]) for c in state["classes"]] == pytest.approx(p.tolist(), abs=1e-5)
 
 
+def test_several_checkpoints_predict_as_an_ensemble(predict, trained, tiny_data, tmp_path, capsys):
+    best = trained / "checkpoints" / "best.pth"
+    state = load_checkpoint(best)
+    # A second member that decides otherwise: a sharper classifier with its biases shifted.
+    state["model"]["head.1.weight"] *= 50
+    state["model"]["head.1.bias"] += torch.tensor([2.0, 0.0, -1.0, 0.0, -2.0])
+    save_checkpoint(state, tmp_path / "shifted.pth")
+    folder = tiny_data / "test" / "Happy"
+    args = [str(folder), "--no-detect", "--explain", "--ckpt", str(best), str(tmp_path / "shifted.pth")]
+    assert predict.main([*args, "--out-dir", str(tmp_path / "out")]) == 0
+    rows = read_rows(tmp_path / "out" / "predictions.csv")
+    split = load_split(tiny_data, "test", state["classes"])
+    mine = [i for i, s in enumerate(split.sources) if "/Happy/" in s]
+    members = [engine.predict_logits(model_from_checkpoint(m), split.images[mine], m["input"], torch.device("cpu"),
+                                     **scoring_views(m), logit_bias=logit_bias(m))
+               for m in (load_checkpoint(best), state)]
+    expected = torch.softmax(torch.stack(members).mean(0), 1).numpy()
+    got = np.array([[float(row[f"p_{c}"]) for c in state["classes"]] for row in rows])
+    assert got == pytest.approx(expected, abs=1e-5)
+    for logits in members:  # neither member alone gives these probabilities
+        assert np.abs(torch.softmax(logits, 1).numpy() - got).max() > 1e-2
+    assert len(list((tmp_path / "out").glob("*_gradcam.png"))) == len(mine)
+    # Members for other classes are refused, naming the file.
+    state["classes"] = state["classes"][::-1]
+    save_checkpoint(state, tmp_path / "reordered.pth")
+    assert predict.main([str(folder), "--no-detect", "--ckpt", str(best), str(tmp_path / "reordered.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reordered.pth" in err and "same classes and input" in err and "\n" not in err
+
+
 def test_boxes_from_a_file_are_used_instead_of_detection(predict, trained, group_photo, tmp_path):
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("file,x,y,w,h\ngroup.png,10,10,100,120\ngroup.png,300,60,120,120\n")
