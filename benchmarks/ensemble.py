@@ -18,22 +18,26 @@ from recipes import mean_sd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
-from checkpoint import load_checkpoint, scored_logits  # noqa: E402
+from checkpoint import check_same_task, load_checkpoint, scored_logits  # noqa: E402
 from dataset import load_split  # noqa: E402
+from errors import UserError, exit_code  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("ckpt", nargs="+", help="checkpoints written by train.py, trained for the same classes")
     p.add_argument("--sizes", type=int, nargs="+", help="ensemble sizes (default: 1 up to all of them)")
-    args = p.parse_args(argv)
+    return exit_code("ensemble.py", run, p.parse_args(argv))
+
+
+def run(args):
     states = [load_checkpoint(path) for path in args.ckpt]
     first = states[0]
     root, split = first["split"]["root"], first["args"].get("test_split", "test")
+    check_same_task([(path, state["classes"], state["input"]) for path, state in zip(args.ckpt, states)])
     for state, path in zip(states, args.ckpt):
-        if (state["classes"], state["input"]["size"], state["input"]["channels"], state["split"]["root"]) != \
-                (first["classes"], first["input"]["size"], first["input"]["channels"], root):
-            raise SystemExit(f"{path} was trained on other data, classes or input than {args.ckpt[0]}")
+        if state["split"]["root"] != root:
+            raise UserError(f"{path} was trained on {state['split']['root']}, {args.ckpt[0]} on {root}")
     data = load_split(root, split, first["classes"], first["input"]["size"], first["input"]["channels"])
     device = torch.device("cpu")
     logits = [scored_logits(state, data.images, device, path)[0] for state, path in zip(states, args.ckpt)]
