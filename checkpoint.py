@@ -1,43 +1,117 @@
-"""The one place that knows how a checkpoint is written and read.
+"""The one place that knows how a checkpoint is written and read, and what its scoring block means.
 
-A checkpoint is a dict that rebuilds and runs the model on its own: arch and its arguments, class names,
-input size, channels and normalisation, plus what resuming needs (optimizer, lr scheduler, epoch, early
-stopping state, the train/val split indices) and the training arguments and metrics for the record.
-How logits become decisions (flip and zoom TTA, the logit adjustment and the class frequencies it uses) is read
-from it by scoring_views and logit_bias, which every scoring path calls.
-It is written to a temporary file in the same folder, flushed to disk and renamed over the old one, so a
-crash or a full disk leaves the previous checkpoint intact.
+A checkpoint (format version 2) is a dict:
+- "arch", "arch_args", "model": what rebuilds the network (model.build_model) and its weights;
+- "scoring": how the network's outputs become decisions (a Scoring, below), for anything that runs the model:
+  classes, input size, channels and normalisation, test-time views, logit adjustment. Exports copy it verbatim;
+- what resuming needs, as in torchvision's references: "optimizer", "lr_scheduler", "epoch", "args" (the
+  training flags, as parsed), and "progress" (best epoch and early-stopping count), "split" (the train/val
+  indices and where the data was), "metrics" of the epoch, "online_model"/"ema_steps" under --ema.
+
+Version-1 checkpoints (before the scoring block: the shipped models/fer2013_*.pth among them) kept classes,
+input and class frequencies at the top and the scoring policy in the training flags; `load_checkpoint` reads
+them through `_upgrade_v1` into the version-2 layout, so nothing else knows there was a version 1.
+
+A checkpoint is written to a temporary file in the same folder, flushed to disk and renamed over the old
+one, so a crash or a full disk leaves the previous checkpoint whole.
 """
+import dataclasses
+import math
 import os
 import pickle
+import re
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import engine
-from dataset import load_split, recorded_subset
 from errors import UserError
-from model import build_model
+from model import ARCH_ALIASES, build_model
 
 FORMAT = "fer-toolkit-checkpoint"
-VERSION = 1
-REQUIRED_KEYS = ("arch", "arch_args", "classes", "input", "model")
-# Architecture arguments a checkpoint made before they were recorded was built with: vgg checkpoints
+VERSION = 2
+REQUIRED_KEYS = ("arch", "arch_args", "model", "scoring")
+# Architecture arguments a version-1 checkpoint made before they were recorded was built with: vgg checkpoints
 # without "widths" (models/fer2013_5class_vgg.pth among them) predate the change of default to 24..192.
 UNRECORDED_ARCH_ARGS = {"vgg": {"widths": (32, 64, 128, 256)}}
+# Prefixes that wrappers put before every weight's name: DataParallel/DistributedDataParallel and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointError(UserError):
     pass
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How a model's logits become decisions: a checkpoint's "scoring" block, and an export's.
+
+    classes: names of the model's outputs, in order. input: {"size": pixels of the square input, "channels":
+    1 or 3, "mean", "std"}: a uint8 image x enters the model as (x / 255 - mean) / std. tta_flip, tta_scales:
+    the test-time views whose logits are averaged: the image, copies zoomed about the centre by each scale
+    (above 1 zooms in), and the mirror of each under tta_flip. logit_adjust, class_prior: the averaged logits are
+    shifted by logit_bias = -logit_adjust x log(class_prior) (logit adjustment, Menon et al., "Long-tail learning
+    via logit adjustment", ICLR 2021): with tau 1 a model trained on imbalanced classes decides as if they were
+    equally common, as a class-balanced test and Macro-F1 reward; 0 is the plain argmax.
+    """
+    classes: tuple
+    input: dict
+    tta_flip: bool = False
+    tta_scales: tuple = ()
+    logit_adjust: float = 0.0
+    class_prior: tuple = None   # share of each class among the training images
+
+    VERSION = 1
+
+    def __post_init__(self):
+        if self.logit_adjust and self.class_prior is None:
+            raise ValueError("records no training class frequencies, which --logit-adjust needs; "
+                             "pass --logit-adjust 0")
+
+    @property
+    def logit_bias(self):
+        """-> one float per class added to the averaged logits, or None for the plain argmax."""
+        if not self.logit_adjust:
+            return None
+        return [-self.logit_adjust * math.log(p) for p in self.class_prior]
+
+    def replace(self, **changes):
+        """A copy with the fields in changes replaced; those that are None keep their value."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self):
+        """The JSON-able block stored in checkpoints and exports; logit_bias is written out for readers
+        outside this toolkit (from_dict derives it again)."""
+        return {"version": self.VERSION, "classes": list(self.classes), "input": dict(self.input),
+                "tta_flip": self.tta_flip, "tta_scales": list(self.tta_scales), "logit_adjust": self.logit_adjust,
+                "class_prior": None if self.class_prior is None else list(self.class_prior),
+                "logit_bias": self.logit_bias}
+
+    @classmethod
+    def from_dict(cls, block):
+        prior = block.get("class_prior")
+        return cls(classes=tuple(block["classes"]), input=dict(block["input"]), tta_flip=bool(block["tta_flip"]),
+                   tta_scales=tuple(block["tta_scales"]), logit_adjust=float(block["logit_adjust"]),
+                   class_prior=None if prior is None else tuple(prior))
+
+
+def scoring_of(state, path="checkpoint", **overrides):
+    """The Scoring of a loaded checkpoint, with overrides (tta_flip, tta_scales, logit_adjust; None keeps the
+    checkpoint's) applied; CheckpointError naming path if they cannot apply."""
+    try:
+        return Scoring.from_dict(state["scoring"]).replace(**overrides)
+    except ValueError as e:
+        raise CheckpointError(f"{path} {e}") from None
+
+
 def save_checkpoint(state, path):
-    """Write state to path atomically: the old file stays whole until the new one is complete."""
+    """Write state (the version-2 layout above) to path atomically: the old file stays whole until the new one
+    is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "version": VERSION, **state}
+    state = {**state, "format": FORMAT, "version": VERSION}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -51,7 +125,9 @@ def save_checkpoint(state, path):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Read and check a checkpoint written by save_checkpoint; CheckpointError says what is wrong."""
+    """Read a checkpoint written by save_checkpoint (either version) -> a dict in the version-2 layout.
+
+    Raises CheckpointError, naming path, for a missing, truncated or foreign file or one that lacks a key."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -63,83 +139,67 @@ def load_checkpoint(path, map_location="cpu"):
                               f"{str(e).splitlines()[0][:100]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no '{FORMAT}' marker)")
+    version = state.get("version", 1)
+    if version == 1:
+        missing = [k for k in ("arch", "arch_args", "classes", "input", "model") if k not in state]
+        if missing:
+            raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+        state = _upgrade_v1(state)
+    elif version != VERSION:
+        raise CheckpointError(f"{path} is a version-{version} checkpoint; this toolkit reads versions 1 and {VERSION}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    state["arch"] = ARCH_ALIASES.get(state["arch"], state["arch"])
+    return state
+
+
+def _upgrade_v1(state):
+    """A version-1 checkpoint in the version-2 layout: the scoring policy that v1 read from the training flags
+    (--tta, --tta-scales, --logit-adjust; checkpoints from before a flag were scored without it) and the class
+    frequencies become the scoring block; early-stopping state moves to "progress"."""
+    state = dict(state)
+    args = state.get("args", {})
+    classes, input_cfg, prior = state.pop("classes"), state.pop("input"), state.pop("class_prior", None)
+    state["arch_args"] = {**UNRECORDED_ARCH_ARGS.get(state["arch"], {}), **state["arch_args"]}
+    state["scoring"] = Scoring(classes=tuple(classes), input=dict(input_cfg), tta_flip=bool(args.get("tta")),
+                               tta_scales=tuple(args.get("tta_scales") or ()),
+                               logit_adjust=float(args.get("logit_adjust") or 0.0),
+                               class_prior=None if prior is None else tuple(prior)).to_dict()
+    if "best" in state:
+        state["progress"] = {"best": state.pop("best"), "bad_epochs": state.pop("bad_epochs", 0)}
     return state
 
 
 def model_from_checkpoint(state, path="checkpoint"):
-    """Rebuild the model a checkpoint describes and load its weights."""
-    arch_args = {**UNRECORDED_ARCH_ARGS.get(state["arch"], {}), **state["arch_args"]}
-    model = build_model(state["arch"], len(state["classes"]), in_channels=state["input"]["channels"],
-                        input_size=state["input"]["size"], **arch_args)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit arch {state['arch']!r}: "
-                              f"{str(e).splitlines()[0][:120]}") from None
+    """Rebuild the model a loaded checkpoint describes and load its weights (fp16 release weights are cast to
+    the model's fp32). CheckpointError, naming path and the keys, if the weights do not fit."""
+    scoring = state["scoring"]
+    model = build_model(state["arch"], len(scoring["classes"]), in_channels=scoring["input"]["channels"],
+                        input_size=scoring["input"]["size"], **state["arch_args"])
+    weights = strip_wrapper_prefixes(state["model"])
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong_shape = [f"{k} {tuple(weights[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+                   if k in weights and weights[k].shape != v.shape]
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+        if keys:
+            problems.append(f"{what} {_listing(keys)}")
+    if problems:
+        raise CheckpointError(f"{path}: weights do not fit arch {state['arch']!r}: {'; '.join(problems)}")
+    model.load_state_dict(weights)
     return model
 
 
-def held_out_validation(state, root, path="checkpoint"):
-    """The faces of root's train split that training held out for validation, by the checkpoint's indices."""
-    cfg = state["input"]
-    return recorded_subset(load_split(root, "train", state["classes"], cfg["size"], cfg["channels"]),
-                           state["split"]["val_indices"], "val", f"{root}: {path}'s validation split")
+def strip_wrapper_prefixes(weights):
+    """A state dict saved from a wrapped model (DataParallel/DDP "module.", torch.compile "_orig_mod.", in any
+    nesting) with the wrappers' prefixes removed, so it loads into the bare model."""
+    pattern = re.compile("^(?:" + "|".join(re.escape(p) for p in WRAPPER_PREFIXES) + ")+")
+    return {pattern.sub("", k): v for k, v in weights.items()}
 
 
-def scoring_views(state):
-    """How the checkpoint's model is scored, as keyword arguments of engine.predict_logits: on each image's
-    mirror too (train.py --tta) and on copies zoomed by each of --tta-scales. Checkpoints from before those
-    flags were scored on the image alone."""
-    args = state.get("args", {})
-    return {"tta_flip": args.get("tta", False), "tta_scales": tuple(args.get("tta_scales", ()))}
-
-
-def logit_bias(state, tau=None, path="checkpoint"):
-    """The per-class offsets added to the logits before any decision: -tau * log(training class frequency).
-
-    Logit adjustment (Menon et al., 2021): a model trained on imbalanced classes learns their frequencies
-    into its logits; subtracting tau * log(frequency) makes it decide as if classes were equally common,
-    which is what a class-balanced test and Macro-F1 reward (tau 1 is the Bayes rule for that). tau defaults
-    to the checkpoint's --logit-adjust (checkpoints from before that flag: 0); -> None when tau is 0.
-    """
-    tau = state.get("args", {}).get("logit_adjust", 0.0) if tau is None else tau
-    if not tau:
-        return None
-    if "class_prior" not in state:
-        raise CheckpointError(f"{path} does not record its training class frequencies, which --logit-adjust "
-                              "needs; pass --logit-adjust 0")
-    return (-tau * torch.tensor(state["class_prior"], dtype=torch.float64).log()).tolist()
-
-
-def check_same_task(members):
-    """members: (path, classes, input config) of each model of an ensemble. CheckpointError unless all share
-    the classes, in the same order, and the input size and channels (each normalises with its own mean/std)."""
-    def task(classes, input_cfg):
-        return f"classes {','.join(classes)}, {input_cfg['size']} px, {input_cfg['channels']} channel(s)"
-    first_path, *first = members[0]
-    for path, *other in members[1:]:
-        if task(*other) != task(*first):
-            raise CheckpointError(f"{path} ({task(*other)}) does not match {first_path} ({task(*first)}); "
-                                  "an ensemble's models need the same classes and input")
-
-
-def scored_logits(state, images_uint8, device, path="checkpoint", batch_size=256, amp=False, tta_flip=None,
-                  tta_scales=None, tau=None):
-    """Decision logits of the checkpoint's model for a uint8 N x C x H x W tensor, scored as training scored
-    its test split (scoring_views, logit_bias) unless tta_flip, tta_scales or tau say otherwise.
-
-    -> (logits, how): how records the views and logit bias used, for a report.
-    """
-    views = scoring_views(state)
-    if tta_flip is not None:
-        views["tta_flip"] = tta_flip
-    if tta_scales is not None:
-        views["tta_scales"] = tuple(tta_scales)
-    bias = logit_bias(state, tau, path)
-    model = engine.prepare_model(model_from_checkpoint(state, path), device)
-    logits = engine.predict_logits(model, images_uint8, state["input"], device, batch_size, amp, **views,
-                                   logit_bias=bias)
-    return logits, dict(checkpoint=str(path), **views, logit_bias=bias)
+def _listing(keys, shown=4):
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more

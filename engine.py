@@ -1,13 +1,12 @@
-"""Running a model over in-memory data: device choice, torchrun/DDP set-up, mixed precision, batched
-inference and scoring.
+"""Running a network over in-memory data: device choice, torchrun/DDP set-up, mixed precision, the batched
+loop over test-time views, and scoring a split.
 
-Shared by train.py (validation, the final test) and test.py, so both score a split the same way, and
-scoring under torchrun sums every process's confusion matrix, so it equals a single-process evaluation.
+The policy (which views, which logit bias) is the caller's: inference.Classifier holds it and calls
+predict_logits. Scoring under torchrun sums every process's confusion matrix, so it equals a single-process
+evaluation.
 """
 import contextlib
-import json
 import os
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -31,6 +30,24 @@ def init_distributed():
     else:
         dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+@contextlib.contextmanager
+def distributed_process():
+    """Join torchrun's process group for the block (a no-op without torchrun) -> (rank, world, local_rank).
+
+    On a normal exit every process meets at a barrier before the group is torn down: one that leaves while a
+    peer still works (rank 0 writing the test report) can abort the run under Gloo. Not on an exception,
+    where a peer may never arrive.
+    """
+    rank, world, local_rank = init_distributed()
+    try:
+        yield rank, world, local_rank
+        if world > 1:
+            dist.barrier()
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
 
 
 def rank_and_world():
@@ -105,8 +122,8 @@ def tta_views(x, tta_flip=False, tta_scales=()):
 
 
 def decision_logits(view_logits, logit_bias=None):
-    """The logits a model decides on, from its raw float32 outputs (PyTorch's or an ONNX session's) for
-    each of tta_views: averaged, then shifted by logit_bias (checkpoint.logit_bias)."""
+    """The logits a model decides on, from its raw float32 outputs (N x classes, PyTorch's or an exported
+    program's) for each of tta_views: averaged, then shifted by logit_bias (one number per class)."""
     logits = torch.stack(list(view_logits)).mean(0)
     if logit_bias is not None:
         logits = logits + torch.tensor(logit_bias, dtype=logits.dtype, device=logits.device)
@@ -114,35 +131,35 @@ def decision_logits(view_logits, logit_bias=None):
 
 
 @torch.no_grad()
-def predict_logits(model, images_uint8, input_cfg, device, batch_size=256, amp=False, tta_flip=False,
-                   tta_scales=(), logit_bias=None):
-    """Decision logits (float32, on the CPU) for every image of a uint8 N x C x H x W tensor."""
-    model.eval()
+def predict_logits(forward, images_uint8, input_cfg, device, batch_size=256, amp=False, tta_flip=False,
+                   tta_scales=(), logit_bias=None, channels_last=True):
+    """Decision logits (float32 N x classes, on the CPU) for a uint8 N x C x H x W tensor, a batch at a time:
+    each batch normalised by input_cfg ("mean", "std"), every view of tta_views run through forward (a model,
+    or any callable from a float batch to logits), averaged and shifted by logit_bias."""
     outputs = []
     for start in range(0, len(images_uint8), batch_size):
-        x = to_input(images_uint8[start:start + batch_size], input_cfg, device)
+        x = to_input(images_uint8[start:start + batch_size], input_cfg, device, channels_last)
         with autocast(device, amp):
-            view_logits = [model(view).float() for view in tta_views(x, tta_flip, tta_scales)]
+            view_logits = [forward(view).float() for view in tta_views(x, tta_flip, tta_scales)]
         outputs.append(decision_logits(view_logits, logit_bias).cpu())
     if not outputs:
         return torch.zeros(0, 0)
     return torch.cat(outputs)
 
 
-def evaluate(model, split, input_cfg, device, batch_size=256, amp=False, tta_flip=False, tta_scales=(),
-             logit_bias=None):
-    """-> (mean cross-entropy, classification_report) of model on a FERSplit.
+def evaluate(decide, split, device):
+    """-> (mean cross-entropy, classification_report) of decide (uint8 images -> decision logits, e.g. a
+    Classifier's decision_logits) on a FERSplit.
 
-    Under torchrun each process scores every world-size-th image and score_logits adds the shares up.
+    Under torchrun each process decides every world-size-th image and classification_scores adds the shares up.
     """
     rank, world = rank_and_world()
-    logits = predict_logits(model, split.images[rank::world], input_cfg, device, batch_size, amp, tta_flip,
-                            tta_scales, logit_bias)
-    return score_logits(logits, split.labels[rank::world], split.classes, device)
+    logits = decide(split.images[rank::world])
+    return classification_scores(logits, split.labels[rank::world], split.classes, device)
 
 
-def score_logits(logits, labels, classes, device):
-    """-> (mean cross-entropy, classification_report) of decision logits against their labels.
+def classification_scores(logits, labels, classes, device):
+    """-> (mean cross-entropy, classification_report) of decision logits (N x classes) against int labels (N).
 
     Under torchrun each process passes its share of a split; the confusion matrices and loss sums are added
     up, so every process gets the figures of one process scoring the whole split.
@@ -155,15 +172,3 @@ def score_logits(logits, labels, classes, device):
     totals = all_reduce_sum(totals, device)
     cm = totals[:-1].round().long().view(len(classes), -1).numpy()
     return (totals[-1] / max(1, int(cm.sum()))).item(), report_from_confusion(cm, classes)
-
-
-def save_report(report, out_dir, stem, title=""):
-    """Write report as out_dir/stem.json and its confusion matrix as out_dir/stem_confusion.png."""
-    from plot_curves import plot_confusion_matrix  # matplotlib is loaded only when a report is written
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}_confusion.png"
-    json_path.write_text(json.dumps(report, indent=2))
-    plot_confusion_matrix(report["confusion_matrix"], report["classes"], png_path, title=title)
-    return json_path, png_path

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scoring_views
+from checkpoint import Scoring, load_checkpoint, save_checkpoint
+from cli import positive_int
 from errors import UserError, exit_code
-from inference import EXPORT_METADATA_FILE, ONNX_METADATA_KEY
+from inference import EXPORT_METADATA_FILE, ONNX_METADATA_KEY, ModelClassifier, export_metadata
 
 
 def get_args_parser():
@@ -31,16 +32,8 @@ def get_args_parser():
     p.add_argument("--ckpt", default="checkpoints/best.pth")
     p.add_argument("--format", choices=["onnx", "pt2", "torchscript", "release"], default="onnx")
     p.add_argument("--out", help="output file (default: beside the checkpoint)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset version")
     return p
-
-
-def deployment_info(state):
-    return {"classes": state["classes"], "input": state["input"], "arch": state["arch"],
-            **scoring_views(state), "logit_bias": logit_bias(state),
-            "output": "logits of one image; average them with those of the image zoomed about its centre by "
-                      "each of tta_scales (border reflected) and, with tta_flip, of the mirror of each view; "
-                      "then add logit_bias (one number per class) when it is not null"}
 
 
 # Any batch size, for the ONNX and torch.export programs.
@@ -73,7 +66,7 @@ def export_torchscript(model, example, info, out):
 
 def export_release(state, out):
     """The checkpoint without what only training needs, its weights in fp16 (loading casts them back)."""
-    keep = ("arch", "arch_args", "classes", "input", "epoch", "args", "metrics", "best", "class_prior")
+    keep = ("arch", "arch_args", "scoring", "epoch", "args", "metrics", "progress")
     release = {k: state[k] for k in keep if k in state}
     release["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     release["split"] = {k: v for k, v in state.get("split", {}).items() if not k.endswith("_indices")}
@@ -81,26 +74,30 @@ def export_release(state, out):
 
 
 def main(argv=None):
+    """The command line: -> exit code (2, with a one-line message, for bad input)."""
     return exit_code("export.py", run, get_args_parser().parse_args(argv))
 
 
 def run(args):
-    state = load_checkpoint(args.ckpt)
-    model = model_from_checkpoint(state, args.ckpt).float().eval()
-    cfg = state["input"]
-    example = torch.zeros(2, cfg["channels"], cfg["size"], cfg["size"])
     suffix = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt", "release": ".release.pth"}[args.format]
     out = Path(args.out) if args.out else Path(args.ckpt).with_suffix(suffix)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.format == "onnx":
-        export_onnx(model, example, deployment_info(state), out, args.opset)
-    elif args.format == "pt2":
-        export_program(model, example, deployment_info(state), out)
-    elif args.format == "torchscript":
-        export_torchscript(model, example, deployment_info(state), out)
-    else:
+    if args.format == "release":
+        state = load_checkpoint(args.ckpt)
         export_release(state, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): classes {', '.join(state['classes'])}; "
+        scoring = Scoring.from_dict(state["scoring"])
+    else:
+        # The network and scoring exactly as the checkpoint's classifier runs them, in fp32 and the default layout.
+        classifier = ModelClassifier.from_checkpoint(args.ckpt)
+        model = classifier.model.to(memory_format=torch.contiguous_format).eval()
+        scoring, cfg = classifier.scoring, classifier.input
+        example = torch.zeros(2, cfg["channels"], cfg["size"], cfg["size"])
+        info = export_metadata(classifier)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        {"onnx": lambda: export_onnx(model, example, info, out, args.opset),
+         "pt2": lambda: export_program(model, example, info, out),
+         "torchscript": lambda: export_torchscript(model, example, info, out)}[args.format]()
+    cfg = scoring.input
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): classes {', '.join(scoring.classes)}; "
           f"input {cfg['channels']}x{cfg['size']}x{cfg['size']}, (pixel/255 - {cfg['mean']}) / {cfg['std']}")
     return 0
 

@@ -1,105 +1,143 @@
-"""From a photo to expressions: face detection, cropping like the training data, classification with a
-checkpoint or an exported ONNX model, Grad-CAM, and drawing the results.
+"""Classifiers: the one way anything turns face crops into decision logits and probabilities.
 
-A face is brought to the model exactly as training images were: the box (plus a margin) is cropped from
-the photo and passed through `dataset.image_to_array`, the very function that decoded the training set,
-then normalised with the mean and std stored in the checkpoint or the ONNX metadata.
+A Classifier holds a model and its Scoring (checkpoint.Scoring: classes, input normalisation, test-time views,
+logit bias) and applies both the same way wherever it is used: train.py's final test, test.py, predict.py,
+export.py and the benchmarks. Kinds:
+- ModelClassifier: a network in memory (a checkpoint's, or one being trained);
+- OnnxClassifier, ExportedProgramClassifier: files export.py wrote, run without this toolkit's model code;
+- EnsembleClassifier: several of them deciding on the mean of their decision logits.
+`load_classifier(paths)` picks the kind by file suffix.
 """
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 import engine
-from checkpoint import check_same_task, load_checkpoint, logit_bias, model_from_checkpoint, scoring_views
-from dataset import image_to_array, normalize
+from checkpoint import CheckpointError, Scoring, load_checkpoint, model_from_checkpoint, scoring_of
 from errors import UserError
 
 ONNX_METADATA_KEY = "fer_toolkit"
 EXPORT_METADATA_FILE = f"{ONNX_METADATA_KEY}.json"  # inside .pt2 and TorchScript files
-
-
-@dataclass
-class Face:
-    box: tuple                                   # x, y, width, height in the photo's pixels
-    crop: np.ndarray = field(default=None)      # what the model saw: C x size x size uint8
-    probabilities: np.ndarray = field(default=None)
-    heatmap: np.ndarray = field(default=None)   # Grad-CAM, crop-sized, 0..1
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Models: a checkpoint (PyTorch), an exported ONNX or torch.export file, or an ensemble of them, behind one
-# interface: classes, input, decision_logits (TTA views averaged, logit bias added), probabilities, grad_cam.
+EXPORT_FORMAT = "fer-toolkit-export"
 
 
 class Classifier:
-    def probabilities(self, crops_uint8):
-        return torch.softmax(self.decision_logits(crops_uint8), 1).numpy()
+    """Face crops (uint8 N x C x H x W, C and H = W as scoring.input says) -> decision logits: every test-time
+    view of a batch through the model (view_logits), the views' logits averaged, the logit bias added.
+
+    source: the file it came from (for reports); record: the checkpoint's training record (its "args",
+    "split", "epoch"...) or None for exports.
+    """
+    channels_last = False  # the memory layout view_logits wants its batches in
+
+    def __init__(self, scoring, source="model", record=None, device="cpu", amp=False, batch_size=256):
+        self.scoring, self.source, self.record = scoring, str(source), record
+        self.device = torch.device(device)
+        self.amp, self.batch_size = amp, batch_size
+
+    @property
+    def classes(self):
+        return list(self.scoring.classes)
+
+    @property
+    def input(self):
+        return self.scoring.input
+
+    def view_logits(self, x):
+        """One normalised float batch of one view -> its float32 logits (N x classes)."""
+        raise NotImplementedError
+
+    def decision_logits(self, images):
+        """uint8 images (tensor or array, N x C x H x W) -> float32 decision logits (N x classes), on the CPU."""
+        s = self.scoring
+        return engine.predict_logits(self.view_logits, torch.as_tensor(images), s.input, self.device,
+                                     self.batch_size, self.amp, s.tta_flip, s.tta_scales, s.logit_bias,
+                                     self.channels_last)
+
+    def probabilities(self, images):
+        """uint8 images -> class probabilities (float32 array, N x classes), the softmax of decision_logits."""
+        return torch.softmax(self.decision_logits(images), 1).numpy()
+
+    def rescored(self, **overrides):
+        """The same model scored otherwise: tta_flip, tta_scales, logit_adjust (None keeps the current one)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        try:
+            clone.scoring = self.scoring.replace(**overrides)
+        except ValueError as e:
+            raise CheckpointError(f"{self.source} {e}") from None
+        return clone
+
+    def describe(self):
+        """How this classifier decides, for a report: its source file, views and logit bias."""
+        s = self.scoring
+        return {"checkpoint": self.source, "tta_flip": s.tta_flip, "tta_scales": list(s.tta_scales),
+                "logit_bias": s.logit_bias}
+
+    def grad_cam(self, images, class_indices):
+        raise UserError(f"--explain needs a PyTorch checkpoint (.pth): {self.source} is an exported graph, "
+                        "which has no layers to read")
 
 
-class TorchClassifier(Classifier):
-    def __init__(self, ckpt_path, device="cpu"):
-        state = load_checkpoint(ckpt_path)
-        self.classes, self.input = state["classes"], state["input"]
-        self.views = scoring_views(state)  # scored as training's test was
-        self.logit_bias = logit_bias(state, path=ckpt_path)
-        self.device = engine.select_device(device)
-        self.model = engine.prepare_model(model_from_checkpoint(state, ckpt_path).float(), self.device).eval()
+class ModelClassifier(Classifier):
+    """A PyTorch network in memory, run in eval mode on `device` (channels_last, optional bf16 autocast)."""
+    channels_last = True
 
-    def decision_logits(self, crops_uint8):
-        return engine.predict_logits(self.model, torch.from_numpy(crops_uint8), self.input, self.device,
-                                     **self.views, logit_bias=self.logit_bias)
+    def __init__(self, model, scoring, source="model", record=None, device="cpu", amp=False, batch_size=256):
+        super().__init__(scoring, source, record, device, amp, batch_size)
+        self.model = model
 
-    def grad_cam(self, crops_uint8, class_indices):
-        x = engine.to_input(torch.from_numpy(crops_uint8), self.input, self.device)
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu", amp=False, batch_size=256, state=None):
+        """The network a checkpoint file holds (state: the file already loaded), in fp32 on device."""
+        state = state if state is not None else load_checkpoint(path)
+        model = engine.prepare_model(model_from_checkpoint(state, path).float(), torch.device(device))
+        record = {k: v for k, v in state.items() if k not in ("model", "optimizer", "online_model")}
+        return cls(model, scoring_of(state, path), path, record, device, amp, batch_size)
+
+    def view_logits(self, x):
+        return self.model(x)
+
+    def decision_logits(self, images):
+        self.model.eval()
+        return super().decision_logits(images)
+
+    def grad_cam(self, images, class_indices):
+        """-> array (N, H, W) in 0..1: Grad-CAM of class_indices[i] for image i, on the image itself."""
+        x = engine.to_input(torch.as_tensor(images), self.input, self.device)
         return grad_cam(self.model, x, class_indices)
 
 
-class ExportedClassifier(Classifier):
-    """A model exported by export.py: the class names, preprocessing and scoring views travel in its metadata
-    (deployment_info there); subclasses say how to run one normalised float batch to logits."""
+class OnnxClassifier(Classifier):
+    """An .onnx file export.py wrote, run by ONNX Runtime on the CPU; its scoring travels in its metadata."""
 
-    def __init__(self, info):
-        self.classes, self.input = info["classes"], info["input"]
-        self.views = {"tta_flip": info.get("tta_flip", False), "tta_scales": tuple(info.get("tta_scales", ()))}
-        self.logit_bias = info.get("logit_bias")
-
-    def decision_logits(self, crops_uint8):
-        x = normalize(torch.from_numpy(crops_uint8), self.input["mean"], self.input["std"])
-        return engine.decision_logits([self.logits(view) for view in engine.tta_views(x, **self.views)],
-                                      self.logit_bias)
-
-    def grad_cam(self, crops_uint8, class_indices):
-        raise UserError("--explain needs a PyTorch checkpoint (.pth): an exported graph has no layers to read")
-
-
-class OnnxClassifier(ExportedClassifier):
-    def __init__(self, onnx_path):
+    def __init__(self, path, batch_size=256):
         try:
             import onnxruntime
         except ImportError:
             raise UserError("running an .onnx model needs onnxruntime: pip install onnxruntime") from None
         try:
-            self.session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise UserError(f"{onnx_path} is not a readable ONNX model: {str(e).splitlines()[0][:100]}") from None
+            raise UserError(f"{path} is not a readable ONNX model: {str(e).splitlines()[0][:100]}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if ONNX_METADATA_KEY not in meta:
-            raise UserError(f"{onnx_path} was not exported by this toolkit (no {ONNX_METADATA_KEY} metadata)")
-        super().__init__(json.loads(meta[ONNX_METADATA_KEY]))
+            raise UserError(f"{path} was not exported by this toolkit (no {ONNX_METADATA_KEY} metadata)")
+        super().__init__(scoring_from_export(json.loads(meta[ONNX_METADATA_KEY]), path), path,
+                         batch_size=batch_size)
         self.input_name = self.session.get_inputs()[0].name
 
-    def logits(self, x):
+    def view_logits(self, x):
         return torch.from_numpy(self.session.run(None, {self.input_name: x.contiguous().numpy()})[0])
 
 
-class ExportedProgramClassifier(ExportedClassifier):
-    """A torch.export program (.pt2), TorchScript's successor, run by PyTorch without the toolkit's model code."""
+class ExportedProgramClassifier(Classifier):
+    """A torch.export program (.pt2) export.py wrote, TorchScript's successor, run by PyTorch without the
+    toolkit's model code; its scoring travels in the file."""
 
-    def __init__(self, path):
+    def __init__(self, path, batch_size=256):
         extra = {EXPORT_METADATA_FILE: ""}
         try:
             program = torch.export.load(str(path), extra_files=extra)
@@ -108,108 +146,104 @@ class ExportedProgramClassifier(ExportedClassifier):
                 from None
         if not extra[EXPORT_METADATA_FILE]:
             raise UserError(f"{path} was not exported by this toolkit (no {EXPORT_METADATA_FILE} inside)")
-        super().__init__(json.loads(extra[EXPORT_METADATA_FILE]))
+        super().__init__(scoring_from_export(json.loads(extra[EXPORT_METADATA_FILE]), path), path,
+                         batch_size=batch_size)
         self.module = program.module()
 
-    @torch.no_grad()
-    def logits(self, x):
-        return self.module(x).float()
+    def view_logits(self, x):
+        return self.module(x)
+
+
+def export_metadata(classifier):
+    """What a file export.py writes carries: the checkpoint's scoring block verbatim, its arch, and how to use
+    them (for readers outside this toolkit)."""
+    return {"format": EXPORT_FORMAT, "version": 2, "arch": (classifier.record or {}).get("arch"),
+            "scoring": classifier.scoring.to_dict(),
+            "output": "logits of one image; average them with those of the image zoomed about its centre by "
+                      "each of scoring.tta_scales (border reflected) and, with scoring.tta_flip, of the mirror "
+                      "of each view; then add scoring.logit_bias (one number per class) when it is not null"}
+
+
+def scoring_from_export(info, path):
+    """The Scoring in an export's metadata; exports made before the scoring block (top-level classes, input,
+    tta_flip, tta_scales, logit_bias) are read too."""
+    try:
+        if "scoring" in info:
+            return Scoring.from_dict(info["scoring"])
+        bias = info.get("logit_bias")
+        # An old export kept only the bias: a prior whose -log is that bias (up to a constant) decides alike.
+        prior = None if bias is None else tuple(float(np.exp(-b)) for b in bias)
+        return Scoring(tuple(info["classes"]), dict(info["input"]), bool(info.get("tta_flip", False)),
+                       tuple(info.get("tta_scales", ())), 0.0 if bias is None else 1.0, prior)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: its {ONNX_METADATA_KEY} metadata is incomplete ({type(e).__name__}: {e})") \
+            from None
 
 
 class EnsembleClassifier(Classifier):
-    """Several models deciding together on the mean of their decision logits, as `test.py --ckpt A B` scores."""
+    """Several classifiers deciding together on the mean of their decision logits (ensemble_logits). Members
+    must share classes and input (check_same_task); each keeps its own views and logit bias."""
 
-    def __init__(self, members, paths):
-        check_same_task([(path, m.classes, m.input) for path, m in zip(paths, members)])
+    def __init__(self, members):
+        check_same_task(members)
+        super().__init__(members[0].scoring, [m.source for m in members], members[0].record)
         self.members = members
-        self.classes, self.input = members[0].classes, members[0].input
 
-    def decision_logits(self, crops_uint8):
-        return torch.stack([m.decision_logits(crops_uint8) for m in self.members]).mean(0)
+    def decision_logits(self, images):
+        return ensemble_logits([m.decision_logits(images) for m in self.members])
 
-    def grad_cam(self, crops_uint8, class_indices):
+    def rescored(self, **overrides):
+        return EnsembleClassifier([m.rescored(**overrides) for m in self.members])
+
+    def describe(self):
+        return {"checkpoint": [m.source for m in self.members], "members": [m.describe() for m in self.members]}
+
+    def grad_cam(self, images, class_indices):
         """The members' heat-maps for the ensemble's classes, averaged."""
-        return np.mean([m.grad_cam(crops_uint8, class_indices) for m in self.members], axis=0)
+        return np.mean([m.grad_cam(images, class_indices) for m in self.members], axis=0)
 
 
-def load_classifier(paths, device="cpu"):
-    """A checkpoint (.pth), an exported .onnx or .pt2 file, or a list of them (an ensemble)."""
+def ensemble_logits(member_logits):
+    """An ensemble's decision logits: the mean of its members' (each N x classes)."""
+    return torch.stack(list(member_logits)).mean(0)
+
+
+def check_same_task(members):
+    """UserError naming the file unless every classifier shares the first one's classes, in the same order,
+    and its input size and channels (each normalises with its own mean/std)."""
+    def task(m):
+        return f"classes {','.join(m.classes)}, {m.input['size']} px, {m.input['channels']} channel(s)"
+    for other in members[1:]:
+        if task(other) != task(members[0]):
+            raise CheckpointError(f"{other.source} ({task(other)}) does not match {members[0].source} "
+                                  f"({task(members[0])}); an ensemble's models need the same classes and input")
+
+
+def load_classifier(paths, device="cpu", amp=False, batch_size=256, **overrides):
+    """A checkpoint (.pth), an exported .onnx or .pt2 file, or a list of them (an ensemble) -> a Classifier.
+    overrides (tta_flip, tta_scales, logit_adjust; None keeps each file's own) change how they score."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    members = [load_one_classifier(path, device) for path in paths]
-    return members[0] if len(members) == 1 else EnsembleClassifier(members, paths)
+    members = [_load_one(path, device, amp, batch_size).rescored(**overrides) for path in paths]
+    return members[0] if len(members) == 1 else EnsembleClassifier(members)
 
 
-def load_one_classifier(path, device):
+def _load_one(path, device, amp, batch_size):
     if not path.is_file():
         raise UserError(f"model file {path} does not exist")
     if path.suffix.lower() == ".onnx":
-        return OnnxClassifier(path)
+        return OnnxClassifier(path, batch_size)
     if path.suffix.lower() == ".pt2":
-        return ExportedProgramClassifier(path)
-    return TorchClassifier(path, device)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Faces: detection and cropping
-
-
-class FaceDetector:
-    """OpenCV's frontal-face Haar cascade, which ships inside the opencv-python-headless wheel."""
-
-    def __init__(self, min_face=24):
-        try:
-            import cv2
-        except ImportError:
-            raise UserError("face detection needs OpenCV: pip install opencv-python-headless "
-                            "(or pass --no-detect or --boxes FILE)") from None
-        self.cv2 = cv2
-        self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
-        self.min_face = min_face
-
-    def __call__(self, image):
-        """PIL image -> list of (x, y, w, h) boxes, largest first."""
-        # No histogram equalisation: on photos with large flat areas it stretches the background and
-        # hides faces (it found 2 of 6 FER faces pasted on a gray canvas, against 6 of 6 without).
-        gray = np.asarray(image.convert("L"))
-        boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                              minSize=(self.min_face, self.min_face))
-        return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: -b[2] * b[3])
-
-
-def crop_faces(image, boxes, input_cfg, margin=0.15):
-    """Crop each box grown by `margin` of its size on every side, then preprocess like the training set."""
-    crops = []
-    for x, y, w, h in boxes:
-        dx, dy = margin * w, margin * h
-        region = (max(0, x - dx), max(0, y - dy), min(image.width, x + w + dx), min(image.height, y + h + dy))
-        crops.append(image_to_array(image.crop(tuple(int(round(v)) for v in region)), input_cfg["size"],
-                                    input_cfg["channels"]))
-    if not crops:
-        return np.zeros((0, input_cfg["channels"], input_cfg["size"], input_cfg["size"]), dtype=np.uint8)
-    return np.stack(crops)
-
-
-def classify_image(image, classifier, boxes, margin=0.15, explain=False):
-    """Faces of one PIL image (already-known boxes) with their class probabilities (and heat-maps)."""
-    faces = [Face(tuple(b)) for b in boxes]
-    if not faces:
-        return faces
-    crops = crop_faces(image, boxes, classifier.input, margin)
-    probs = classifier.probabilities(crops)
-    heatmaps = classifier.grad_cam(crops, probs.argmax(1)) if explain else [None] * len(faces)
-    for face, crop, p, hm in zip(faces, crops, probs, heatmaps):
-        face.crop, face.probabilities, face.heatmap = crop, p, hm
-    return faces
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Grad-CAM
+        return ExportedProgramClassifier(path, batch_size)
+    return ModelClassifier.from_checkpoint(path, engine.select_device(device), amp, batch_size)
 
 
 def grad_cam(model, x, class_indices):
-    """Grad-CAM (Selvaraju et al., 2017) on the last convolutional feature map of `model`.
+    """Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+    Localization", ICCV 2017) on the last convolutional feature map of `model` (the output of its last ReLU
+    with a spatial map).
 
-    -> array (N, H, W) in 0..1 at the input's resolution: where evidence for class_indices[i] lies.
+    x: normalised float batch N x C x H x W; class_indices: N ints. -> float array (N, H, W) in 0..1 at the
+    input's resolution: where the evidence for class_indices[i] lies in image i.
     """
     maps = []
 
@@ -234,34 +268,3 @@ def grad_cam(model, x, class_indices):
     cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).max(1).values.clamp(min=1e-8).view(-1, 1, 1)
     return (cam / peak).detach().cpu().numpy()
-
-
-def heatmap_overlay(crop_uint8, heatmap, alpha=0.45):
-    """A face crop (C x H x W uint8) with its heat-map blended in red-yellow, as an RGB PIL image."""
-    gray = crop_uint8.mean(0) if crop_uint8.ndim == 3 else crop_uint8
-    base = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
-    heat = np.stack([np.clip(2 * heatmap, 0, 1), np.clip(2 * heatmap - 1, 0, 1), np.zeros_like(heatmap)], 2) * 255
-    return Image.fromarray(((1 - alpha) * base + alpha * heat).clip(0, 255).astype(np.uint8), "RGB")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Drawing
-
-
-def annotate(image, faces, classes):
-    """A copy of the photo with each face's box and its label and confidence drawn on it."""
-    out = image.convert("RGB").copy()
-    draw = ImageDraw.Draw(out)
-    width = max(2, round(min(out.size) / 200))
-    font = ImageFont.load_default(size=max(12, min(out.size) // 36))
-    for face in faces:
-        x, y, w, h = face.box
-        k = int(face.probabilities.argmax())
-        draw.rectangle([x, y, x + w, y + h], outline=(255, 64, 64), width=width)
-        text = f"{classes[k]} {100 * face.probabilities[k]:.0f}%"
-        box = draw.textbbox((0, 0), text, font=font)
-        tx, ty = x, max(0, y - (box[3] - box[1]) - 2 * width)
-        box = draw.textbbox((tx, ty), text, font=font)
-        draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(255, 64, 64))
-        draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
-    return out

@@ -25,7 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from errors import UserError, exit_code
-from inference import FaceDetector, annotate, classify_image, heatmap_overlay, load_classifier
+from faces import FaceDetector, annotate, classify_image, heatmap_overlay
+from inference import load_classifier
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "fer2013_5class_vgg.pth"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -110,6 +111,7 @@ class Results:
 
 
 def main(argv=None):
+    """The command line: -> exit code (2, with a one-line message, for bad input)."""
     return exit_code("predict.py", run, get_args_parser().parse_args(argv))
 
 

@@ -34,7 +34,7 @@ MIRROR_ONLY = "--tta-scales none"
 MEASURED_WITH_MIRROR_ONLY = {
     "w32": f"--widths 32,64,128,256 {PLAIN_ARGMAX}",
     "w32_weighted": EARLIER,
-    "seed_model": "--arch seed --class-weights balanced",
+    "assignment_model": "--arch assignment --class-weights balanced",
     "fc_head": f"--head fc {EARLIER}",
     "dropout_0.5": f"--dropout 0.5 {EARLIER}",
     "no_aug": f"--aug none {EARLIER}",
@@ -56,7 +56,7 @@ MEASURED_WITH_MIRROR_ONLY = {
     "train_25pct": "--train-fraction 0.25",
     "train_50pct": "--train-fraction 0.5",
 }
-ABLATIONS = {"default": "", "seed_recipe": "--recipe seed",
+ABLATIONS = {"default": "", "assignment_recipe": "--recipe assignment",
              **{name: f"{flags} {MIRROR_ONLY}" for name, flags in MEASURED_WITH_MIRROR_ONLY.items()},
              # Rows measured on today's default, zoom TTA included.
              "mixup": "--mix mixup --mix-alpha 0.2", "cutmix": "--mix cutmix",

@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import torch
-
 from recipes import mean_sd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
-from checkpoint import check_same_task, load_checkpoint, scored_logits  # noqa: E402
 from dataset import load_split  # noqa: E402
 from errors import UserError, exit_code  # noqa: E402
+from inference import EnsembleClassifier, ensemble_logits, load_classifier  # noqa: E402
 
 
 def main(argv=None):
@@ -31,24 +30,27 @@ def main(argv=None):
 
 
 def run(args):
-    states = [load_checkpoint(path) for path in args.ckpt]
-    first = states[0]
+    ensemble = load_classifier(args.ckpt)  # checks that the members share classes and input
+    members = ensemble.members if isinstance(ensemble, EnsembleClassifier) else [ensemble]
+    first = members[0].record
     root, split = first["split"]["root"], first["args"].get("test_split", "test")
-    check_same_task([(path, state["classes"], state["input"]) for path, state in zip(args.ckpt, states)])
-    for state, path in zip(states, args.ckpt):
-        if state["split"]["root"] != root:
-            raise UserError(f"{path} was trained on {state['split']['root']}, {args.ckpt[0]} on {root}")
-    data = load_split(root, split, first["classes"], first["input"]["size"], first["input"]["channels"])
+    for member in members:
+        if member.record["split"]["root"] != root:
+            raise UserError(f"{member.source} was trained on {member.record['split']['root']}, "
+                            f"{members[0].source} on {root}")
+    cfg = ensemble.input
+    data = load_split(root, split, ensemble.classes, cfg["size"], cfg["channels"])
     device = torch.device("cpu")
-    logits = [scored_logits(state, data.images, device, path)[0] for state, path in zip(states, args.ckpt)]
+    # Each member decides once; every combination is then the ensemble mean of its members' logits.
+    logits = [member.decision_logits(data.images) for member in members]
 
-    print(f"{len(states)} checkpoints on {root} [{split}], {len(data)} images")
+    print(f"{len(members)} checkpoints on {root} [{split}], {len(data)} images")
     print(f"{'members':>8}{'combinations':>14}{'accuracy':>18}{'Macro-F1':>18}")
-    for k in args.sizes or range(1, len(states) + 1):
+    for k in args.sizes or range(1, len(members) + 1):
         scores = []
-        for combo in itertools.combinations(range(len(states)), k):
-            mean_logits = torch.stack([logits[i] for i in combo]).mean(0)
-            _, report = engine.score_logits(mean_logits, data.labels, data.classes, device)
+        for combo in itertools.combinations(range(len(members)), k):
+            mean_logits = ensemble_logits([logits[i] for i in combo])
+            _, report = engine.classification_scores(mean_logits, data.labels, data.classes, device)
             scores.append((100 * report["accuracy"], 100 * report["macro_f1"]))
         acc, f1 = zip(*scores)
         print(f"{k:>8}{len(scores):>14}{mean_sd(acc).strip():>18}{mean_sd(f1).strip():>18}")

@@ -19,7 +19,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import export  # noqa: E402
-from inference import FaceDetector, classify_image, load_classifier  # noqa: E402
+from faces import FaceDetector, classify_image  # noqa: E402
+from inference import load_classifier  # noqa: E402
 
 
 def median_ms(fn, repeats):

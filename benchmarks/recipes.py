@@ -1,6 +1,6 @@
 """Train recipes over several seeds and print test accuracy, Macro-F1 and wall time as a table.
 
-    python benchmarks/recipes.py --data /path/to/fer5 --seeds 0 1 2 --recipes seed default
+    python benchmarks/recipes.py --data /path/to/fer5 --seeds 0 1 2 --recipes assignment default
     python benchmarks/recipes.py --data /path/to/fer5 --runs "bs128=--batch-size 128" "noaug=--aug none"
 
 Each run is `python train.py --data DATA --recipe R --seed S [flags]` in its own process, timed from start
@@ -48,8 +48,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--recipes", nargs="*", default=["seed", "default"],
-                   help="named recipes of train.py, run as baselines beside --runs (default: seed default; "
+    p.add_argument("--recipes", nargs="*", default=["assignment", "default"],
+                   help="named recipes of train.py, run as baselines beside --runs (default: assignment default; "
                    "--recipes with no names runs none)")
     p.add_argument("--runs", nargs="*", default=[], metavar="NAME=FLAGS",
                    help="extra configurations: a name and train.py flags on top of the default recipe")

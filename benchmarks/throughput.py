@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py --data /path/to/fer5 [--device cpu] [--steps 20]
 
-For `--arch seed` it compares the assignment's data path and training step (PIL decodes and resizes
+For `--arch assignment` it compares the assignment's data path and training step (PIL decodes and resizes
 every image every epoch through a DataLoader, fp32, NCHW) with this toolkit's (images decoded once into a
 uint8 tensor, augmented in batches on the device), then adds channels_last, bf16 autocast, a larger
 batch and torch.compile one at a time. Every row runs the same SGD training step on real images.
@@ -19,11 +19,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
+from checkpoint import Scoring  # noqa: E402
 from dataset import augment_batch, load_split, resolve_classes, split_dir  # noqa: E402
+from inference import ModelClassifier  # noqa: E402
 from model import build_model, default_in_channels  # noqa: E402
 
 
-class SeedImageFolder(torch.utils.data.Dataset):
+class AssignmentImageFolder(torch.utils.data.Dataset):
     """The assignment's loading: open, convert to RGB, resize to 48x48, to tensor, normalise, per access."""
 
     def __init__(self, root, classes):
@@ -76,7 +78,7 @@ def cached_batches(split, batch_size):
 
 
 def measure_training(arch, split, device, steps, batch_size, amp, channels_last, aug, compile_model=False,
-                     seed_loader=None):
+                     assignment_loader=None):
     torch.manual_seed(0)
     model = build_model(arch, len(split.classes)).to(device)
     if channels_last:
@@ -84,24 +86,26 @@ def measure_training(arch, split, device, steps, batch_size, amp, channels_last,
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     trained = torch.compile(model) if compile_model else model
     model.train()
-    batches = iter(seed_loader) if seed_loader is not None else cached_batches(split, batch_size)
+    batches = iter(assignment_loader) if assignment_loader is not None else cached_batches(split, batch_size)
     return time_steps(training_step(trained, optimizer, device, amp, channels_last, aug), batches, steps,
                       warmup=5 if compile_model else 3)
 
 
 def measure_inference(arch, split, device, amp, batch_size=256, repeats=3):
-    model = engine.prepare_model(build_model(arch, len(split.classes)), device).eval()
+    model = engine.prepare_model(build_model(arch, len(split.classes)), device)
+    scoring = Scoring(tuple(split.classes), {"size": 48, "channels": split.images.shape[1], "mean": 0.5, "std": 0.5})
+    classifier = ModelClassifier(model, scoring, device=device, amp=amp, batch_size=batch_size)
     images = split.images[: batch_size * 4]
-    engine.predict_logits(model, images[:batch_size], {"mean": 0.5, "std": 0.5}, device, batch_size, amp)
+    classifier.decision_logits(images[:batch_size])
     start = time.perf_counter()
     for _ in range(repeats):
-        engine.predict_logits(model, images, {"mean": 0.5, "std": 0.5}, device, batch_size, amp)
+        classifier.decision_logits(images)
     return repeats * len(images) / (time.perf_counter() - start)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="a dataset folder in the seed's layout (train/<Class>/*.jpg)")
+    p.add_argument("--data", required=True, help="a dataset folder in the assignment's layout (train/<Class>/*.jpg)")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per row")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
@@ -114,11 +118,11 @@ def main(argv=None):
     rgb = load_split(args.data, "train", classes, 48, 3)
     print(f"decoding {len(rgb)} training images once: {time.perf_counter() - start:.1f}s")
     gray = load_split(args.data, "train", classes, 48, 1)
-    seed_loader = torch.utils.data.DataLoader(SeedImageFolder(args.data, classes), batch_size=64, shuffle=True)
+    assignment_loader = torch.utils.data.DataLoader(AssignmentImageFolder(args.data, classes), batch_size=64, shuffle=True)
     bf16 = engine.bf16_supported(device)
 
-    print("\n--arch seed, training images/s (SGD step, batch 64 unless noted)")
-    rows = [("seed's path: PIL every epoch, DataLoader, fp32", dict(seed_loader=seed_loader)),
+    print("\n--arch assignment, training images/s (SGD step, batch 64 unless noted)")
+    rows = [("the assignment's path: PIL every epoch, DataLoader, fp32", dict(assignment_loader=assignment_loader)),
             ("+ decoded once, uint8 tensor, batched flip+affine", dict(aug=["flip", "affine"])),
             ("+ channels_last", dict(aug=["flip", "affine"], channels_last=True))]
     if bf16:
@@ -131,7 +135,7 @@ def main(argv=None):
     for name, kw in rows:
         kw = {"batch_size": 64, "amp": False, "channels_last": False, "aug": [], **kw}
         try:
-            speed = measure_training("seed", rgb, device, args.steps, **kw)
+            speed = measure_training("assignment", rgb, device, args.steps, **kw)
         except Exception as e:  # torch.compile needs a working compiler toolchain; say so and go on
             print(f"  {name:<52} failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
             continue
@@ -141,7 +145,7 @@ def main(argv=None):
     print("\nevery arch, this toolkit's path (cached tensors, flip+affine, channels_last"
           + (", bf16" if bf16 else "") + ")")
     print(f"  {'arch':<8}{'train img/s (b64)':>20}{'inference img/s (b256)':>26}")
-    for arch in ("seed", "vgg"):
+    for arch in ("assignment", "vgg"):
         split = rgb if default_in_channels(arch) == 3 else gray
         train = measure_training(arch, split, device, args.steps, 64, bf16, True, ["flip", "affine"])
         infer = measure_inference(arch, split, device, bf16)

@@ -14,29 +14,35 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
-from checkpoint import held_out_validation, load_checkpoint, logit_bias, model_from_checkpoint  # noqa: E402
-from train import scale_list  # noqa: E402
+from cli import scale_list  # noqa: E402
+from dataset import load_split, recorded_subset  # noqa: E402
+from errors import UserError, exit_code  # noqa: E402
+from inference import ModelClassifier  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("ckpt", nargs="+", help="checkpoints written by train.py")
     p.add_argument("--scales", type=scale_list, default=(0.9, 1.1), help="zoom factors to try")
-    args = p.parse_args(argv)
+    return exit_code("tta_views.py", run, p.parse_args(argv))
+
+
+def run(args):
     device = torch.device("cpu")
     print(f"{'checkpoint':<60} {'faces':>6} {'views':<24} {'val acc':>8} {'val F1':>8}")
     for path in args.ckpt:
-        state = load_checkpoint(path)
-        split = state.get("split", {})
+        classifier = ModelClassifier.from_checkpoint(path, device)
+        split = classifier.record.get("split", {})
         if "val_indices" not in split:
-            raise SystemExit(f"{path} records no held-out validation indices (its data had a val folder)")
-        val = held_out_validation(state, split["root"], path)
-        model = engine.prepare_model(model_from_checkpoint(state, path), device)
-        bias = logit_bias(state, path=path)
-        for name, views in (("image", {}), ("+ mirror", {"tta_flip": True}),
-                            ("+ zoom", {"tta_scales": args.scales}),
-                            ("+ mirror + zoom", {"tta_flip": True, "tta_scales": args.scales})):
-            _, report = engine.evaluate(model, val, state["input"], device, **views, logit_bias=bias)
+            raise UserError(f"{path} records no held-out validation indices (its data had a val folder)")
+        cfg = classifier.input
+        val = recorded_subset(load_split(split["root"], "train", classifier.classes, cfg["size"], cfg["channels"]),
+                              split["val_indices"], "val", f"{split['root']}: {path}'s validation split")
+        for name, views in (("image", dict(tta_flip=False, tta_scales=())),
+                            ("+ mirror", dict(tta_flip=True, tta_scales=())),
+                            ("+ zoom", dict(tta_flip=False, tta_scales=args.scales)),
+                            ("+ mirror + zoom", dict(tta_flip=True, tta_scales=args.scales))):
+            _, report = engine.evaluate(classifier.rescored(**views).decision_logits, val, device)
             print(f"{path:<60} {len(val):>6} {name:<24} {100 * report['accuracy']:>8.2f} "
                   f"{100 * report['macro_f1']:>8.2f}")
     return 0

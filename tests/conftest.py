@@ -40,3 +40,26 @@ def trained(tiny_data, tmp_path_factory, scripts):
 def fast_train_args(data, workdir, *extra):
     return ["--data", str(data), "--epochs", "2", "--batch-size", "16", "--no-progress",
             "--output-dir", str(workdir / "checkpoints"), "--log-dir", str(workdir / "logs"), *extra]
+
+
+def reference_logits(state, images, tau=None):
+    """A checkpoint's decision logits for uint8 images, worked out by hand from its scoring block (not through
+    the toolkit's Classifier): the mean of the model's logits over the image, its zoomed copies and their
+    mirrors, plus -tau x log(class prior) (tau: the checkpoint's logit_adjust unless given)."""
+    import torch
+
+    from checkpoint import model_from_checkpoint
+    from dataset import zoom
+
+    scoring = state["scoring"]
+    model = model_from_checkpoint(state).eval()
+    x = (images.float() / 255 - scoring["input"]["mean"]) / scoring["input"]["std"]
+    views = []
+    for scaled in [x] + [zoom(x, s) for s in scoring["tta_scales"]]:
+        views += [scaled, scaled.flip(-1)] if scoring["tta_flip"] else [scaled]
+    with torch.no_grad():
+        logits = torch.stack([model(v) for v in views]).mean(0)
+    tau = scoring["logit_adjust"] if tau is None else tau
+    if tau:
+        logits = logits - tau * torch.tensor(scoring["class_prior"]).log()
+    return logits

@@ -1,17 +1,21 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import checkpoint
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import CheckpointError, Scoring, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model import VGG_WIDTHS, build_model
 
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
-def make_state(arch="vgg", classes=("a", "b", "c")):
+
+def make_state(arch="vgg", classes=("a", "b", "c"), **scoring):
     model = build_model(arch, len(classes))
-    return {"arch": arch, "arch_args": {"widths": VGG_WIDTHS} if arch == "vgg" else {}, "classes": list(classes),
-            "input": {"size": 48, "channels": 1 if arch == "vgg" else 3, "mean": 0.5, "std": 0.5},
+    input_cfg = {"size": 48, "channels": 1 if arch == "vgg" else 3, "mean": 0.5, "std": 0.5}
+    return {"arch": arch, "arch_args": {"widths": VGG_WIDTHS} if arch == "vgg" else {},
+            "scoring": Scoring(tuple(classes), input_cfg, **scoring).to_dict(),
             "model": model.state_dict(), "epoch": 4}, model
 
 
@@ -22,17 +26,63 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     rebuilt = model_from_checkpoint(loaded).eval()
     x = torch.randn(2, 1, 48, 48)
     assert torch.equal(rebuilt(x), model.eval()(x))
-    assert loaded["epoch"] == 4 and loaded["classes"] == ["a", "b", "c"]
+    assert loaded["epoch"] == 4 and loaded["scoring"]["classes"] == ["a", "b", "c"]
+    assert loaded["version"] == 2
 
 
-def test_a_vgg_checkpoint_without_recorded_widths_is_rebuilt_at_the_old_default_widths(tmp_path):
-    old = build_model("vgg", 3, widths=(32, 64, 128, 256))
-    state, _ = make_state()
-    state.update(arch_args={}, model=old.state_dict())
-    save_checkpoint(state, tmp_path / "old.pth")
-    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "old.pth")).eval()
+def version_1(model, classes, args, class_prior=None, arch="vgg", arch_args=None):
+    """A checkpoint as train.py wrote it before the scoring block: classes, input and class frequencies at the
+    top, the scoring policy in the training flags."""
+    state = {"format": checkpoint.FORMAT, "version": 1, "arch": arch, "arch_args": arch_args or {},
+             "classes": list(classes), "input": {"size": 48, "channels": 1, "mean": 0.5, "std": 0.5},
+             "model": model.state_dict(), "epoch": 7, "args": args, "best": {"epoch": 7}, "bad_epochs": 0}
+    if class_prior is not None:
+        state["class_prior"] = class_prior
+    return state
+
+
+def test_a_version_1_checkpoint_is_read_into_the_scoring_block(tmp_path):
+    model = build_model("vgg", 3)
+    args = {"tta": True, "tta_scales": (0.9, 1.1), "logit_adjust": 1.0}
+    torch.save(version_1(model, "abc", args, [0.5, 0.3, 0.2], arch_args={"widths": VGG_WIDTHS}), tmp_path / "v1.pth")
+    state = load_checkpoint(tmp_path / "v1.pth")
+    scoring = Scoring.from_dict(state["scoring"])
+    assert scoring.classes == ("a", "b", "c") and scoring.input["channels"] == 1
+    assert (scoring.tta_flip, scoring.tta_scales) == (True, (0.9, 1.1))
+    assert scoring.logit_bias == pytest.approx([-math.log(0.5), -math.log(0.3), -math.log(0.2)])
+    assert state["progress"] == {"best": {"epoch": 7}, "bad_epochs": 0}
+    assert "classes" not in state and "class_prior" not in state
     x = torch.randn(2, 1, 48, 48)
-    assert torch.equal(rebuilt(x), old.eval()(x))
+    assert torch.equal(model_from_checkpoint(state).eval()(x), model.eval()(x))
+
+
+def test_a_version_1_checkpoint_from_before_the_scoring_flags_scores_the_image_alone(tmp_path):
+    # Before --tta, --tta-scales and --logit-adjust existed (args without them, or None) and before widths
+    # were recorded (the old default 32..256): the plain argmax of the image alone, as it was tested then.
+    old = build_model("vgg", 3, widths=(32, 64, 128, 256))
+    torch.save(version_1(old, "abc", {"tta": None, "tta_scales": None, "logit_adjust": None}), tmp_path / "v1.pth")
+    state = load_checkpoint(tmp_path / "v1.pth")
+    assert Scoring.from_dict(state["scoring"]) == Scoring(("a", "b", "c"), state["scoring"]["input"])
+    x = torch.randn(2, 1, 48, 48)
+    assert torch.equal(model_from_checkpoint(state).eval()(x), old.eval()(x))
+
+
+@pytest.mark.parametrize("name, views, tau", [("fer2013_5class_vgg.pth", (False, ()), 0.0),
+                                              ("fer2013_7class_vgg.pth", (True, (0.9, 0.95, 1.05, 1.1)), 0.0)])
+def test_the_shipped_version_1_models_load_with_the_scoring_they_were_tested_with(name, views, tau):
+    assert torch.load(MODELS / name, weights_only=False)["version"] == 1  # still the old layout on disk
+    scoring = Scoring.from_dict(load_checkpoint(MODELS / name)["scoring"])
+    assert (scoring.tta_flip, scoring.tta_scales, scoring.logit_adjust) == (*views, tau)
+
+
+def test_scoring_survives_its_dict_and_derives_the_logit_bias():
+    scoring = Scoring(("a", "b", "c"), {"size": 48, "channels": 1, "mean": 0.5, "std": 0.5}, True, (0.9,), 1.0,
+                      (0.5, 0.3, 0.2))
+    assert Scoring.from_dict(scoring.to_dict()) == scoring
+    assert scoring.to_dict()["logit_bias"] == pytest.approx([-math.log(p) for p in (0.5, 0.3, 0.2)])
+    assert scoring.replace(logit_adjust=0.5).logit_bias == pytest.approx([-0.5 * math.log(p) for p in (0.5, 0.3, 0.2)])
+    assert scoring.replace(logit_adjust=0.0).logit_bias is None
+    assert scoring.replace(tta_flip=None) == scoring  # None keeps a field
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -72,24 +122,42 @@ def test_truncated_checkpoint_is_reported(tmp_path):
         load_checkpoint(tmp_path / "c.pth")
 
 
-def test_weights_of_another_architecture_are_rejected(tmp_path):
+def test_weights_of_another_architecture_are_rejected_naming_the_keys(tmp_path):
     state, _ = make_state()
-    state.update(arch="seed", arch_args={})
+    state.update(arch="assignment", arch_args={})
     save_checkpoint(state, tmp_path / "c.pth")
-    with pytest.raises(CheckpointError, match="do not fit arch 'seed'"):
+    with pytest.raises(CheckpointError, match="do not fit arch 'assignment': missing conv1.0.weight") as info:
         model_from_checkpoint(load_checkpoint(tmp_path / "c.pth"))
+    assert "unexpected features.0.weight" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_logit_bias_subtracts_tau_times_the_log_class_frequency():
+def test_weights_of_another_shape_are_rejected_naming_the_shapes(tmp_path):
     state, _ = make_state()
-    state.update(class_prior=[0.5, 0.3, 0.2], args={"logit_adjust": 1.0})
-    assert checkpoint.logit_bias(state) == pytest.approx([-math.log(0.5), -math.log(0.3), -math.log(0.2)])
-    assert checkpoint.logit_bias(state, tau=0.5) == pytest.approx([-0.5 * math.log(p) for p in (0.5, 0.3, 0.2)])
-    assert checkpoint.logit_bias(state, tau=0) is None
+    state["model"]["head.1.weight"] = torch.zeros(7, 192)
+    with pytest.raises(CheckpointError, match=r"wrong shape head.1.weight \(7, 192\) \(expected \(3, 192\)\)"):
+        model_from_checkpoint(state, "c.pth")
 
 
-def test_logit_bias_of_checkpoints_without_the_flag_or_the_frequencies():
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
+def test_weights_saved_from_a_wrapped_model_load_into_the_bare_one(prefix):
+    # DataParallel/DDP prefix "module.", torch.compile "_orig_mod.": the same weights under another name.
+    state, model = make_state()
+    state["model"] = {prefix + k: v for k, v in state["model"].items()}
+    x = torch.randn(2, 1, 48, 48)
+    assert torch.equal(model_from_checkpoint(state).eval()(x), model.eval()(x))
+
+
+def test_the_assignments_network_loads_under_its_old_name(tmp_path):
+    state, model = make_state(arch="seed")
+    save_checkpoint(state, tmp_path / "c.pth")
+    loaded = load_checkpoint(tmp_path / "c.pth")
+    assert loaded["arch"] == "assignment"
+    x = torch.randn(2, 3, 48, 48)
+    assert torch.equal(model_from_checkpoint(loaded).eval()(x), model.eval()(x))
+
+
+def test_logit_adjustment_without_the_class_frequencies_is_refused_naming_the_file():
     state, _ = make_state()
-    assert checkpoint.logit_bias(state) is None  # made before --logit-adjust: plain argmax, as it was scored
-    with pytest.raises(CheckpointError, match="old.pth does not record its training class frequencies"):
-        checkpoint.logit_bias(state, tau=1.0, path="old.pth")
+    assert Scoring.from_dict(state["scoring"]).logit_bias is None
+    with pytest.raises(CheckpointError, match="old.pth records no training class frequencies"):
+        checkpoint.scoring_of(state, "old.pth", logit_adjust=1.0)

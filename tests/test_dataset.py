@@ -5,8 +5,19 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (DataError, FER2013_CLASSES, augment_batch, available_splits, count_shared_images,
-                     image_to_array, load_split, mix_batch, resolve_classes, stratified_split, zoom)
+from dataset import (
+    FER2013_CLASSES,
+    DataError,
+    augment_batch,
+    available_splits,
+    count_shared_images,
+    image_to_array,
+    load_split,
+    mix_batch,
+    resolve_classes,
+    stratified_split,
+    zoom,
+)
 
 
 def write_image(path, mode="L", size=(48, 48), value=128):

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, fast_train_args, reference_logits
 
-import engine
-from checkpoint import load_checkpoint, model_from_checkpoint
-from conftest import ROOT, fast_train_args
+from checkpoint import load_checkpoint
 from dataset import load_split
+from metrics import classification_report
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,13 @@ def test_reduced_metrics_equal_a_single_process_evaluation(ddp_run, tiny_data, s
     work, _ = ddp_run
     # Validation figures logged under torchrun vs. one process scoring the same weights on the same split.
     last = load_checkpoint(work / "checkpoints" / "last.pth")
-    model = model_from_checkpoint(last)
-    full = load_split(tiny_data, "train", last["classes"])
+    scoring = last["scoring"]
+    full = load_split(tiny_data, "train", scoring["classes"])
     val = full.subset(last["split"]["val_indices"])
-    loss, report = engine.evaluate(model, val, last["input"], torch.device("cpu"))
+    # Validation scores the image alone, without logit adjustment.
+    logits = reference_logits({**last, "scoring": {**scoring, "tta_flip": False, "tta_scales": []}}, val.images, 0)
+    loss = torch.nn.functional.cross_entropy(logits, val.labels).item()
+    report = classification_report(val.labels.numpy(), logits.argmax(1).numpy(), scoring["classes"])
     logged = json.loads((work / "logs" / "training_log.jsonl").read_text().splitlines()[-1])
     assert logged["val_acc"] == pytest.approx(100 * report["accuracy"], abs=1e-9)
     assert logged["val_macro_f1"] == pytest.approx(100 * report["macro_f1"], abs=1e-9)

@@ -7,14 +7,15 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from conftest import load_script, reference_logits
 from PIL import Image
 
 import engine
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scoring_views
-from conftest import load_script
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import load_split
 from errors import UserError
-from inference import FaceDetector, grad_cam, load_classifier
+from faces import FaceDetector
+from inference import grad_cam, load_classifier
 from synthetic import draw_face
 
 FACES = [("Happy", 160, (30, 40)), ("Sad", 120, (300, 60)), ("Surprise", 96, (480, 300)), ("Angry", 200, (200, 250))]
@@ -64,7 +65,7 @@ def test_predict_prints_a_line_per_face_and_writes_results(predict, trained, gro
     assert len(lines) == len(FACES)
     rows = read_rows(tmp_path / "predictions.csv")
     assert len(rows) == len(FACES)
-    classes = load_checkpoint(ckpt)["classes"]
+    classes = load_checkpoint(ckpt)["scoring"]["classes"]
     for row in rows:
         probs = [float(row[f"p_{c}"]) for c in classes]
         assert sum(probs) == pytest.approx(1, abs=1e-4)
@@ -80,15 +81,14 @@ def test_no_detect_scores_crops_exactly_like_the_test_split(predict, trained, ti
     assert predict.main([str(folder), "--no-detect", "--ckpt", str(ckpt), "--out-dir", str(tmp_path)]) == 0
     rows = read_rows(tmp_path / "predictions.csv")
     state = load_checkpoint(ckpt)
-    split = load_split(tiny_data, "test", state["classes"])
+    split = load_split(tiny_data, "test", state["scoring"]["classes"])
     mine = [i for i, s in enumerate(split.sources) if "/Happy/" in s]
-    logits = engine.predict_logits(model_from_checkpoint(state), split.images[mine], state["input"],
-                                   torch.device("cpu"), **scoring_views(state), logit_bias=logit_bias(state))
+    logits = reference_logits(state, split.images[mine])
     expected = torch.softmax(logits, 1).numpy()
     assert len(rows) == len(mine)
     for row, source, p in zip(rows, [split.sources[i] for i in mine], expected):
         assert row["file"] == source
-        assert [float(row[f"p_{c}"]) for c in state["classes"]] == pytest.approx(p.tolist(), abs=1e-5)
+        assert [float(row[f"p_{c}"]) for c in state["scoring"]["classes"]] == pytest.approx(p.tolist(), abs=1e-5)
 
 
 def test_several_checkpoints_predict_as_an_ensemble(predict, trained, tiny_data, tmp_path, capsys):
@@ -102,19 +102,17 @@ def test_several_checkpoints_predict_as_an_ensemble(predict, trained, tiny_data,
     args = [str(folder), "--no-detect", "--explain", "--ckpt", str(best), str(tmp_path / "shifted.pth")]
     assert predict.main([*args, "--out-dir", str(tmp_path / "out")]) == 0
     rows = read_rows(tmp_path / "out" / "predictions.csv")
-    split = load_split(tiny_data, "test", state["classes"])
+    split = load_split(tiny_data, "test", state["scoring"]["classes"])
     mine = [i for i, s in enumerate(split.sources) if "/Happy/" in s]
-    members = [engine.predict_logits(model_from_checkpoint(m), split.images[mine], m["input"], torch.device("cpu"),
-                                     **scoring_views(m), logit_bias=logit_bias(m))
-               for m in (load_checkpoint(best), state)]
+    members = [reference_logits(m, split.images[mine]) for m in (load_checkpoint(best), state)]
     expected = torch.softmax(torch.stack(members).mean(0), 1).numpy()
-    got = np.array([[float(row[f"p_{c}"]) for c in state["classes"]] for row in rows])
+    got = np.array([[float(row[f"p_{c}"]) for c in state["scoring"]["classes"]] for row in rows])
     assert got == pytest.approx(expected, abs=1e-5)
     for logits in members:  # neither member alone gives these probabilities
         assert np.abs(torch.softmax(logits, 1).numpy() - got).max() > 1e-2
     assert len(list((tmp_path / "out").glob("*_gradcam.png"))) == len(mine)
     # Members for other classes are refused, naming the file.
-    state["classes"] = state["classes"][::-1]
+    state["scoring"] = {**state["scoring"], "classes": state["scoring"]["classes"][::-1]}
     save_checkpoint(state, tmp_path / "reordered.pth")
     assert predict.main([str(folder), "--no-detect", "--ckpt", str(best), str(tmp_path / "reordered.pth")]) == 2
     err = capsys.readouterr().err.strip()
@@ -141,8 +139,8 @@ def test_explain_writes_a_grad_cam_for_every_face(predict, trained, group_photo,
 def test_grad_cam_maps_are_normalised_per_face(trained, tiny_data):
     state = load_checkpoint(trained / "checkpoints" / "best.pth")
     model = model_from_checkpoint(state)
-    split = load_split(tiny_data, "test", state["classes"])
-    x = engine.to_input(split.images[:4], state["input"], torch.device("cpu"), channels_last=False)
+    split = load_split(tiny_data, "test", state["scoring"]["classes"])
+    x = engine.to_input(split.images[:4], state["scoring"]["input"], torch.device("cpu"), channels_last=False)
     cams = grad_cam(model, x, [0, 1, 2, 3])
     assert cams.shape == (4, 48, 48)
     assert cams.min() >= 0 and cams.max() <= 1 + 1e-6
@@ -199,8 +197,8 @@ def exported(trained, tmp_path_factory):
 def test_onnx_runtime_matches_pytorch_on_real_images(exported, trained, tiny_data):
     state = load_checkpoint(trained / "checkpoints" / "best.pth")
     model = model_from_checkpoint(state).eval()
-    split = load_split(tiny_data, "test", state["classes"])
-    x = engine.to_input(split.images, state["input"], torch.device("cpu"), channels_last=False)
+    split = load_split(tiny_data, "test", state["scoring"]["classes"])
+    x = engine.to_input(split.images, state["scoring"]["input"], torch.device("cpu"), channels_last=False)
     session = onnxruntime.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
@@ -208,7 +206,7 @@ def test_onnx_runtime_matches_pytorch_on_real_images(exported, trained, tiny_dat
     assert got.shape == (len(split), 5)
     assert np.abs(got - expected).max() < 1e-4
     meta = json.loads(session.get_modelmeta().custom_metadata_map["fer_toolkit"])
-    assert meta["classes"] == state["classes"] and meta["input"] == state["input"]
+    assert meta["scoring"] == state["scoring"]  # the checkpoint's scoring block, verbatim
 
     scripted = torch.jit.load(str(exported / "model.pt"))
     extra = {"fer_toolkit.json": ""}
@@ -217,7 +215,7 @@ def test_onnx_runtime_matches_pytorch_on_real_images(exported, trained, tiny_dat
         assert (scripted(x) - model(x)).abs().max() < 1e-4
         assert (program(x) - model(x)).abs().max() < 1e-4
         assert program(x[:3]).shape == (3, 5)  # any batch size
-    assert json.loads(extra["fer_toolkit.json"])["classes"] == state["classes"]
+    assert json.loads(extra["fer_toolkit.json"])["scoring"] == state["scoring"]
 
 
 def test_predict_runs_the_exported_models_with_the_same_answers(predict, exported, trained, group_photo, tmp_path):
@@ -238,10 +236,10 @@ def test_exported_models_score_the_zoomed_views_their_checkpoint_names(trained, 
     # A 2-epoch model's probabilities hardly move with the input; a sharper classifier makes views tell.
     state["model"]["head.1.weight"] *= 100
     save_checkpoint(state, tmp_path / "plain.pth")
-    state["args"]["tta_scales"] = (0.8, 1.25)
+    state["scoring"]["tta_scales"] = [0.8, 1.25]
     save_checkpoint(state, tmp_path / "zoomed.pth")
     assert load_script("export").main(["--ckpt", str(tmp_path / "zoomed.pth"), "--out", str(tmp_path / "z.onnx")]) == 0
-    crops = load_split(tiny_data, "test", state["classes"]).images.numpy()
+    crops = load_split(tiny_data, "test", state["scoring"]["classes"]).images.numpy()
     plain = load_classifier(tmp_path / "plain.pth").probabilities(crops)
     zoomed = load_classifier(tmp_path / "zoomed.pth").probabilities(crops)
     assert np.abs(zoomed - plain).max() > 1e-3  # the zoomed views change the answer
@@ -277,12 +275,9 @@ def test_release_checkpoint_is_small_and_predicts_like_the_original(trained, tin
     original, release = load_checkpoint(ckpt), load_checkpoint(tmp_path / "r.pth")
     assert "optimizer" not in release and "train_indices" not in release["split"]
     assert (tmp_path / "r.pth").stat().st_size < 0.3 * ckpt.stat().st_size
-    split = load_split(tiny_data, "test", original["classes"])
-    cpu = torch.device("cpu")
-    p_original = torch.softmax(engine.predict_logits(model_from_checkpoint(original), split.images,
-                                                     original["input"], cpu), 1)
-    p_release = torch.softmax(engine.predict_logits(model_from_checkpoint(release), split.images,
-                                                    release["input"], cpu), 1)
+    split = load_split(tiny_data, "test", original["scoring"]["classes"])
+    p_original = torch.softmax(reference_logits(original, split.images), 1)
+    p_release = torch.softmax(reference_logits(release, split.images), 1)
     assert (p_original - p_release).abs().max() < 0.01
 
 
@@ -301,9 +296,9 @@ def test_shipped_seven_class_model_keeps_its_classes_and_views(predict, group_ph
     # state, and the ten test-time views its PublicTest figure was scored with.
     ckpt = predict.DEFAULT_MODEL.parent / "fer2013_7class_vgg.pth"
     state = load_checkpoint(ckpt)
-    assert state["classes"] == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    assert state["scoring"]["classes"] == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     assert state["model"]["head.1.weight"].dtype == torch.float16 and "optimizer" not in state
-    assert scoring_views(state) == {"tta_flip": True, "tta_scales": (0.9, 0.95, 1.05, 1.1)}
+    assert (state["scoring"]["tta_flip"], state["scoring"]["tta_scales"]) == (True, [0.9, 0.95, 1.05, 1.1])
     assert predict.main([str(group_photo), "--ckpt", str(ckpt), "--out-dir", str(tmp_path)]) == 0
     rows = read_rows(tmp_path / "predictions.csv")
-    assert len(rows) == len(FACES) and {r["label"] for r in rows} <= set(state["classes"])
+    assert len(rows) == len(FACES) and {r["label"] for r in rows} <= set(state["scoring"]["classes"])

@@ -1,18 +1,20 @@
 """The scripts end to end on tiny generated data, called through their main(argv) as a user would."""
 import json
+import math
 import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import ROOT, TINY_COUNTS, fast_train_args, reference_logits
 from PIL import Image
 
 import engine
-from checkpoint import load_checkpoint, logit_bias, model_from_checkpoint, save_checkpoint, scoring_views
+from checkpoint import Scoring, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import load_split, zoom
+from inference import ModelClassifier
 from metrics import confusion_matrix
-from conftest import ROOT, TINY_COUNTS, fast_train_args
 
 
 def per_class(indices):
@@ -25,8 +27,8 @@ def test_training_writes_checkpoints_logs_and_a_test_report(trained, tiny_data):
     best = load_checkpoint(trained / "checkpoints" / "best.pth")
     last = load_checkpoint(trained / "checkpoints" / "last.pth")
     assert last["epoch"] == 2 and best["epoch"] in (1, 2)
-    assert best["classes"] == ["Angry", "Happy", "Neutral", "Sad", "Surprise"]
-    assert best["input"] == {"size": 48, "channels": 1, "mean": 0.5, "std": 0.5}
+    assert best["scoring"]["classes"] == ["Angry", "Happy", "Neutral", "Sad", "Surprise"]
+    assert best["scoring"]["input"] == {"size": 48, "channels": 1, "mean": 0.5, "std": 0.5}
     split = best["split"]
     assert len(split["train_indices"]) + len(split["val_indices"]) == 64
     assert not set(split["train_indices"]) & set(split["val_indices"])
@@ -83,13 +85,10 @@ def test_several_checkpoints_are_scored_as_an_ensemble_of_their_logits(trained, 
     report = json.loads(next(out.glob("*.json")).read_text())
     # The same decision made by hand: each member's own scoring (its TTA views, its logit adjustment), averaged.
     states = [load_checkpoint(c) for c in ckpts]
-    test = load_split(tiny_data, "test", states[0]["classes"], 48, 1)
-    cpu = torch.device("cpu")
+    test = load_split(tiny_data, "test", states[0]["scoring"]["classes"], 48, 1)
 
     def member_logits(s):
-        model = engine.prepare_model(model_from_checkpoint(s), cpu)
-        return engine.predict_logits(model, test.images, s["input"], cpu, **scoring_views(s),
-                                     logit_bias=logit_bias(s, 0.5))
+        return reference_logits(s, test.images, tau=0.5)
     logits = torch.stack([member_logits(s) for s in states]).mean(0)
     expected = confusion_matrix(test.labels.numpy(), logits.argmax(1).numpy(), 5)
     assert report["confusion_matrix"] == expected.tolist()
@@ -99,13 +98,14 @@ def test_several_checkpoints_are_scored_as_an_ensemble_of_their_logits(trained, 
     for s in states:
         assert cross_entropy(member_logits(s), test.labels).item() != pytest.approx(report["loss"], rel=1e-2)
     assert report["checkpoint"] == [str(c) for c in ckpts]
-    assert [m["logit_bias"] for m in report["members"]] == [logit_bias(s, 0.5) for s in states]
+    for member, s in zip(report["members"], states):
+        assert member["logit_bias"] == pytest.approx([-0.5 * math.log(p) for p in s["scoring"]["class_prior"]])
 
 
 def test_an_ensemble_of_mismatched_checkpoints_is_refused(trained, scripts, tmp_path, capsys):
     best = trained / "checkpoints" / "best.pth"
     state = load_checkpoint(best)
-    reordered = {**state, "classes": state["classes"][::-1]}
+    reordered = {**state, "scoring": {**state["scoring"], "classes": state["scoring"]["classes"][::-1]}}
     save_checkpoint(reordered, tmp_path / "reordered.pth")
     assert scripts["test"].main(["--ckpt", str(best), str(tmp_path / "reordered.pth")]) == 2
     err = capsys.readouterr().err.strip()
@@ -185,12 +185,20 @@ def test_unknown_class_in_classes_flag(scripts, tiny_data, tmp_path, capsys):
     assert "unknown class(es) Contempt" in capsys.readouterr().err
 
 
-def test_seed_recipe_trains_the_seed_network_in_rgb(scripts, tiny_data, tmp_path):
-    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--recipe", "seed", "--epochs", "1")) == 0
+def test_assignment_recipe_trains_the_assignments_network_in_rgb(scripts, tiny_data, tmp_path):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--recipe", "assignment", "--epochs", "1")) == 0
     state = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
-    assert state["arch"] == "seed" and state["input"]["channels"] == 3
-    assert state["args"]["lr"] == 0.001 and state["args"]["aug"] == "none"
-    assert scoring_views(state) == {"tta_flip": False, "tta_scales": ()}
+    assert state["arch"] == "assignment" and state["scoring"]["input"]["channels"] == 3
+    assert state["args"]["lr"] == 0.001 and state["args"]["aug"] == ()
+    scoring = state["scoring"]
+    assert (scoring["tta_flip"], scoring["tta_scales"], scoring["logit_bias"]) == (False, [], None)
+
+
+@pytest.mark.parametrize("flags", [["--recipe", "seed"], ["--arch", "seed"]])
+def test_the_assignments_old_name_seed_is_accepted_with_a_warning(scripts, flags, capsys):
+    args, _ = scripts["train"].parse_args(["--data", "x", *flags])
+    assert args.arch == "assignment"
+    assert f"warning: {flags[0]} seed is now {flags[0]} assignment" in capsys.readouterr().err
 
 
 def test_command_line_entry_points_run(tiny_data, tmp_path):
@@ -229,7 +237,7 @@ def test_conv_counts_per_stage_are_stored_and_checked(scripts, tiny_data, tmp_pa
 
 
 def test_vgg_flags_with_the_seed_network_are_refused(scripts, tiny_data, tmp_path, capsys):
-    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--arch", "seed", "--widths", "8,16")) == 2
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--arch", "assignment", "--widths", "8,16")) == 2
     assert "--widths applies to --arch vgg only" in capsys.readouterr().err
 
 
@@ -241,14 +249,12 @@ def test_flip_tta_is_used_by_training_and_by_test_script_alike(scripts, tiny_dat
     report = json.loads(next((tmp_path / "eval").glob("*.json")).read_text())
     assert report["tta_flip"] is True and report["confusion_matrix"] == at_train_end["confusion_matrix"]
 
-    state = load_checkpoint(ckpt)
-    model = engine.prepare_model(model_from_checkpoint(state), torch.device("cpu"))
+    classifier = ModelClassifier.from_checkpoint(ckpt).rescored(tta_scales=(), logit_adjust=0.0)
     images = torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8)
-    cpu = torch.device("cpu")
-    plain = engine.predict_logits(model, images, state["input"], cpu)
-    mirrored = engine.predict_logits(model, images.flip(-1), state["input"], cpu)
-    tta = engine.predict_logits(model, images, state["input"], cpu, tta_flip=True)
-    assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+    plain = classifier.rescored(tta_flip=False)
+    tta = classifier.decision_logits(images)
+    assert torch.allclose(tta, (plain.decision_logits(images) + plain.decision_logits(images.flip(-1))) / 2,
+                          atol=1e-5)
 
 
 def test_zoomed_views_are_scored_by_training_and_test_script_alike(scripts, tiny_data, tmp_path):
@@ -265,13 +271,12 @@ def test_zoomed_views_are_scored_by_training_and_test_script_alike(scripts, tiny
             assert report["confusion_matrix"] == at_train_end["confusion_matrix"]
 
     state = load_checkpoint(ckpt)
-    model = engine.prepare_model(model_from_checkpoint(state), torch.device("cpu")).eval()
+    model = model_from_checkpoint(state).eval()
     images = torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8)
-    x = engine.to_input(images, state["input"], torch.device("cpu"))
+    x = engine.to_input(images, state["scoring"]["input"], torch.device("cpu"))
     with torch.no_grad():
         views = [model(v) for s in (x, zoom(x, 0.9), zoom(x, 1.1)) for v in (s, s.flip(-1))]
-    got = engine.predict_logits(model, images, state["input"], torch.device("cpu"), tta_flip=True,
-                                tta_scales=(0.9, 1.1))
+    got = ModelClassifier.from_checkpoint(ckpt).rescored(logit_adjust=0.0).decision_logits(images)
     assert torch.allclose(got, torch.stack(views).mean(0), atol=1e-5)
 
 
@@ -333,7 +338,7 @@ def test_sam_ascent_moves_the_weights_rho_up_the_gradient_and_back(scripts):
                                         (("--sampler", "balanced"), 0.0), (("--recipe", "seed"), 0.0),
                                         (("--class-weights", "balanced", "--logit-adjust", "0.5"), 0.5)])
 def test_logit_adjustment_is_on_unless_training_balanced_the_classes_already(scripts, flags, tau):
-    assert scripts["train"].parse_args(["--data", "x", *flags]).logit_adjust == tau
+    assert scripts["train"].parse_args(["--data", "x", *flags])[0].logit_adjust == tau
 
 
 def test_logit_adjustment_shifts_test_decisions_by_the_training_class_frequencies(trained, tiny_data, scripts,
@@ -341,9 +346,9 @@ def test_logit_adjustment_shifts_test_decisions_by_the_training_class_frequencie
     ckpt = trained / "checkpoints" / "best.pth"
     state = load_checkpoint(ckpt)
     # The 80% of train that trained: TINY_COUNTS less the stratified fifth held out for validation.
-    labels = load_split(tiny_data, "train", state["classes"]).labels
+    labels = load_split(tiny_data, "train", state["scoring"]["classes"]).labels
     kept = torch.bincount(labels[torch.as_tensor(state["split"]["train_indices"])], minlength=len(TINY_COUNTS))
-    assert state["class_prior"] == pytest.approx((kept / kept.sum()).tolist())
+    assert state["scoring"]["class_prior"] == pytest.approx((kept / kept.sum()).tolist())
     assert "Validation balanced accuracy: " in (trained / "logs" / "training_log.txt").read_text()
 
     reports = {}
@@ -356,11 +361,10 @@ def test_logit_adjustment_shifts_test_decisions_by_the_training_class_frequencie
     assert reports["0"]["logit_bias"] is None
     assert reports["0"]["confusion_matrix"] != reports["1"]["confusion_matrix"]  # the shift changes decisions
 
-    test = load_split(tiny_data, "test", state["classes"])
-    logits = engine.predict_logits(model_from_checkpoint(state), test.images, state["input"],
-                                   torch.device("cpu"), tta_flip=True)
+    test = load_split(tiny_data, "test", state["scoring"]["classes"])
+    logits = reference_logits(state, test.images, tau=0)
     for tau, report in reports.items():
-        shifted = logits - float(tau) * torch.tensor(state["class_prior"]).log()
+        shifted = logits - float(tau) * torch.tensor(state["scoring"]["class_prior"]).log()
         predicted = torch.bincount(shifted.argmax(1), minlength=len(TINY_COUNTS)).tolist()
         assert [sum(column) for column in zip(*report["confusion_matrix"])] == predicted
 
@@ -381,7 +385,7 @@ def test_train_fraction_trains_on_a_stratified_share_with_the_same_validation(tr
     assert set(half["split"]["train_indices"]) < set(full["split"]["train_indices"])
     kept = [n - round(n * 0.5) for n in per_class(full["split"]["train_indices"])]
     assert per_class(half["split"]["train_indices"]) == kept
-    assert half["class_prior"] == pytest.approx([n / sum(kept) for n in kept])
+    assert half["scoring"]["class_prior"] == pytest.approx([n / sum(kept) for n in kept])
 
 
 def test_train_fraction_with_a_val_folder_keeps_its_share_when_resumed(tiny_data, scripts, tmp_path):

@@ -1,0 +1,144 @@
+"""Argument types every script's parser shares: each turns one flag's text into its final value, once.
+
+A flag is parsed here into the value the code uses (a tuple of augmentation names, a tuple of zoom factors),
+so no later code splits or strips the text again, and a bad value is an argparse error naming the flag.
+"""
+import argparse
+import math
+
+from dataset import AFFINE_RANGES, AUGMENTATIONS
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def fraction(text):
+    """A number strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def share(text):
+    """A number in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def fraction_or_zero(text):
+    """A number in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def width_list(text):
+    """"24,48,96" -> (24, 48, 96): comma-separated positive integers."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) <= 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
+    return widths
+
+
+def conv_counts(text):
+    """One conv count for every stage ("2" -> 2) or one per stage ("1,2,2,2" -> (1, 2, 2, 2))."""
+    counts = width_list(text)
+    return counts[0] if len(counts) == 1 else counts
+
+
+def float_list(text, valid, expected):
+    """A comma list of numbers that valid(tuple) accepts, else an argparse error saying it `expected` them."""
+    error = argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+    try:
+        numbers = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise error from None
+    if not valid(numbers):
+        raise error
+    return numbers
+
+
+def scale_list(text):
+    """Zoom factors for test-time augmentation: "0.9,1.1" -> (0.9, 1.1); "none" -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    return float_list(text, lambda scales: all(0 < v < math.inf for v in scales),
+                      "none or comma-separated positive numbers")
+
+
+AFFINE_DEFAULT = ",".join(f"{v:g}" for v in AFFINE_RANGES)  # as --affine is written
+
+
+def affine_ranges(text):
+    """--affine DEG,SCALE,SHIFT: three non-negative numbers, SCALE and SHIFT below 1."""
+    return float_list(text, lambda r: len(r) == 3 and all(0 <= v < math.inf for v in r) and max(r[1:]) < 1,
+                      f"DEG,SCALE,SHIFT, three non-negative numbers with SCALE and SHIFT below 1, e.g. "
+                      f"{AFFINE_DEFAULT}")
+
+
+def augmentation_list(text):
+    """"flip, affine" -> ("flip", "affine"); "none" -> (). Names are checked against dataset.AUGMENTATIONS."""
+    if text.strip().lower() == "none":
+        return ()
+    kinds = tuple(k.strip().lower() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in AUGMENTATIONS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown augmentation {', '.join(unknown) or repr(text)}; "
+                                         f"choose from none or a comma list of {', '.join(AUGMENTATIONS)}")
+    return tuple(dict.fromkeys(kinds))
+
+
+def class_list(text):
+    """"Angry, Happy" -> ["Angry", "Happy"]: at least two names."""
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError(f"needs at least two comma-separated class names, got {text!r}")
+    return names
+
+
+def add_runtime_args(group, device="auto", amp="auto"):
+    """--device and --amp, as train.py and test.py name them."""
+    group.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:1, mps")
+    group.add_argument("--amp", choices=["auto", "bf16", "off"], default=amp,
+                       help="bf16 autocast; auto uses it where the device runs bf16 natively")
+
+
+def flags_given(make_parser, argv):
+    """The destinations of the flags that argv spells out, as opposed to those left at their defaults.
+    make_parser() builds the script's parser (a fresh one: its defaults are overwritten here)."""
+    unset = object()
+    probe = make_parser()
+    probe.set_defaults(**{dest: unset for dest in vars(make_parser().parse_args(argv))})
+    return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}

@@ -1,0 +1,73 @@
+"""Reports and figures: a scored split as JSON and a confusion-matrix PNG, training curves from a log.
+
+Matplotlib draws to files only (the Agg backend), so nothing here needs a display.
+"""
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display is needed or wanted
+import matplotlib.pyplot as plt  # noqa: E402
+
+LINE = re.compile(r"^(Train|Validation) Loss:\s*([-\d.eE+naif]+),\s*\1 Accuracy:\s*([\d.]+)%")
+
+
+def parse_log(path):
+    """The loss and accuracy curves of a training log in the assignment's text format (train.py writes it)
+    -> {'train_loss': [...], 'train_acc': [...], 'val_loss': [...], 'val_acc': [...]} in epoch order."""
+    curves = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": []}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        m = LINE.match(line.strip())
+        if m:
+            prefix = "train" if m.group(1) == "Train" else "val"
+            curves[f"{prefix}_loss"].append(float(m.group(2)))
+            curves[f"{prefix}_acc"].append(float(m.group(3)))
+    return curves
+
+
+def plot_curves(curves, out_path, title=""):
+    """Loss and accuracy per epoch (parse_log's dict) as one PNG with two panels."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("train", "train"), ("val", "validation")):
+        epochs = range(1, len(curves[f"{key}_loss"]) + 1)
+        ax_loss.plot(epochs, curves[f"{key}_loss"], marker=".", label=label)
+        ax_acc.plot(range(1, len(curves[f"{key}_acc"]) + 1), curves[f"{key}_acc"], marker=".", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(cm, classes, out_path, title=""):
+    """cm (rows: true class, columns: predicted; lists of ints) as a PNG heat-map with the counts written in."""
+    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2, 1.0 * len(classes) + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    peak = max(max(row) for row in cm) if cm else 0
+    for i, row in enumerate(cm):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
+def save_report(report, out_dir, stem, title=""):
+    """Write a classification report (metrics.report_from_confusion, plus whatever the caller added) as
+    out_dir/stem.json and its confusion matrix as out_dir/stem_confusion.png -> (json path, png path)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}_confusion.png"
+    json_path.write_text(json.dumps(report, indent=2))
+    plot_confusion_matrix(report["confusion_matrix"], report["classes"], png_path, title=title)
+    return json_path, png_path
