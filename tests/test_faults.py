@@ -1,4 +1,6 @@
-"""Faults during training: kill -9, Ctrl-C, a non-finite loss, leaked test images. Nothing written is lost."""
+"""Faults during training: kill -9, Ctrl-C, a non-finite loss, leaked test images, resuming. Nothing written is
+lost."""
+import json
 import shutil
 import signal
 import subprocess
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT, fast_train_args
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 
 
 def start_training(args):
@@ -101,3 +103,63 @@ def test_resume_with_another_class_list_is_refused(tiny_data, tmp_path, scripts,
     args = fast_train_args(tiny_data, tmp_path, "--classes", "Happy,Sad", "--resume")
     assert scripts["train"].main(args) == 2
     assert "--classes Happy,Sad differs from the run in" in capsys.readouterr().err
+
+
+def logged(workdir, key):
+    rows = [json.loads(line) for line in (workdir / "logs" / "training_log.jsonl").read_text().splitlines()]
+    return [row[key] for row in rows]
+
+
+def test_resuming_with_more_epochs_follows_the_schedule_of_the_longer_run(tiny_data, tmp_path, scripts):
+    # With no warm-up the cosine of a 2-epoch run ends at 0; extended to 4 epochs, epochs 3 and 4 must not
+    # train at that stale 0 but at the 4-epoch schedule's rates, as an uninterrupted 4-epoch run does.
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    assert scripts["train"].main(fast_train_args(tiny_data, straight, "--epochs", "4", "--warmup-epochs", "0")) == 0
+    assert scripts["train"].main(fast_train_args(tiny_data, extended, "--epochs", "2", "--warmup-epochs", "0")) == 0
+    assert scripts["train"].main(fast_train_args(tiny_data, extended, "--epochs", "4", "--resume")) == 0
+    lrs, reference = logged(extended, "lr"), logged(straight, "lr")
+    assert lrs[2:] == pytest.approx(reference[2:]) and min(lrs[2:]) > 0.001
+    assert lrs[1] != pytest.approx(reference[1])  # epoch 2 ran on the 2-epoch schedule: it is the past
+
+
+def test_resume_takes_the_runs_own_flags_and_refuses_other_values(tiny_data, tmp_path, scripts, capsys):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "1", "--lr", "0.01",
+                                                 "--aug", "flip")) == 0
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--lr", "0.02", "--resume")) == 2
+    assert "--lr 0.02 differs from the run in" in capsys.readouterr().err
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--resume")) == 0
+    args = load_checkpoint(tmp_path / "checkpoints" / "last.pth")["args"]
+    assert (args["lr"], args["aug"], args["epochs"]) == (0.01, ("flip",), 2)
+
+
+def test_resume_into_another_output_dir_carries_the_runs_best_checkpoint(tiny_data, tmp_path, scripts):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert scripts["train"].main(fast_train_args(tiny_data, first)) == 0
+    # Make the run's best unbeatable, so the resumed epoch cannot write a best.pth of its own.
+    last = load_checkpoint(first / "checkpoints" / "last.pth")
+    best_epoch = load_checkpoint(first / "checkpoints" / "best.pth")["epoch"]
+    last["progress"]["best"] = {"monitor": "val_macro_f1", "value": 101.0, "epoch": best_epoch}
+    save_checkpoint(last, first / "checkpoints" / "last.pth")
+    args = fast_train_args(tiny_data, second, "--epochs", "3", "--resume", str(first / "checkpoints" / "last.pth"))
+    assert scripts["train"].main(args) == 0
+    assert load_checkpoint(second / "checkpoints" / "best.pth")["epoch"] == best_epoch
+    assert (second / "logs" / "test_report.json").exists()
+
+
+def test_resuming_a_finished_run_trains_and_tests_nothing(tiny_data, tmp_path, scripts, capsys):
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path)) == 0
+    log = (tmp_path / "logs" / "training_log.txt").read_text()
+    capsys.readouterr()
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--resume")) == 0
+    assert "is a finished run" in capsys.readouterr().out
+    assert (tmp_path / "logs" / "training_log.txt").read_text() == log  # no second test block
+
+
+def test_augmentation_names_are_parsed_once_into_what_training_uses(tiny_data, tmp_path, scripts, monkeypatch):
+    args, _ = scripts["train"].parse_args(["--data", "x", "--aug", " flip, Affine "])
+    assert args.aug == ("flip", "affine")
+    used = []
+    real = scripts["train"].augment_batch
+    monkeypatch.setattr(scripts["train"], "augment_batch", lambda x, kinds, *a: used.append(kinds) or real(x, kinds, *a))
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "1", "--aug", "flip, affine")) == 0
+    assert used and all(kinds == ("flip", "affine") for kinds in used)
