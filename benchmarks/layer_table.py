@@ -1,7 +1,7 @@
 """The architecture table of the write-up: every layer of a model with its output shape and parameters.
 
     python benchmarks/layer_table.py --arch vgg [--widths 32,64,128,256] [--convs-per-stage 2]
-    python benchmarks/layer_table.py --arch seed
+    python benchmarks/layer_table.py --arch assignment
 
 Prints a Markdown table for one 48x48 image, built from train.py's own model flags, so the table shows
 exactly what `python train.py` trains.
