@@ -128,6 +128,15 @@ def class_list(text):
     return names
 
 
+def class_map(text):
+    """"anger=Angry, happiness=Happy" -> {"anger": "Angry", "happiness": "Happy"}: the data's class names
+    mapped to a model's."""
+    pairs = [item.split("=") for item in text.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise argparse.ArgumentTypeError(f"must be comma-separated DATA_NAME=MODEL_NAME pairs, got {text!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def add_runtime_args(group, device="auto", amp="auto"):
     """--device and --amp, as train.py and test.py name them."""
     group.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:1, mps")

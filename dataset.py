@@ -1,14 +1,18 @@
-"""Face-expression data: folder trees and the FER2013 CSV, decoded once into uint8 tensors.
+"""Face-expression data: folder trees, the FER2013 CSV and FER+'s votes, decoded once into uint8 tensors.
 
 Layouts read:
 - folders: ROOT/<split>/<Class>/<image>, split one of train, val, test (also Training, PublicTest,
-  PrivateTest, validation); class names are matched case-insensitively (`angry` == `Angry`).
-- the Kaggle FER2013 CSV (`emotion,pixels,Usage`): Training -> train, PublicTest -> val,
-  PrivateTest -> test.
+  PrivateTest, validation); class names are matched case-insensitively (`angry` == `Angry`). Hidden files and
+  folders (a leading dot, macOS's __MACOSX/ and ._name files, Thumbs.db) are never data, at any depth.
+- the Kaggle FER2013 CSV (`emotion,pixels,Usage`): Training -> train, PublicTest -> val, PrivateTest -> test.
+- FER+ (ferplus.py): Microsoft's folders ROOT/FER2013Train|FER2013Valid|FER2013Test/ with a label.csv each
+  (image name, face box, ten vote counts), or FER+'s fer2013new.csv (Usage, Image name, ten vote counts) with
+  the fer2013.csv whose pixels it labels beside it, same row order.
 
-Every image, whatever its mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) and size, is brought to
-`channels` x `size` x `size` uint8 once, at load time; training then augments whole batches on the
-device (`augment_batch`), so no epoch decodes a file again and no DataLoader worker is needed.
+Every image, whatever its mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F), EXIF orientation and size, goes
+through `read_image`/`canonical_image` (the one decoding every path uses: training, test, predict, video) and
+is brought to `channels` x `size` x `size` uint8 once, at load time; training then augments whole batches on
+the device (`augment_batch`), so no epoch decodes a file again and no DataLoader worker is needed.
 """
 import csv
 import hashlib
@@ -22,18 +26,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+import ferplus
 from errors import UserError
 
 FER2013_CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
-SEED_CLASSES = ["Angry", "Happy", "Neutral", "Sad", "Surprise"]
+ASSIGNMENT_CLASSES = ["Angry", "Happy", "Neutral", "Sad", "Surprise"]
 SPLIT_ALIASES = {
-    "train": ("train", "training"),
-    "val": ("val", "valid", "validation", "publictest"),
-    "test": ("test", "testing", "privatetest"),
+    "train": ("train", "training", "fer2013train"),
+    "val": ("val", "valid", "validation", "publictest", "fer2013valid"),
+    "test": ("test", "testing", "privatetest", "fer2013test"),
 }
-CSV_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+CSV_USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}  # Usage, lower-cased -> split
+FERPLUS_CSV_HEADER = ("usage", "image name", *(c.lower() for c in ferplus.VOTE_COLUMNS))
 AUGMENTATIONS = ("flip", "affine", "jitter", "erase")
 MIXES = ("none", "mixup", "cutmix")
+JUNK_FILES = {"thumbs.db", "desktop.ini", "icon\r"}
 
 
 class DataError(UserError):
@@ -42,14 +49,21 @@ class DataError(UserError):
 
 @dataclass
 class FERSplit:
-    """One split held in memory: images[i] (uint8, C x H x W) has label labels[i] into classes."""
+    """One split held in memory: images[i] (uint8, C x H x W) has label labels[i] into classes.
+
+    Vote data (FER+) also has votes (float N x 10, ferplus.VOTE_COLUMNS order: the raw counts) and, for a training
+    split, targets (float N x classes: what ferplus.label_mode made of the votes).
+    """
     name: str
     images: torch.Tensor
     labels: torch.Tensor
     classes: list
     sources: list
-    skipped: list = field(default_factory=list)   # (source, reason) of files that did not decode
+    skipped: list = field(default_factory=list)   # (source, reason) of files or rows that did not decode
     ignored: list = field(default_factory=list)   # class folders present but not asked for
+    votes: torch.Tensor = None
+    targets: torch.Tensor = None
+    notes: list = field(default_factory=list)     # other things a user should know about how it was read
 
     def __len__(self):
         return len(self.labels)
@@ -57,7 +71,9 @@ class FERSplit:
     def subset(self, indices, name=None):
         indices = torch.as_tensor(indices, dtype=torch.long)
         return FERSplit(name or self.name, self.images[indices], self.labels[indices], self.classes,
-                        [self.sources[i] for i in indices.tolist()])
+                        [self.sources[i] for i in indices.tolist()],
+                        votes=None if self.votes is None else self.votes[indices],
+                        targets=None if self.targets is None else self.targets[indices])
 
     def class_counts(self):
         return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
@@ -68,18 +84,24 @@ class FERSplit:
         if self.skipped:
             shown = "; ".join(f"{src} ({why})" for src, why in self.skipped[:5])
             more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
-            lines.append(f"{self.name}: skipped {len(self.skipped)} unreadable file(s): {shown}{more}")
+            lines.append(f"{self.name}: skipped {len(self.skipped)} unreadable file(s) or row(s): {shown}{more}")
         if self.ignored:
             lines.append(f"{self.name}: ignored class folder(s) not in the class list: {', '.join(self.ignored)}")
-        return lines
+        return lines + [f"{self.name}: {note}" for note in self.notes]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Decoding any image into channels x size x size uint8
+# Decoding any image: one function for every path
 
 
-def _to_8bit(im):
-    """Bring 16-bit, 32-bit and float images into 0..255 by their range, not by clipping as PIL does."""
+def canonical_image(im):
+    """Any PIL image -> the same picture as an 8-bit 'L' or 'RGB' image, the form every path works on.
+
+    EXIF orientation is applied (a phone photo stored sideways is turned upright); 16-bit, 32-bit and float
+    images are scaled by their range (PIL would clip them to white); transparent pixels become white, as a viewer
+    shows them; palette, CMYK and other colour modes become RGB, bilevel images L.
+    """
+    im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         peak = arr.max() if arr.size else 0
@@ -88,20 +110,29 @@ def _to_8bit(im):
         elif im.mode == "F" and peak <= 1.0:
             arr = arr * 255.0
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # Transparent pixels become white, as a viewer shows them, instead of whatever colour they hide.
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return im
+    if im.mode in ("L", "RGB"):
+        return im
+    return im.convert("L" if im.mode == "1" else "RGB")
+
+
+def read_image(path):
+    """Open and decode an image file -> canonical_image of it. Raises OSError (or PIL's errors, which are
+    subclasses of it or ValueError) for a file that is not a readable image."""
+    with Image.open(path) as im:
+        im.load()
+        return canonical_image(im)
 
 
 def image_to_array(im, size, channels):
-    """A PIL image of any mode and size -> uint8 array of shape (channels, size, size)."""
-    im = _to_8bit(ImageOps.exif_transpose(im))
-    im = im.convert("L" if channels == 1 else "RGB")
+    """A PIL image of any mode and size -> uint8 array (channels, size, size): canonical_image, then gray (1) or
+    RGB (3), resized with PIL's bilinear filter (which low-passes when shrinking)."""
+    im = canonical_image(im).convert("L" if channels == 1 else "RGB")
     if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)  # PIL's bilinear filters when shrinking
+        im = im.resize((size, size), Image.BILINEAR)
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
@@ -109,10 +140,8 @@ def image_to_array(im, size, channels):
 def decode_file(path, size, channels):
     """-> (array, None) or (None, reason) for a file that is not a readable image."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return image_to_array(im, size, channels), None
-    except Exception as e:  # PIL raises many kinds for corrupt, truncated and non-image files
+        return image_to_array(read_image(path), size, channels), None
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for corrupt, truncated and non-image files
         return None, f"{type(e).__name__}: {e}".strip()[:120]
 
 
@@ -123,16 +152,25 @@ def _decode_many(paths, size, channels):
         return list(pool.map(lambda p: decode_file(p, size, channels), paths, chunksize=64))
 
 
+def is_hidden(path, below):
+    """Whether path (under the folder `below`) is not data: any part of it below `below` is hidden (a leading
+    dot, macOS's __MACOSX folder and ._name resource files) or a known junk file (Thumbs.db, desktop.ini)."""
+    parts = Path(path).relative_to(below).parts
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1].lower() in JUNK_FILES
+
+
+def data_files(folder):
+    """Every file below folder that may be data, sorted (is_hidden files and folders left out)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not is_hidden(p, folder))
+
+
 # ---------------------------------------------------------------------------------------------------------
-# Finding splits and classes
-
-
-def _is_csv(root):
-    return Path(root).suffix.lower() == ".csv"
+# Finding the layout, splits and classes
 
 
 def _subdirs(folder):
-    return sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in Path(folder).iterdir() if p.is_dir() and not is_hidden(p, folder))
 
 
 def _check_root(root):
@@ -144,6 +182,30 @@ def _check_root(root):
     return root
 
 
+def _csv_header(path):
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return tuple(name.strip().lower() for name in next(csv.reader(f), []))
+
+
+def layout(root):
+    """What the data at root is: "folders", "ferplus" (Microsoft's FER+ folders), "fer2013_csv" or
+    "ferplus_csv" (fer2013new.csv). DataError for a path that is none of them."""
+    root = _check_root(root)
+    if root.is_dir():
+        train = split_dir(root, "train")
+        return "ferplus" if train is not None and (train / "label.csv").is_file() else "folders"
+    if root.suffix.lower() == ".csv":
+        header = _csv_header(root)
+        if header[:len(FERPLUS_CSV_HEADER)] == FERPLUS_CSV_HEADER:
+            return "ferplus_csv"
+        if {"emotion", "pixels", "usage"} <= set(header):
+            return "fer2013_csv"
+        raise DataError(f"{root} is not a FER2013 CSV (columns emotion,pixels,Usage) nor FER+'s fer2013new.csv "
+                        f"(columns Usage,Image name,{','.join(ferplus.VOTE_COLUMNS)}); its header is "
+                        f"{','.join(header) or 'empty'}")
+    raise DataError(f"data path {root} is neither a folder nor a FER2013 or FER+ .csv file")
+
+
 def split_dir(root, split):
     """The folder of `split` under root (case-insensitive, with aliases), or None."""
     by_name = {p.name.lower(): p for p in _subdirs(root)}
@@ -153,60 +215,145 @@ def split_dir(root, split):
     return None
 
 
+def _csv_rows(path, required):
+    """(line number, {column: value}) of a CSV whose header names (stripped, case-insensitive) include
+    `required`; DataError naming the file otherwise."""
+    f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed when the generator ends
+    with f:
+        reader = csv.reader(f)
+        header = [name.strip().lower() for name in next(reader, [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"{path} is not a FER2013 CSV: it lacks the column(s) {', '.join(missing)}")
+        for line, values in enumerate(reader, start=2):
+            if values:
+                yield line, dict(zip(header, values))
+
+
+def _usage_split(value):
+    """A Usage cell -> train, val or test (case and surrounding spaces ignored), or None."""
+    return CSV_USAGE.get(value.strip().lower())
+
+
+def _csv_usages(path):
+    """-> (the splits present, {unknown Usage value: row count})."""
+    found, unknown = set(), {}
+    for _, row in _csv_rows(path, ("usage",)):
+        split = _usage_split(row.get("usage", ""))
+        if split:
+            found.add(split)
+        else:
+            unknown[row.get("usage", "").strip()] = unknown.get(row.get("usage", "").strip(), 0) + 1
+    return found, unknown
+
+
 def available_splits(root):
-    root = _check_root(root)
-    if _is_csv(root):
-        with open(root, newline="") as f:
-            usages = {row.get("Usage") for row in csv.DictReader(f)}
-        return [CSV_USAGE[u] for u in CSV_USAGE if u in usages]
-    if not root.is_dir():
-        raise DataError(f"data path {root} is neither a folder nor a FER2013 .csv file")
+    """The splits (train, val, test) the data at root has."""
+    kind = layout(root)
+    root = Path(root)
+    if kind in ("fer2013_csv", "ferplus_csv"):
+        found, _ = _csv_usages(root)
+        return [s for s in SPLIT_ALIASES if s in found]
+    if kind == "ferplus":
+        folders = {s: split_dir(root, s) for s in SPLIT_ALIASES}
+        return [s for s, d in folders.items() if d is not None and (d / "label.csv").is_file()]
     return [s for s in SPLIT_ALIASES if split_dir(root, s) is not None]
 
 
 def resolve_classes(root, classes=None):
-    """The ordered class list: `classes` as given (checked against the data), else the data's own.
+    """The ordered class list -> (classes, notes): `classes` as given (checked against the data), else the data's
+    own: the sorted class folders of train, FER2013's seven for its CSV, FER+'s eight emotions for its votes.
 
-    For folders the data's own list is the sorted class folders of train; for the CSV, FER2013's seven.
+    A class of the data's own list with no training image is dropped, and a note says so; one named in
+    `classes` is refused. DataError names the path and the classes.
     """
-    root = _check_root(root)
-    if _is_csv(root):
+    kind = layout(root)
+    root = Path(root)
+    if kind == "fer2013_csv":
         found = FER2013_CLASSES
+        counts = {}
+        for _, row in _csv_rows(root, ("emotion", "usage")):
+            if _usage_split(row.get("usage", "")) == "train":
+                counts[row["emotion"].strip()] = counts.get(row["emotion"].strip(), 0) + 1
+        empty = [c for i, c in enumerate(found) if not counts.get(str(i))]
+    elif kind in ("ferplus", "ferplus_csv"):
+        found, empty = list(ferplus.EMOTIONS), []
     else:
         train = split_dir(root, "train")
         if train is None:
             raise DataError(f"{root} has no train/ folder (expected {root}/train/<Class>/*.jpg)")
-        found = [p.name for p in _subdirs(train)]
+        folders = _subdirs(train)
+        found = [p.name for p in folders]
         if not found:
             raise DataError(f"{train} has no class folders (expected {train}/<Class>/*.jpg)")
+        empty = [p.name for p in folders if not data_files(p)]
     if classes is None:
-        return list(found)
-    lower = {c.lower() for c in found}
+        kept = [c for c in found if c not in empty]
+        if len(kept) < 2:
+            raise DataError(f"{root} has training images for {len(kept)} class(es) ({', '.join(kept) or 'none'}); "
+                            "a classifier needs two or more")
+        notes = [f"class(es) {', '.join(empty)} have no training images and are left out; "
+                 f"the classes are {', '.join(kept)}"] if empty else []
+        return kept, notes
+    lower = {c.lower(): c for c in found}
     unknown = [c for c in classes if c.lower() not in lower]
     if unknown:
         raise DataError(f"unknown class(es) {', '.join(unknown)} in --classes; {root} has: {', '.join(found)}")
     if len({c.lower() for c in classes}) != len(classes):
         raise DataError(f"--classes names a class twice: {', '.join(classes)}")
-    return list(classes)
+    empty_asked = [c for c in classes if lower[c.lower()] in empty]
+    if empty_asked:
+        raise DataError(f"--classes names {', '.join(empty_asked)}, which have no training images in {root}; "
+                        f"leave them out of --classes")
+    return list(classes), []
 
 
-def load_split(root, split, classes, size=48, channels=1):
-    """Decode one split (train, val or test) of the data at root into a FERSplit over `classes`."""
-    root = _check_root(root)
-    if _is_csv(root):
-        return _load_csv_split(root, split, classes, size, channels)
+def load_split(root, split, classes, size=48, channels=1, label_mode="majority", allow_missing=False,
+               class_map=None):
+    """Decode one split (train, val or test) of the data at root into a FERSplit over `classes`.
+
+    Vote data keeps the faces label_mode trains on (ferplus.label_mode; "majority", the default, is also the
+    scoring protocol) with their targets. allow_missing: a class with no images in this split is a note, not a
+    DataError (scoring a model on data with fewer classes). class_map: {data's class name: model's class name}
+    for data that names classes otherwise (folders only).
+    """
+    kind = layout(root)
+    root = Path(root)
+    if kind == "fer2013_csv":
+        result = _load_csv_split(root, split, classes, size, channels)
+    elif kind in ("ferplus", "ferplus_csv"):
+        loader = _load_ferplus_folder if kind == "ferplus" else _load_ferplus_csv
+        result = _select_votes(loader(root, split, size, channels), classes, label_mode)
+    else:
+        result = _load_folder_split(root, split, classes, size, channels, class_map or {})
+    empty = [c for c, n in zip(classes, result.class_counts()) if n == 0]
+    if len(result) == 0:
+        raise DataError(f"{root}: no usable images in its {split} split for classes {', '.join(classes)}")
+    if empty and not allow_missing:
+        raise DataError(f"{root}: the {split} split has no readable images for class(es) {', '.join(empty)}")
+    if empty:
+        result.notes.append(f"no images of class(es) {', '.join(empty)}: they are scored without support")
+    return result
+
+
+def _load_folder_split(root, split, classes, size, channels, class_map):
     folder = split_dir(root, split)
     if folder is None:
         raise DataError(f"{root} has no {split}/ folder")
-    by_name = {p.name.lower(): p for p in _subdirs(folder)}
+    # The folder of each class: its own name, or a data name that class_map sends to it (case-insensitive).
+    target_of = {k.lower(): v.lower() for k, v in class_map.items()}
+    by_class = {}
+    for p in _subdirs(folder):
+        name = target_of.get(p.name.lower(), p.name.lower())
+        by_class.setdefault(name, []).append(p)
     wanted = {c.lower() for c in classes}
-    missing = [c for c in classes if c.lower() not in by_name]
-    if missing:
-        raise DataError(f"{folder} has no folder for class(es) {', '.join(missing)}; "
-                        f"it has: {', '.join(p.name for p in by_name.values()) or 'none'}")
+    unknown_map = [v for v in target_of.values() if v not in wanted]
+    if unknown_map:
+        raise DataError(f"--class-map sends folders to {', '.join(unknown_map)}, which is not a class of the "
+                        f"model ({', '.join(classes)})")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in by_name[name.lower()].rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = [f for d in by_class.get(name.lower(), []) for f in data_files(d)]
         paths += files
         labels += [label] * len(files)
     decoded = _decode_many(paths, size, channels)
@@ -214,48 +361,178 @@ def load_split(root, split, classes, size=48, channels=1):
     skipped = [(str(paths[i]), decoded[i][1]) for i in range(len(paths)) if decoded[i][0] is None]
     images = (torch.from_numpy(np.stack([decoded[i][0] for i in keep])) if keep
               else torch.zeros(0, channels, size, size, dtype=torch.uint8))
-    result = FERSplit(split, images, torch.tensor([labels[i] for i in keep], dtype=torch.long), list(classes),
-                      [str(paths[i]) for i in keep], skipped,
-                      ignored=[p.name for n, p in by_name.items() if n not in wanted])
-    empty = [c for c, n in zip(classes, result.class_counts()) if n == 0]
-    if empty:
-        raise DataError(f"{folder}: no readable images for class(es) {', '.join(empty)}")
-    return result
+    return FERSplit(split, images, torch.tensor([labels[i] for i in keep], dtype=torch.long), list(classes),
+                    [str(paths[i]) for i in keep], skipped,
+                    ignored=[p.name for n, ps in by_class.items() if n not in wanted for p in ps])
+
+
+def _pixels(text):
+    """A FER2013 pixels cell -> uint8 48 x 48 array; ValueError naming the bad value and its position."""
+    values = text.split()
+    if len(values) != 48 * 48:
+        raise ValueError(f"{len(values)} pixel values, expected 2304")
+    pixels = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        try:
+            pixels[i] = int(v)
+        except ValueError:
+            raise ValueError(f"pixel value {v!r} (the {i + 1}th) is not an integer") from None
+        if not 0 <= pixels[i] <= 255:
+            raise ValueError(f"pixel value {v} (the {i + 1}th) is outside 0..255")
+    return pixels.astype(np.uint8).reshape(48, 48)
+
+
+def _unknown_usage_note(unknown):
+    shown = ", ".join(f"{u!r} ({n} row{'s' if n > 1 else ''})" for u, n in sorted(unknown.items()))
+    return f"rows with an unknown Usage were left out: {shown}; Usage is Training, PublicTest or PrivateTest"
 
 
 def _load_csv_split(path, split, classes, size, channels):
-    usage = {v: k for k, v in CSV_USAGE.items()}[split]
     index_of = {c.lower(): i for i, c in enumerate(FER2013_CLASSES)}
     label_of = {index_of[c.lower()]: label for label, c in enumerate(classes)}
-    arrays, labels, sources, skipped = [], [], [], []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"emotion", "pixels", "Usage"} <= set(reader.fieldnames or []):
-            raise DataError(f"{path} is not a FER2013 CSV: it needs the columns emotion,pixels,Usage")
-        for line, row in enumerate(reader, start=2):
-            if row.get("Usage") != usage:
+    arrays, labels, sources, skipped, unknown = [], [], [], [], {}
+    for line, row in _csv_rows(path, ("emotion", "pixels", "usage")):
+        usage = _usage_split(row.get("usage", ""))
+        if usage is None:
+            unknown[row.get("usage", "").strip()] = unknown.get(row.get("usage", "").strip(), 0) + 1
+        if usage != split:
+            continue
+        source = f"{path}:{line}"
+        try:
+            emotion = int(row["emotion"].strip())
+            if emotion not in range(len(FER2013_CLASSES)):
+                raise ValueError(f"emotion {emotion} is not 0-6")
+            pixels = _pixels(row.get("pixels", ""))
+        except (ValueError, TypeError, AttributeError) as e:
+            skipped.append((source, str(e)[:120]))
+            continue
+        if emotion not in label_of:
+            continue
+        arrays.append(image_to_array(Image.fromarray(pixels, "L"), size, channels))
+        labels.append(label_of[emotion])
+        sources.append(source)
+    images = (torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, channels, size, size, dtype=torch.uint8))
+    result = FERSplit(split, images, torch.tensor(labels, dtype=torch.long), list(classes), sources, skipped)
+    if unknown:
+        result.notes.append(_unknown_usage_note(unknown))
+    return result
+
+
+def _votes(values):
+    votes = [float(v) for v in values]
+    if len(votes) != len(ferplus.VOTE_COLUMNS) or min(votes) < 0:
+        raise ValueError(f"expected {len(ferplus.VOTE_COLUMNS)} vote counts >= 0, got {','.join(values)}")
+    return votes
+
+
+def _load_ferplus_folder(root, split, size, channels):
+    """Microsoft's FER+ layout: split_dir/label.csv rows `name, box, 10 votes` and the images beside it.
+    -> an unselected FERSplit (votes set, labels not yet)."""
+    folder = split_dir(root, split)
+    if folder is None or not (folder / "label.csv").is_file():
+        raise DataError(f"{root} has no {split} folder with a label.csv (FER2013Train, FER2013Valid, FER2013Test)")
+    names, votes, skipped = [], [], []
+    with open(folder / "label.csv", newline="", encoding="utf-8-sig") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if not row:
                 continue
-            source = f"{path}:{line}"
             try:
-                emotion = int(row["emotion"])
-                pixels = np.array(row["pixels"].split(), dtype=np.int64)
-                if emotion not in range(len(FER2013_CLASSES)):
-                    raise ValueError(f"emotion {emotion} is not 0-6")
-                if pixels.size != 48 * 48 or pixels.min() < 0 or pixels.max() > 255:
-                    raise ValueError(f"{pixels.size} pixels, expected 2304 values in 0..255")
-            except (ValueError, TypeError, AttributeError) as e:
-                skipped.append((source, str(e)[:120]))
-                continue
-            if emotion not in label_of:
-                continue
-            im = Image.fromarray(pixels.astype(np.uint8).reshape(48, 48), "L")
-            arrays.append(image_to_array(im, size, channels))
-            labels.append(label_of[emotion])
-            sources.append(source)
-    if not arrays:
-        raise DataError(f"{path} has no usable {usage} rows for classes {', '.join(classes)}")
-    return FERSplit(split, torch.from_numpy(np.stack(arrays)), torch.tensor(labels), list(classes), sources,
-                    skipped)
+                votes.append(_votes([v.strip() for v in row[2:]]))
+                names.append(row[0].strip())
+            except (ValueError, IndexError) as e:
+                skipped.append((f"{folder / 'label.csv'}:{line}", str(e)[:120]))
+    listed = set(names)
+    present = {p.name for p in data_files(folder) if p.name != "label.csv" and p.parent == folder}
+    missing = [n for n in names if n not in present]
+    unlisted = sorted(present - listed)
+    kept = [i for i, n in enumerate(names) if n in present]
+    decoded = _decode_many([folder / names[i] for i in kept], size, channels)
+    good = [i for i, (arr, _) in zip(kept, decoded) if arr is not None]
+    skipped += [(str(folder / names[i]), why) for i, (arr, why) in zip(kept, decoded) if arr is None]
+    arrays = [arr for arr, _ in decoded if arr is not None]
+    result = _unselected(split, arrays, [votes[i] for i in good], [str(folder / names[i]) for i in good], skipped,
+                         size, channels)
+    if missing:
+        result.notes.append(f"{len(missing)} image(s) listed in {folder / 'label.csv'} are missing, e.g. "
+                            f"{', '.join(missing[:3])}")
+    if unlisted:
+        result.notes.append(f"{len(unlisted)} file(s) in {folder} are not listed in its label.csv and were left "
+                            f"out, e.g. {', '.join(unlisted[:3])}")
+    return result
+
+
+def _load_ferplus_csv(path, split, size, channels):
+    """FER+'s fer2013new.csv with the fer2013.csv beside it (same rows, same order) for the pixels."""
+    pixels_csv = path.with_name("fer2013.csv")
+    if not pixels_csv.is_file():
+        raise DataError(f"{path} holds FER+ votes; their pixels are read from {pixels_csv}, which does not exist "
+                        "(put FER2013's fer2013.csv beside it)")
+    arrays, votes, sources, skipped, unknown, not_in_ferplus = [], [], [], [], {}, 0
+    rows = _csv_rows(path, FERPLUS_CSV_HEADER)
+    for (line, vote_row), (_, pixel_row) in zip(rows, _csv_rows(pixels_csv, ("pixels", "usage"))):
+        usage = _usage_split(vote_row.get("usage", ""))
+        if usage is None:
+            unknown[vote_row.get("usage", "").strip()] = unknown.get(vote_row.get("usage", "").strip(), 0) + 1
+        if usage != split:
+            continue
+        source = f"{path}:{line}"
+        if not vote_row.get("image name", "").strip():
+            not_in_ferplus += 1  # FER+ left this FER2013 row out
+            continue
+        try:
+            face_votes = _votes([vote_row[c] for c in FERPLUS_CSV_HEADER[2:]])
+            face = image_to_array(Image.fromarray(_pixels(pixel_row.get("pixels", "")), "L"), size, channels)
+        except (ValueError, KeyError) as e:
+            skipped.append((source, str(e)[:120]))
+            continue
+        votes.append(face_votes)
+        arrays.append(face)
+        sources.append(source)
+    result = _unselected(split, arrays, votes, sources, skipped, size, channels)
+    if not_in_ferplus:
+        result.notes.append(f"{not_in_ferplus} {split} row(s) have no FER+ image name (FER+ left them out)")
+    if unknown:
+        result.notes.append(_unknown_usage_note(unknown))
+    return result
+
+
+def _unselected(split, arrays, votes, sources, skipped, size, channels):
+    images = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, channels, size, size, dtype=torch.uint8)
+    votes = torch.tensor(votes, dtype=torch.float32).reshape(-1, len(ferplus.VOTE_COLUMNS))
+    return FERSplit(split, images, torch.zeros(len(votes), dtype=torch.long), [], sources, skipped, votes=votes)
+
+
+def scoring_protocol(split):
+    """The faces of a split that are scored, with the labels they are scored on: for vote data (FER+) the
+    faces with a majority emotion, labelled with it (ferplus.label_mode "majority"); other data as it is."""
+    if split.votes is None:
+        return split
+    return _select_votes(split, split.classes, "majority")
+
+
+def recorded_validation(root, classes, input_cfg, split_record, label_mode="majority"):
+    """The validation faces a checkpoint held out of root's train split (split_record["val_indices"] index the
+    train split as training read it, with its label_mode), on the scoring protocol."""
+    full = load_split(root, "train", classes, input_cfg["size"], input_cfg["channels"], label_mode)
+    return scoring_protocol(recorded_subset(full, split_record["val_indices"], "val",
+                                            f"{root}: the checkpoint's validation split"))
+
+
+def _select_votes(split, classes, mode):
+    """The faces of a vote split that `mode` keeps, with labels and targets over classes (ferplus.label_mode)."""
+    try:
+        keep, labels, targets, left_out = ferplus.label_mode(split.votes, classes, mode)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    index = torch.nonzero(keep).flatten()
+    result = FERSplit(split.name, split.images[index], labels[index], list(classes),
+                      [split.sources[i] for i in index.tolist()], split.skipped, votes=split.votes[index],
+                      targets=None if targets is None else targets[index], notes=split.notes)
+    if left_out:
+        why = ", ".join(f"{n:,} {reason}" for reason, n in left_out.items())
+        purpose = "scored (majority protocol)" if mode == "majority" else f"trained on with --label-mode {mode}"
+        result.notes.append(f"{len(result):,} of {len(split):,} faces {purpose}; left out: {why}")
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,10 +566,40 @@ def pixel_hashes(images):
     return [hashlib.blake2b(img.numpy().tobytes(), digest_size=12).hexdigest() for img in images]
 
 
-def count_shared_images(split_a, split_b):
-    """How many images of split_b are pixel-identical to some image of split_a."""
-    seen = set(pixel_hashes(split_a.images))
-    return sum(h in seen for h in pixel_hashes(split_b.images))
+# Test faces whose most similar training face reaches this are copies of it. Measured on FER2013 Training against
+# PublicTest: every pair looked at from 0.90 up was the same photograph (re-cropped, re-toned, re-encoded or
+# retouched), and distinct faces begin below about 0.88; a JPEG quality-70 copy scores above 0.99.
+NEAR_DUPLICATE_SIMILARITY = 0.90
+
+
+def _fingerprints(images):
+    """Gray images averaged over 2 x 2 blocks (which JPEG noise does not survive), centred and scaled to unit
+    length: their dot product is the correlation of two images, blind to brightness and contrast."""
+    x = F.avg_pool2d(images.float().mean(1, keepdim=True), 2).flatten(1)
+    x = x - x.mean(1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-6)
+
+
+def near_duplicates(train, test, threshold=NEAR_DUPLICATE_SIMILARITY, chunk=1024):
+    """Test images that are copies of training images: pixel-identical, or whose correlation with a training
+    image (_fingerprints) is at least threshold. -> [{"test": source, "train": source, "similarity": float,
+    "identical": bool}], one per test image that has such a copy (its most similar training image)."""
+    if len(train) == 0 or len(test) == 0:
+        return []
+    where = {h: i for i, h in enumerate(pixel_hashes(train.images))}
+    reference = _fingerprints(train.images)
+    pairs = []
+    for start in range(0, len(test), chunk):
+        batch = test.images[start:start + chunk]
+        similarity, nearest = (_fingerprints(batch) @ reference.T).max(1)
+        for offset, h in enumerate(pixel_hashes(batch)):
+            i = start + offset
+            if h in where or similarity[offset] >= threshold:
+                j = where.get(h, int(nearest[offset]))
+                pairs.append({"test": test.sources[i], "train": train.sources[j],
+                              "similarity": round(1.0 if h in where else float(similarity[offset]), 4),
+                              "identical": h in where})
+    return pairs
 
 
 def normalize(images_uint8, mean, std):

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dataset import normalize, zoom
+from ferplus import vote_distribution
 from metrics import confusion_matrix, report_from_confusion
 
 
@@ -155,20 +156,33 @@ def evaluate(decide, split, device):
     """
     rank, world = rank_and_world()
     logits = decide(split.images[rank::world])
-    return classification_scores(logits, split.labels[rank::world], split.classes, device)
+    votes = None if split.votes is None else vote_distribution(split.votes[rank::world], split.classes)
+    return classification_scores(logits, split.labels[rank::world], split.classes, device, votes)
 
 
-def classification_scores(logits, labels, classes, device):
+def classification_scores(logits, labels, classes, device, vote_distributions=None):
     """-> (mean cross-entropy, classification_report) of decision logits (N x classes) against int labels (N).
 
+    vote_distributions (float N x classes, vote data): the report adds the mean cross-entropy and KL divergence
+    of the predicted distribution from the annotators' (vote_cross_entropy, vote_kl, in nats).
     Under torchrun each process passes its share of a split; the confusion matrices and loss sums are added
     up, so every process gets the figures of one process scoring the whole split.
     """
-    cm = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), len(classes)) if len(labels) else 0
-    totals = torch.zeros(len(classes) ** 2 + 1, dtype=torch.float64)
-    totals[:-1] += torch.as_tensor(cm, dtype=torch.float64).flatten()
+    k = len(classes)
+    cm = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), k) if len(labels) else 0
+    totals = torch.zeros(k * k + 3, dtype=torch.float64)  # confusion matrix, loss sum, vote CE sum, vote entropy sum
+    totals[:k * k] += torch.as_tensor(cm, dtype=torch.float64).flatten()
     if len(labels):
-        totals[-1] = F.cross_entropy(logits, labels, reduction="sum").double()
+        totals[k * k] = F.cross_entropy(logits, labels, reduction="sum").double()
+        if vote_distributions is not None:
+            t = vote_distributions.double()
+            totals[k * k + 1] = -(t * torch.log_softmax(logits.double(), 1)).sum()
+            totals[k * k + 2] = -(t * t.clamp(min=1e-300).log()).sum()
     totals = all_reduce_sum(totals, device)
-    cm = totals[:-1].round().long().view(len(classes), -1).numpy()
-    return (totals[-1] / max(1, int(cm.sum()))).item(), report_from_confusion(cm, classes)
+    cm = totals[:k * k].round().long().view(k, k).numpy()
+    n = max(1, int(cm.sum()))
+    report = report_from_confusion(cm, classes)
+    if vote_distributions is not None:
+        report.update(vote_cross_entropy=(totals[k * k + 1] / n).item(),
+                      vote_kl=((totals[k * k + 1] - totals[k * k + 2]) / n).item())
+    return (totals[k * k] / n).item(), report

@@ -32,11 +32,14 @@ def report_from_confusion(cm, classes):
     recall = _safe_divide(correct, support)
     f1 = _safe_divide(2 * precision * recall, precision + recall)
     total = cm.sum()
-    return {
+    # Macro averages run over the classes the data has: a class absent from it (scoring a model on a dataset
+    # with fewer classes) has no recall to average, though the model may still predict it.
+    present = support > 0 if support.any() else np.ones_like(support, dtype=bool)
+    report = {
         "accuracy": float(correct.sum() / total) if total else 0.0,
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
+        "macro_precision": float(precision[present].mean()),
+        "macro_recall": float(recall[present].mean()),
+        "macro_f1": float(f1[present].mean()),
         "weighted_f1": float(_safe_divide((f1 * support).sum(), total)),
         "num_samples": int(total),
         "per_class": {
@@ -46,6 +49,9 @@ def report_from_confusion(cm, classes):
         "classes": list(classes),
         "confusion_matrix": cm.tolist(),
     }
+    if not present.all():
+        report["absent_classes"] = [c for c, p in zip(classes, present) if not p]
+    return report
 
 
 def format_report(report):
@@ -57,11 +63,17 @@ def format_report(report):
         m = report["per_class"][name]
         lines.append(f"{name:<{width}}{100 * m['precision']:>10.2f}{100 * m['recall']:>10.2f}"
                      f"{100 * m['f1']:>10.2f}{m['support']:>10d}")
+    if report.get("absent_classes"):
+        lines.append(f"(no {', '.join(report['absent_classes'])} in the data: macro averages over the other "
+                     f"classes)")
     lines.append(f"{'macro avg':<{width}}{100 * report['macro_precision']:>10.2f}"
                  f"{100 * report['macro_recall']:>10.2f}{100 * report['macro_f1']:>10.2f}"
                  f"{report['num_samples']:>10d}")
     lines.append("")
     lines.append(f"Accuracy: {100 * report['accuracy']:.2f}%   Macro-F1: {100 * report['macro_f1']:.2f}")
+    if "vote_kl" in report:
+        lines.append(f"Against the annotators' vote distributions: cross-entropy {report['vote_cross_entropy']:.4f}, "
+                     f"KL divergence {report['vote_kl']:.4f} (nats per face)")
     lines.append("")
     lines.append("Confusion matrix (rows: true, columns: predicted)")
     short = [c[:7] for c in classes]

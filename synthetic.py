@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dataset import SEED_CLASSES
+from dataset import ASSIGNMENT_CLASSES
 
 # The seed's class sizes divided by five (train) and a balanced test set, like the assignment's.
 DEMO_TRAIN_COUNTS = {"Angry": 100, "Happy": 300, "Neutral": 200, "Sad": 300, "Surprise": 100}
@@ -18,7 +18,7 @@ DEMO_TEST_COUNT = 40
 
 
 def draw_face(expression, rng, size=64):
-    """One grayscale face (PIL 'L' image, size x size) showing `expression`, one of SEED_CLASSES."""
+    """One grayscale face (PIL 'L' image, size x size) showing `expression`, one of ASSIGNMENT_CLASSES."""
     canvas = 2 * size
     c = canvas / 2
     bg = int(rng.integers(20, 120))
@@ -80,7 +80,7 @@ def make_demo_dataset(root, train_counts=None, test_count=DEMO_TEST_COUNT, size=
     train_counts = train_counts or DEMO_TRAIN_COUNTS
     rng = np.random.default_rng(seed)
     for split, counts in (("train", train_counts), ("test", {c: test_count for c in train_counts})):
-        for label in SEED_CLASSES:
+        for label in ASSIGNMENT_CLASSES:
             if label not in counts:
                 continue
             folder = root / split / label

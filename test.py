@@ -6,14 +6,15 @@ Macro-F1 and the confusion matrix, printed and written as JSON and PNG.
     python test.py --ckpt checkpoints/best.pth --data fer2013 --split val
     python test.py --ckpt run1/best.pth run2/best.pth run3/best.pth   # an ensemble: mean of their logits
     python test.py --ckpt model.onnx --data DIR                  # an export scores like its checkpoint
+    python test.py --ckpt best.pth --data ckplus --class-map anger=Angry,happy=Happy   # other class names
 """
 import argparse
 import sys
 from pathlib import Path
 
 import engine
-from cli import add_runtime_args, non_negative_float, positive_int, scale_list
-from dataset import DataError, available_splits, load_split, recorded_subset
+from cli import add_runtime_args, class_map, non_negative_float, positive_int, scale_list
+from dataset import DataError, available_splits, load_split, recorded_validation
 from errors import exit_code
 from inference import load_classifier
 from metrics import format_report
@@ -29,6 +30,9 @@ def get_args_parser():
                    "and logit adjustment)")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="dataset folder or FER2013 .csv (default: the one the checkpoint was trained on)")
+    g.add_argument("--class-map", type=class_map, metavar="DATA=MODEL,...",
+                   help="read the data's class folders under the model's class names, e.g. "
+                   "anger=Angry,happiness=Happy (data that names its classes otherwise)")
     g.add_argument("--split", choices=["test", "val"],
                    help="split to score (default: test for --data, else the split training scored); val on data "
                    "without a val folder is the part of train that training held out")
@@ -81,10 +85,12 @@ def run(args):
             if (member.record or {}).get("split", {}).get("val_indices") != held_out["val_indices"]:
                 raise DataError(f"{member.source} held out other training images for validation than {first}; "
                                 "their ensemble has no common validation split (train them with the same --seed)")
-        data = recorded_subset(load_split(root, "train", classifier.classes, cfg["size"], cfg["channels"]),
-                               held_out["val_indices"], "val", f"{root}: {first}'s validation split")
+        data = recorded_validation(root, classifier.classes, cfg, held_out, trained.get("label_mode") or "majority")
     else:
-        data = load_split(root, split, classifier.classes, cfg["size"], cfg["channels"])
+        # Another dataset may lack some of the model's classes (CK+ has no Neutral): scored on those it has,
+        # with the model's full output, the absent ones named.
+        data = load_split(root, split, classifier.classes, cfg["size"], cfg["channels"], allow_missing=True,
+                          class_map=args.class_map)
     for warning in data.warnings():
         print(f"warning: {warning}", file=sys.stderr)
 

@@ -12,6 +12,7 @@ device and augmented there a batch at a time; validation is a seeded, stratified
 data's val/ folder).
 """
 import argparse
+import csv
 import json
 import math
 import shutil
@@ -25,7 +26,13 @@ import torch
 from tqdm import tqdm
 
 import engine
-from checkpoint import CheckpointError, Scoring, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import (
+    CheckpointError,
+    Scoring,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from cli import (
     AFFINE_DEFAULT,
     add_runtime_args,
@@ -50,17 +57,27 @@ from dataset import (
     MIXES,
     augment_batch,
     available_splits,
-    count_shared_images,
+    layout,
     load_split,
     mix_batch,
+    near_duplicates,
     recorded_subset,
     resolve_classes,
+    scoring_protocol,
     stratified_split,
 )
 from errors import UserError, exit_code
+from ferplus import LABEL_MODES, MultiTargetLoss
 from inference import ModelClassifier
 from metrics import format_report
-from model import ARCH_ALIASES, ARCHS, VGG_WIDTHS, build_model, count_parameters, default_in_channels
+from model import (
+    ARCH_ALIASES,
+    ARCHS,
+    VGG_WIDTHS,
+    build_model,
+    count_parameters,
+    default_in_channels,
+)
 from reports import save_report
 
 DEMO_ROOT = Path("data/demo")
@@ -79,6 +96,8 @@ RECIPES = {
 }
 RECIPE_ALIASES = {"seed": "assignment"}  # earlier names, accepted with a warning
 MONITORS = {"val_macro_f1": max, "val_acc": max, "val_loss": min}
+# Training on vote data (FER+) with no --label-mode: the scheme that won on validation (docs/report.md, FER+).
+FERPLUS_LABEL_MODE = "crossentropy"
 # What --resume lets change: how much longer to train, and where and how the run executes. Anything else would
 # make the resumed epochs another run's; those flags are refused when they differ from the checkpoint's.
 RESUMABLE_CHANGES = ("epochs", "patience", "data", "device", "amp", "compile", "output_dir", "log_dir", "resume",
@@ -104,6 +123,11 @@ def get_args_parser():
                    help="split scored at the end; 'val' for FER2013's folders, whose val/ is PublicTest")
     g.add_argument("--val-fraction", type=fraction, default=0.2,
                    help="stratified share of train held out for validation when the data has no val/")
+    g.add_argument("--label-mode", choices=LABEL_MODES,
+                   help="vote data (FER+): how the ten annotators' votes become training targets, one of the "
+                   f"FER+ paper's four schemes (ferplus.py; default {FERPLUS_LABEL_MODE}; multi_target ignores "
+                   "--label-smoothing and --class-weights). Validation and test score the faces with a majority "
+                   "emotion, as the paper does")
     g.add_argument("--input-size", type=positive_int, default=48, help="images are resized to this square")
     g.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
 
@@ -291,10 +315,11 @@ class Progress:
 
 
 def load_data(args, root, classes, input_cfg, split_record=None):
-    """Decode the splits -> Data. split_record (from a resumed checkpoint) fixes the train/val indices."""
+    """Decode the splits -> Data. split_record (from a resumed checkpoint) fixes the train/val indices. The
+    training split holds the faces --label-mode trains on; validation is scored on the scoring protocol."""
     size, channels = input_cfg["size"], input_cfg["channels"]
     splits = available_splits(root)
-    full_train = load_split(root, "train", classes, size, channels)
+    full_train = load_split(root, "train", classes, size, channels, args.label_mode)
     indexed_by = f"{root}: the checkpoint's split"
     recorded = split_record if split_record and "train_indices" in split_record else None
     if "val" in splits and args.test_split != "val":
@@ -313,8 +338,8 @@ def load_data(args, root, classes, input_cfg, split_record=None):
         train_idx, val_idx = recorded["train_indices"], recorded["val_indices"]
     record = {"source": f"stratified {args.val_fraction:g} of train, seed {args.seed}", "root": str(root),
               "train_indices": train_idx, "val_indices": val_idx}
-    return Data(recorded_subset(full_train, train_idx, "train", indexed_by),
-                recorded_subset(full_train, val_idx, "val", indexed_by), full_train, record)
+    val = scoring_protocol(recorded_subset(full_train, val_idx, "val", indexed_by))
+    return Data(recorded_subset(full_train, train_idx, "train", indexed_by), val, full_train, record)
 
 
 def training_share(indices, labels, args):
@@ -350,9 +375,21 @@ def describe(split):
     return f"{split.name}: {len(split)} images ({counts})"
 
 
+def class_counts(train):
+    """Training images per class (float): label counts, or for vote data the sums of the targets' shares."""
+    if train.targets is None:
+        return torch.tensor(train.class_counts(), dtype=torch.float64)
+    targets = train.targets.double()
+    return (targets / targets.sum(1, keepdim=True)).sum(0)
+
+
 def class_prior(train):
-    """Each class's share of the training images (a class with none counts as one, so its log stays finite)."""
-    return tuple(max(n, 1) / len(train) for n in train.class_counts())
+    """Each class's share of the training targets (a class with none counts as one image, so its log stays
+    finite; Scoring bounds it further)."""
+    counts = class_counts(train).clamp(min=1)
+    if train.targets is None:  # as the label counts were always shared out, to the last bit
+        return tuple(n / len(train) for n in counts.tolist())
+    return tuple((counts / counts.sum()).tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -389,8 +426,30 @@ def make_scheduler(optimizer, args, steps_per_epoch):
 def class_weights(train, args, device):
     if args.class_weights == "none":
         return None
-    counts = torch.tensor(train.class_counts(), dtype=torch.float32)
+    counts = class_counts(train).float()
     return (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+
+
+def make_criterion(train, args, device):
+    """The training loss: cross-entropy on labels or on target distributions (label smoothing and class weights
+    apply to both), or for --label-mode multi_target the -log of the best probability among the right emotions
+    (which takes neither)."""
+    if args.label_mode == "multi_target":
+        return MultiTargetLoss()
+    return torch.nn.CrossEntropyLoss(weight=class_weights(train, args, device), label_smoothing=args.label_smoothing)
+
+
+def epoch_targets(train, args, epoch, device):
+    """What this epoch's loss compares with, for every training image: the labels (long N), the target
+    distributions or multi-target masks (float N x classes) of vote data, or under --label-mode probability a
+    label drawn afresh from each face's vote distribution (seeded by --seed and the epoch, so a resumed run
+    draws the same)."""
+    if train.targets is None or args.label_mode == "majority":
+        return train.labels.to(device)
+    if args.label_mode == "probability":
+        g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))
+        return torch.multinomial(train.targets, 1, generator=g).flatten().to(device)
+    return train.targets.to(device)
 
 
 def epoch_seed(seed, epoch, rank=0):
@@ -446,16 +505,15 @@ def build_trainer(model, args, run, data):
         trained = torch.compile(trained)
     steps_per_epoch = len(epoch_batches(data.train.labels, args, 1, run.rank, run.world))
     optimizer = make_optimizer(model, args)
-    criterion = torch.nn.CrossEntropyLoss(weight=class_weights(data.train, args, run.device),
-                                          label_smoothing=args.label_smoothing)
+    criterion = make_criterion(data.train, args, run.device)
     return Trainer(model, trained, ema.module if ema is not None else model, optimizer,
                    make_scheduler(optimizer, args, steps_per_epoch), criterion, ema)
 
 
-def train_one_epoch(trainer, images, labels, args, run, epoch):
-    """One pass over this process's shard of the training split (uint8 images and labels on run.device)
-    -> train_loss, train_acc, train_time, train_img_per_s (over all processes). FloatingPointError on a
-    non-finite loss."""
+def train_one_epoch(trainer, images, targets, labels, args, run, epoch):
+    """One pass over this process's shard of the training split (uint8 images, epoch_targets and labels, on
+    run.device) -> train_loss, train_acc (against labels), train_time, train_img_per_s (over all processes).
+    FloatingPointError on a non-finite loss."""
     model = trainer.trained
     model.train()
     g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch, run.rank))  # augmentation
@@ -467,7 +525,7 @@ def train_one_epoch(trainer, images, labels, args, run, epoch):
     for idx in bar:
         idx = idx.to(run.device)
         x = engine.to_input(images[idx], run.input, run.device)
-        y = labels[idx]
+        y, truth = targets[idx], labels[idx]
         if args.aug:
             x = augment_batch(x, args.aug, g, args.affine)
         partner, lam = None, 1.0
@@ -497,7 +555,7 @@ def train_one_epoch(trainer, images, labels, args, run, epoch):
         trainer.scheduler.step()
         if trainer.ema is not None:
             trainer.ema.update_parameters(trainer.model)
-        totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
+        totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == truth).sum().item(), len(y)],
                                dtype=torch.float64)
         seen = totals[2].item()
         bar.set_postfix(loss=f"{totals[0].item() / seen:.3f}", acc=f"{100 * totals[1].item() / seen:.1f}%",
@@ -703,7 +761,10 @@ def train_process(args, given, rank, world, local_rank):
                 "pass a larger --epochs to extend it")
         return 0
     run.root = data_root(args)
-    run.classes = resolve_classes(run.root, args.classes)
+    run.classes, notes = resolve_classes(run.root, args.classes)
+    for note in notes:
+        run.say(f"warning: {note}", file=sys.stderr)
+    args.label_mode = resolve_label_mode(args, run.root)
     if state is not None and [c.lower() for c in state["scoring"]["classes"]] != [c.lower() for c in run.classes]:
         raise CheckpointError(f"{resume_path} was trained on classes {', '.join(state['scoring']['classes'])}, "
                               f"not {', '.join(run.classes)}")
@@ -721,11 +782,15 @@ def train_process(args, given, rank, world, local_rank):
         except ValueError as e:
             raise UserError(f"--arch {args.arch}: {e}") from None
     data = load_data(args, run.root, run.classes, run.input, state["split"] if state is not None else None)
-    for s in (data.full_train, data.val):
+    # Everything that can be checked before the first epoch is: the splits, the test split, leaked images.
+    test_split = load_test_split(args, run)
+    for s in (data.full_train, data.val, *([test_split] if test_split is not None else [])):
         for warning in s.warnings():
             run.say(f"warning: {warning}", file=sys.stderr)
+    check_splits(data, test_split, args)
     run.say(describe(data.train))
     run.say(describe(data.val))
+    leaks = report_leakage(data.full_train, test_split, Path(args.log_dir), run)
     trainer = build_trainer(model, args, run, data)
     scoring = Scoring(tuple(run.classes), run.input, args.tta, tuple(args.tta_scales), args.logit_adjust,
                       class_prior(data.train))
@@ -746,10 +811,22 @@ def train_process(args, given, rank, world, local_rank):
             if world > 1:
                 torch.distributed.barrier()  # best.pth is written by rank 0 before anyone reads it
             # Test.
-            status = test(out_dir / "best.pth", data, args, run, log)
+            status = test(out_dir / "best.pth", data, test_split, leaks, args, run, log)
     finally:
         log.close()
     return status
+
+
+def resolve_label_mode(args, root):
+    """--label-mode as it applies to the data: FER+'s default for vote data, "majority" (one label a face)
+    for the rest, where the other modes have no votes to work on."""
+    votes = layout(root) in ("ferplus", "ferplus_csv")
+    if args.label_mode is None:
+        return FERPLUS_LABEL_MODE if votes else "majority"
+    if not votes and args.label_mode != "majority":
+        raise UserError(f"--label-mode {args.label_mode} needs vote data (FER+: FER2013Train/label.csv or "
+                        f"fer2013new.csv); {root} has one label a face")
+    return args.label_mode
 
 
 def finished(state, args):
@@ -772,7 +849,8 @@ def fit(trainer, data, scoring, progress, args, run, log):
         for epoch in range(progress.epoch + 1, args.epochs + 1):
             log.line(f"Epoch [{epoch}/{args.epochs}]")
             lr = trainer.optimizer.param_groups[0]["lr"]
-            stats = train_one_epoch(trainer, images, labels, args, run, epoch)
+            stats = train_one_epoch(trainer, images, epoch_targets(data.train, args, epoch, run.device), labels,
+                                    args, run, epoch)
             val_loss, val_report = engine.evaluate(validator.decision_logits, data.val, run.device)
             metrics = {"epoch": epoch, "lr": lr, **stats, "val_loss": val_loss,
                        "val_acc": 100 * val_report["accuracy"], "val_macro_f1": 100 * val_report["macro_f1"]}
@@ -813,7 +891,51 @@ def fit(trainer, data, scoring, progress, args, run, log):
     return 0
 
 
-def test(best_path, data, args, run, log):
+def load_test_split(args, run):
+    """The split scored at the end, read before training so that a split that cannot be scored stops the run
+    before its first epoch; None if the data has none. A class it lacks is scored without support (a note)."""
+    if args.test_split not in available_splits(run.root):
+        return None
+    return load_split(run.root, args.test_split, run.classes, run.input["size"], run.input["channels"],
+                      allow_missing=True)
+
+
+def check_splits(data, test_split, args):
+    """UserError for splits training cannot use: no validation image, or a class with no training image left
+    (after --train-fraction); the classes missing from validation or test are warned about by their notes."""
+    if len(data.val) == 0:
+        few = [c for c, n in zip(data.full_train.classes, data.full_train.class_counts()) if n < 2]
+        raise UserError(f"validation holds no images: a held-out share of train needs two or more images of a "
+                        f"class ({', '.join(few) or 'every class'} has fewer); add images or a val/ folder")
+    empty = [c for c, n in zip(data.train.classes, data.train.class_counts()) if n == 0]
+    if empty:
+        raise UserError(f"no training image of class(es) {', '.join(empty)} is left after the validation split "
+                        f"and --train-fraction {args.train_fraction:g}; add images or leave them out of --classes")
+
+
+def report_leakage(full_train, test_split, log_dir, run):
+    """Test images that are copies or near-copies of training images (dataset.near_duplicates: re-encoded,
+    re-scaled or re-toned), said before training and written pair by pair to LOG_DIR/leakage.csv.
+    -> the counts the test report keeps, or None without a test split."""
+    if test_split is None:
+        return None
+    pairs = near_duplicates(full_train, test_split)
+    identical = sum(p["identical"] for p in pairs)
+    counts = {"test_images": len(test_split), "pixel_identical": identical, "near_duplicates": len(pairs) - identical}
+    if pairs and run.is_main:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "leakage.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(pairs[0]))
+            writer.writeheader()
+            writer.writerows(pairs)
+        counts["pairs_file"] = str(log_dir / "leakage.csv")
+        run.say(f"note: {len(pairs)} of {len(test_split)} {test_split.name} images are copies of training images "
+                f"({identical} pixel-identical, {len(pairs) - identical} near-identical: re-encoded, re-scaled or "
+                f"re-toned); the pairs are in {log_dir / 'leakage.csv'}")
+    return counts
+
+
+def test(best_path, data, test_split, leaks, args, run, log):
     """Score best.pth on the test split, if the data has one, as test.py would. It never influenced training
     or selection."""
     if not best_path.exists():
@@ -826,19 +948,13 @@ def test(best_path, data, args, run, log):
                            for c in (classifier.rescored(logit_adjust=0.0), classifier))
         log.line(f"Validation balanced accuracy: {100 * plain:.2f}% plain argmax, {100 * adjusted:.2f}% with "
                  f"--logit-adjust {args.logit_adjust:g}")
-    if args.test_split not in available_splits(run.root):
+    if test_split is None:
         run.say(f"no {args.test_split} split in {run.root}; score another dataset with: "
                 f"python test.py --ckpt {best_path} --data DIR")
         return 0
-    test_split = load_split(run.root, args.test_split, run.classes, run.input["size"], run.input["channels"])
-    for warning in test_split.warnings():
-        run.say(f"warning: {warning}", file=sys.stderr)
-    shared = count_shared_images(data.full_train, test_split)
-    if shared:
-        run.say(f"note: {shared} of {len(test_split)} {args.test_split} images are pixel-identical to training "
-                "images")
     # fp32, as test.py scores by default, so the two print the same figures for the same checkpoint.
     loss, report = engine.evaluate(classifier.decision_logits, test_split, run.device)
+    report["leakage"] = leaks
     log.line(f"Test Loss: {loss:.4f}, Test Accuracy: {100 * report['accuracy']:.2f}%")
     log.line(f"Test Macro-F1: {100 * report['macro_f1']:.2f} (best.pth from epoch {classifier.record['epoch']})")
     run.say(format_report(report))

@@ -111,7 +111,7 @@ def main(argv=None):
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     args = p.parse_args(argv)
     device = engine.select_device(args.device)
-    classes = resolve_classes(args.data)
+    classes, _ = resolve_classes(args.data)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps a row")
 
     start = time.perf_counter()

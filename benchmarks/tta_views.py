@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
 from cli import scale_list  # noqa: E402
-from dataset import load_split, recorded_subset  # noqa: E402
+from dataset import recorded_validation  # noqa: E402
 from errors import UserError, exit_code  # noqa: E402
 from inference import ModelClassifier  # noqa: E402
 
@@ -36,8 +36,8 @@ def run(args):
         if "val_indices" not in split:
             raise UserError(f"{path} records no held-out validation indices (its data had a val folder)")
         cfg = classifier.input
-        val = recorded_subset(load_split(split["root"], "train", classifier.classes, cfg["size"], cfg["channels"]),
-                              split["val_indices"], "val", f"{split['root']}: {path}'s validation split")
+        val = recorded_validation(split["root"], classifier.classes, cfg, split,
+                                  classifier.record["args"].get("label_mode") or "majority")
         for name, views in (("image", dict(tta_flip=False, tta_scales=())),
                             ("+ mirror", dict(tta_flip=True, tta_scales=())),
                             ("+ zoom", dict(tta_flip=False, tta_scales=args.scales)),

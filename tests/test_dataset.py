@@ -3,17 +3,18 @@ import csv
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from dataset import (
-    FER2013_CLASSES,
     DataError,
+    FERSplit,
     augment_batch,
     available_splits,
-    count_shared_images,
+    decode_file,
     image_to_array,
     load_split,
     mix_batch,
+    near_duplicates,
     resolve_classes,
     stratified_split,
     zoom,
@@ -37,8 +38,8 @@ def make_tree(root, spec):
 
 def test_folders_with_different_case_are_the_same_class(tmp_path):
     root = make_tree(tmp_path, {"train": {"Angry": 3, "Happy": 2}, "Test": {"angry": 2, "HAPPY": 1}})
-    classes = resolve_classes(root)
-    assert classes == ["Angry", "Happy"]
+    classes, notes = resolve_classes(root)
+    assert classes == ["Angry", "Happy"] and notes == []
     assert available_splits(root) == ["train", "test"]
     test = load_split(root, "test", classes)
     assert test.class_counts() == [2, 1]
@@ -47,7 +48,7 @@ def test_folders_with_different_case_are_the_same_class(tmp_path):
 
 def test_classes_flag_chooses_and_orders_classes(tmp_path):
     root = make_tree(tmp_path, {"train": {"angry": 2, "disgust": 2, "happy": 3}})
-    classes = resolve_classes(root, ["Happy", "Angry"])
+    classes, _ = resolve_classes(root, ["Happy", "Angry"])
     split = load_split(root, "train", classes)
     assert split.classes == ["Happy", "Angry"]
     assert split.class_counts() == [3, 2]
@@ -105,14 +106,26 @@ def test_missing_and_empty_data_give_clear_errors(tmp_path):
         resolve_classes(tmp_path / "empty")
     root = make_tree(tmp_path / "d", {"train": {"Angry": 2, "Happy": 0}})
     (root / "train" / "Happy").mkdir(exist_ok=True)
-    with pytest.raises(DataError, match="no readable images for class.*Happy"):
-        load_split(root, "train", resolve_classes(root))
+    with pytest.raises(DataError, match="training images for 1 class"):
+        resolve_classes(root)
 
 
-def test_split_missing_a_class_is_an_error(tmp_path):
+def test_a_class_without_training_images_is_left_out_with_a_note_or_refused_when_asked_for(tmp_path):
+    root = make_tree(tmp_path, {"train": {"Angry": 2, "Fear": 0, "Happy": 2}})
+    (root / "train" / "Fear").mkdir(exist_ok=True)
+    (root / "train" / "Fear" / ".DS_Store").write_bytes(b"junk")
+    classes, notes = resolve_classes(root)
+    assert classes == ["Angry", "Happy"] and "Fear have no training images and are left out" in notes[0]
+    with pytest.raises(DataError, match="--classes names Fear, which have no training images"):
+        resolve_classes(root, ["Angry", "Fear"])
+
+
+def test_split_missing_a_class_is_an_error_unless_allowed(tmp_path):
     root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}, "test": {"Angry": 2}})
-    with pytest.raises(DataError, match="no folder for class.*Happy"):
+    with pytest.raises(DataError, match="test split has no readable images for class.*Happy"):
         load_split(root, "test", ["Angry", "Happy"])
+    test = load_split(root, "test", ["Angry", "Happy"], allow_missing=True)
+    assert test.class_counts() == [2, 0] and "no images of class(es) Happy" in test.warnings()[0]
 
 
 def write_fer_csv(path, rows):
@@ -131,13 +144,15 @@ def test_fer2013_csv_splits_classes_and_bad_rows(tmp_path):
             [3, px.replace("100", "300", 1), "Training"]]
     path = write_fer_csv(tmp_path / "fer2013.csv", rows)
     assert available_splits(path) == ["train", "val", "test"]
-    assert resolve_classes(path) == FER2013_CLASSES
-    classes = resolve_classes(path, ["happy", "angry", "neutral"])
+    # Fear, Sad and Surprise have no Training rows: left out, not kept as empty classes.
+    classes, notes = resolve_classes(path)
+    assert classes == ["Angry", "Disgust", "Happy", "Neutral"] and "Fear, Sad, Surprise" in notes[0]
+    classes, _ = resolve_classes(path, ["happy", "angry", "neutral"])
     train = load_split(path, "train", classes)
     assert train.labels.tolist() == [0, 1, 2]  # disgust (1) is not asked for
     assert len(train.skipped) == 4
     assert train.images.shape == (3, 1, 48, 48) and int(train.images[0].float().mean()) == 100
-    assert len(load_split(path, "test", classes)) == 1
+    assert len(load_split(path, "test", classes, allow_missing=True)) == 1
 
 
 def test_stratified_split_is_seeded_and_keeps_class_shares():
@@ -149,12 +164,30 @@ def test_stratified_split_is_seeded_and_keeps_class_shares():
     assert stratified_split(labels, 0.2, seed=4)[1] != val_idx
 
 
-def test_shared_images_are_counted_by_pixels(tmp_path):
-    a = make_tree(tmp_path / "a", {"train": {"x": 3}})
-    b = make_tree(tmp_path / "b", {"train": {"x": 5}})
-    # Same gray values 0..2 appear in both; 3 and 4 only in b.
-    assert count_shared_images(load_split(a, "train", ["x"]), load_split(b, "train", ["x"])) == 3
+def test_copies_of_training_faces_are_found_even_re_encoded_or_re_toned(tmp_path):
+    # Textured images (smoothed noise) stand in for photographs: no two of them correlate by chance.
+    rng = np.random.default_rng(0)
+    faces = [Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
+             for _ in range(20)]
+    for i, face in enumerate(faces[:12]):
+        face.save(tmp_path / f"train{i}.png")
+    faces[0].save(tmp_path / "copy.png")                                          # pixel-identical
+    faces[1].save(tmp_path / "jpeg70.jpg", quality=70)                            # re-encoded
+    Image.eval(faces[2], lambda v: min(255, int(v * 0.8) + 30)).save(tmp_path / "toned.png")  # re-toned
+    for i, face in enumerate(faces[12:]):
+        face.save(tmp_path / f"other{i}.png")                                     # faces training never saw
 
+    def split(names):
+        images = torch.stack([torch.tensor(decode_file(tmp_path / n, 48, 1)[0]) for n in names])
+        return FERSplit("s", images, torch.zeros(len(names), dtype=torch.long), ["x"], names)
+    train = split([f"train{i}.png" for i in range(12)])
+    test = split(["copy.png", "jpeg70.jpg", "toned.png", *(f"other{i}.png" for i in range(8))])
+    pairs = {p["test"]: p for p in near_duplicates(train, test)}
+    assert set(pairs) == {"copy.png", "jpeg70.jpg", "toned.png"}
+    assert [pairs[n]["train"] for n in ("copy.png", "jpeg70.jpg", "toned.png")] == ["train0.png", "train1.png",
+                                                                                 "train2.png"]
+    assert pairs["copy.png"]["identical"] and not pairs["jpeg70.jpg"]["identical"]
+    assert pairs["jpeg70.jpg"]["similarity"] > 0.97
 
 def test_augment_batch_keeps_shape_and_is_seeded():
     x = torch.randn(8, 1, 48, 48)

@@ -1,5 +1,6 @@
 """Faults during training: kill -9, Ctrl-C, a non-finite loss, leaked test images, resuming. Nothing written is
 lost."""
+import csv
 import json
 import shutil
 import signal
@@ -88,7 +89,15 @@ def test_images_shared_by_train_and_test_are_reported(tiny_data, tmp_path, scrip
     for k, src in enumerate(sorted((data / "train" / "Happy").glob("*.jpg"))[:3]):
         shutil.copy(src, data / "test" / "Happy" / f"copy{k}.jpg")
     assert scripts["train"].main(fast_train_args(data, tmp_path, "--epochs", "1")) == 0
-    assert "3 of 33 test images are pixel-identical to training images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # Said before the first epoch, the pairs written to a file, the counts kept in the test report.
+    assert out.index("(3 pixel-identical") < out.index("Epoch [1/1]")
+    with open(tmp_path / "logs" / "leakage.csv", newline="") as f:
+        identical = [row for row in csv.DictReader(f) if row["identical"] == "True"]
+    assert sorted(row["test"].rsplit("/", 1)[-1] for row in identical) == ["copy0.jpg", "copy1.jpg", "copy2.jpg"]
+    assert all("/train/Happy/" in row["train"] for row in identical)
+    leakage = json.loads((tmp_path / "logs" / "test_report.json").read_text())["leakage"]
+    assert leakage["pixel_identical"] == 3 and leakage["test_images"] == 33
 
 
 def test_resume_with_another_architecture_is_refused(tiny_data, tmp_path, scripts, capsys):

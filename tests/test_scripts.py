@@ -8,10 +8,9 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, TINY_COUNTS, fast_train_args, reference_logits
-from PIL import Image
 
 import engine
-from checkpoint import Scoring, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import load_split, zoom
 from inference import ModelClassifier
 from metrics import confusion_matrix
@@ -140,12 +139,26 @@ def test_resume_with_nothing_to_resume_is_an_error(tiny_data, scripts, tmp_path,
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_test_split_with_other_classes_is_an_error(trained, scripts, tmp_path, capsys):
+def test_a_test_split_without_some_classes_is_scored_on_those_it_has(trained, tiny_data, scripts, tmp_path,
+                                                                     capsys):
+    # Another dataset with four of the model's five classes (CK+ has no Neutral), its folders named otherwise.
     other = tmp_path / "other"
-    (other / "test" / "Angry").mkdir(parents=True)
-    Image.new("L", (48, 48)).save(other / "test" / "Angry" / "a.png")
-    assert scripts["test"].main(["--ckpt", str(trained / "checkpoints" / "best.pth"), "--data", str(other)]) == 2
-    assert "no folder for class(es) Happy, Neutral, Sad, Surprise" in capsys.readouterr().err
+    for folder, renamed in (("Angry", "anger"), ("Happy", "happiness"), ("Sad", "Sad"), ("Surprise", "Surprise")):
+        shutil.copytree(tiny_data / "test" / folder, other / "test" / renamed)
+    ckpt = str(trained / "checkpoints" / "best.pth")
+    args = ["--ckpt", ckpt, "--data", str(other), "--out-dir", str(tmp_path / "eval")]
+    assert scripts["test"].main([*args, "--class-map", "anger=Angry,happiness=Happy"]) == 0
+    assert "no images of class(es) Neutral" in capsys.readouterr().err
+    report = json.loads(next((tmp_path / "eval").glob("*.json")).read_text())
+    assert report["absent_classes"] == ["Neutral"] and report["num_samples"] == 24
+    assert [sum(row) for row in report["confusion_matrix"]] == [6, 6, 0, 6, 6]  # the model's full output kept
+    f1 = [report["per_class"][c]["f1"] for c in ("Angry", "Happy", "Sad", "Surprise")]
+    assert report["macro_f1"] == pytest.approx(sum(f1) / 4)  # over the classes the data has
+    # Without the map, anger/ and happiness/ are not the model's classes: only Sad and Surprise are scored.
+    assert scripts["test"].main(args) == 0
+    assert "no images of class(es) Angry, Happy, Neutral" in capsys.readouterr().err
+    assert scripts["test"].main([*args, "--class-map", "anger=Fury"]) == 2
+    assert "sends folders to fury, which is not a class of the model" in capsys.readouterr().err
 
 
 def test_a_file_that_is_not_a_checkpoint_is_an_error(scripts, tmp_path, capsys):
