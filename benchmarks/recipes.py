@@ -34,9 +34,10 @@ def run_one(data, name, flags, seed, out_root, extra):
     epochs = [json.loads(line) for line in (work / "logs" / "training_log.jsonl").read_text().splitlines()]
     best = max((e for e in epochs if e["best"]), key=lambda e: e["epoch"])
     return {"name": name, "seed": seed, "wall_s": wall, "epochs": len(epochs), "best_epoch": best["epoch"],
-            "val_macro_f1": best["val_macro_f1"],
+            "val_macro_f1": best["val_macro_f1"], "val_acc": best["val_acc"],
             "train_s": sum(e["train_time"] for e in epochs), "acc": 100 * report["accuracy"],
-            "macro_f1": 100 * report["macro_f1"], "cmd": " ".join(shlex.quote(c) for c in cmd[1:])}
+            "macro_f1": 100 * report["macro_f1"], **({"vote_kl": report["vote_kl"]} if "vote_kl" in report else {}),
+            "cmd": " ".join(shlex.quote(c) for c in cmd[1:])}
 
 
 def mean_sd(values):
@@ -84,19 +85,21 @@ def main(argv=None):
     print()
     # Validation Macro-F1 (of the epoch kept) is what a choice between rows may rest on; test is for reporting.
     summary = summarize(configs, rows)
-    print(f"{'config':<18}{'runs':>5}{'wall s (mean ± sd)':>22}{'val macro-F1':>18}{'test acc':>18}"
+    print(f"{'config':<18}{'runs':>5}{'wall s (mean ± sd)':>22}{'val acc':>18}{'val macro-F1':>18}{'test acc':>18}"
           f"{'test macro-F1':>18}")
     for r in summary:
-        print(f"{r['name']:<18}{r['runs']:>5}{r['wall']:>22}{r['val']:>18}{r['acc']:>18}{r['macro_f1']:>18}")
+        print(f"{r['name']:<18}{r['runs']:>5}{r['wall']:>22}{r['val_acc']:>18}{r['val']:>18}{r['acc']:>18}"
+              f"{r['macro_f1']:>18}")
     print()
     for name, _ in configs:
         print(f"{name}: python {next(r['cmd'] for r in rows if r['name'] == name)}")
     if args.markdown:  # the summary again, as the Markdown table the write-up quotes
-        print("\n| row | train.py flags | runs | kept epochs | wall s | val Macro-F1 | test accuracy | test Macro-F1 |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("\n| row | train.py flags | runs | kept epochs | wall s | val accuracy | val Macro-F1 | test accuracy "
+              "| test Macro-F1 |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in summary:
-            print(f"| {r['name']} | `{shlex.join(r['flags'])}` | {r['runs']} | {r['kept']} | {r['wall']} | {r['val']} "
-                  f"| {r['acc']} | {r['macro_f1']} |")
+            print(f"| {r['name']} | `{shlex.join(r['flags'])}` | {r['runs']} | {r['kept']} | {r['wall']} | "
+                  f"{r['val_acc']} | {r['val']} | {r['acc']} | {r['macro_f1']} |")
     return 0
 
 
@@ -106,10 +109,12 @@ def summarize(configs, rows):
     for name, flags in configs:
         mine = [r for r in rows if r["name"] == name]
         val = [r["val_macro_f1"] for r in mine if "val_macro_f1" in r]
+        val_acc = [r["val_acc"] for r in mine if "val_acc" in r]
         summary.append({"name": name, "flags": flags, "runs": len(mine),
                         "kept": ", ".join(str(r["best_epoch"]) for r in mine),
                         "wall": mean_sd([r["wall_s"] for r in mine]).strip(),
                         "val": mean_sd(val).strip() if val else "-",
+                        "val_acc": mean_sd(val_acc).strip() if val_acc else "-",
                         "acc": mean_sd([r["acc"] for r in mine]).strip(),
                         "macro_f1": mean_sd([r["macro_f1"] for r in mine]).strip()})
     return summary
