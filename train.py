@@ -98,6 +98,8 @@ RECIPE_ALIASES = {"seed": "assignment"}  # earlier names, accepted with a warnin
 MONITORS = {"val_macro_f1": max, "val_acc": max, "val_loss": min}
 # Training on vote data (FER+) with no --label-mode: the scheme that won on validation (docs/report.md, FER+).
 FERPLUS_LABEL_MODE = "crossentropy"
+# Defaults for vote data, where flags are not given (apply_data_defaults).
+FERPLUS_DEFAULTS = {"logit_adjust": 0.0, "monitor": "val_acc"}
 # What --resume lets change: how much longer to train, and where and how the run executes. Anything else would
 # make the resumed epochs another run's; those flags are refused when they differ from the checkpoint's.
 RESUMABLE_CHANGES = ("epochs", "patience", "data", "device", "amp", "compile", "output_dir", "log_dir", "resume",
@@ -764,6 +766,8 @@ def train_process(args, given, rank, world, local_rank):
     run.classes, notes = resolve_classes(run.root, args.classes)
     for note in notes:
         run.say(f"warning: {note}", file=sys.stderr)
+    if state is None:
+        apply_data_defaults(args, given, run.root)
     args.label_mode = resolve_label_mode(args, run.root)
     if state is not None and [c.lower() for c in state["scoring"]["classes"]] != [c.lower() for c in run.classes]:
         raise CheckpointError(f"{resume_path} was trained on classes {', '.join(state['scoring']['classes'])}, "
@@ -815,6 +819,16 @@ def train_process(args, given, rank, world, local_rank):
     finally:
         log.close()
     return status
+
+
+def apply_data_defaults(args, given, root):
+    """Vote data (FER+) is scored by accuracy on the majority protocol, on test data distributed like its
+    training data: its defaults choose epochs by validation accuracy and decide by the plain argmax, where the
+    flags were not given (FERPLUS_DEFAULTS) and no other recipe was asked for."""
+    if args.recipe == "default" and layout(root) in ("ferplus", "ferplus_csv"):
+        for dest, value in FERPLUS_DEFAULTS.items():
+            if dest not in given:
+                setattr(args, dest, value)
 
 
 def resolve_label_mode(args, root):
