@@ -38,6 +38,7 @@ REQUIRED_KEYS = ("arch", "arch_args", "model", "scoring")
 UNRECORDED_ARCH_ARGS = {"vgg": {"widths": (32, 64, 128, 256)}}
 # Prefixes that wrappers put before every weight's name: DataParallel/DistributedDataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+PRIOR_FLOOR = 0.1  # logit adjustment counts a class's share as at least this share of 1 / classes
 
 
 class CheckpointError(UserError):
@@ -72,10 +73,16 @@ class Scoring:
 
     @property
     def logit_bias(self):
-        """-> one float per class added to the averaged logits, or None for the plain argmax."""
+        """-> one float per class added to the averaged logits, or None for the plain argmax.
+
+        A class's share counts as at least PRIOR_FLOOR of an equal share: a class seen a handful of times
+        (one Disgust image among thousands) would otherwise get a boost no logit can match and take every
+        decision. Label smoothing (0.1 by default) keeps a network's own prior above that floor anyway.
+        """
         if not self.logit_adjust:
             return None
-        return [-self.logit_adjust * math.log(p) for p in self.class_prior]
+        floor = PRIOR_FLOOR / len(self.class_prior)
+        return [-self.logit_adjust * math.log(max(p, floor)) for p in self.class_prior]
 
     def replace(self, **changes):
         """A copy with the fields in changes replaced; those that are None keep their value."""

@@ -98,6 +98,14 @@ def scale_list(text):
                       "none or comma-separated positive numbers")
 
 
+def angle_list(text):
+    """Angles in degrees: "-30,30" -> (-30.0, 30.0); "none" -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    return float_list(text, lambda angles: all(-180 < v < 180 for v in angles),
+                      "none or comma-separated angles between -180 and 180 degrees")
+
+
 AFFINE_DEFAULT = ",".join(f"{v:g}" for v in AFFINE_RANGES)  # as --affine is written
 
 

@@ -1,8 +1,14 @@
-"""From a photo to faces: detection, cropping like the training data, per-face results, and drawing them.
+"""From a photo to faces: detection, alignment, cropping like the training data, per-face results, drawing.
 
-A face is brought to the model exactly as training images were: the box (plus a margin) is cropped from
-the photo and passed through `dataset.image_to_array`, the very function that decoded the training set;
-the classifier (inference.py) then normalises it with the mean and std its scoring records.
+`analyze_image` is the one path from a decoded photo to per-face results; predict.py (photos, folders,
+videos) and app.py render what it returns. A face is brought to the model the way training images were:
+its region is cut from the photo (aligned by its landmarks, or its box plus a margin) and passed through
+`dataset.image_to_array`, the very function that decoded the training set; the classifier (inference.py)
+then normalises it as its scoring records.
+
+Detectors: YuNet (Wu, Peng, Yu, "YuNet: A Tiny Millisecond-level Face Detector", Machine Intelligence Research
+2023; models/yunet_s_640_640.onnx, run by OpenCV's FaceDetectorYN), which returns five landmarks per face, and
+OpenCV's Haar cascade (Viola and Jones, CVPR 2001), boxes only.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,76 +19,275 @@ from PIL import Image, ImageDraw, ImageFont
 from dataset import image_to_array
 from errors import UserError
 
+YUNET_MODEL = Path(__file__).resolve().parent / "models" / "yunet_s_640_640.onnx"
+LANDMARKS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # YuNet's order (the person's right)
+# The framing of an aligned face, measured on FER2013: YuNet's landmarks on 1,948 of 2,000 Training crops
+# (upscaled, on a gray canvas) put the crop's side at a median 2.67 eye-to-mouth distances and its centre
+# 0.28 of the way from the eyes' midpoint to the mouth's, 0.03 to the side. benchmarks/detection.py checks
+# the choice by what it costs in expression accuracy.
+ALIGN_SCALE = 2.67
+ALIGN_CENTER = 0.28
+
 
 @dataclass
-class Face:
-    box: tuple                                   # x, y, width, height in the photo's pixels
-    crop: np.ndarray = field(default=None)      # what the model saw: C x size x size uint8
-    probabilities: np.ndarray = field(default=None)
-    heatmap: np.ndarray = field(default=None)   # Grad-CAM, crop-sized, 0..1
+class Detection:
+    """A face found in a photo: box (x, y, width, height, pixels), the detector's score (None for Haar and for
+    boxes a user gave) and landmarks (float 5 x 2, LANDMARKS order; None without them)."""
+    box: tuple
+    score: float = None
+    landmarks: np.ndarray = None
 
 
-class FaceDetector:
-    """OpenCV's frontal-face Haar cascade, which ships inside the opencv-python-headless wheel."""
+@dataclass
+class Face(Detection):
+    """A Detection with what the model made of it: crop (what the model saw, uint8 C x size x size), whether it
+    was aligned, to_photo (2 x 3 affine from crop pixels to photo pixels), probabilities and Grad-CAM heatmap
+    (crop-sized, 0..1)."""
+    crop: np.ndarray = field(default=None, repr=False)
+    aligned: bool = False
+    to_photo: np.ndarray = field(default=None, repr=False)
+    probabilities: np.ndarray = None
+    heatmap: np.ndarray = field(default=None, repr=False)
 
-    def __init__(self, min_face=24):
+
+# ---------------------------------------------------------------------------------------------------------
+# Detectors
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise UserError("face detection needs OpenCV: pip install opencv-python-headless "
+                        "(or pass --no-detect or --boxes FILE)") from None
+    return cv2
+
+
+class YuNetDetector:
+    """YuNet through OpenCV's FaceDetectorYN. score_threshold: the lowest detector score kept; min_face: the
+    smallest face kept (pixels of the photo); max_side: photos are detected at a size whose longer side is at
+    most this, boxes and landmarks mapped back (bounds the time on large photos); turns: angles (degrees) of
+    turned copies of the photo also searched, for tilted heads, their faces turned back and merged."""
+
+    def __init__(self, model=YUNET_MODEL, score_threshold=0.6, min_face=24, max_side=960, turns=(-30, 30),
+                 nms_threshold=0.3):
+        cv2 = _cv2()
+        model = Path(model)
+        if not model.is_file():
+            raise UserError(f"detector model {model} does not exist")
         try:
-            import cv2
-        except ImportError:
-            raise UserError("face detection needs OpenCV: pip install opencv-python-headless "
-                            "(or pass --no-detect or --boxes FILE)") from None
-        self.cv2 = cv2
-        self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
-        self.min_face = min_face
+            self.net = cv2.FaceDetectorYN.create(str(model), "", (320, 320), score_threshold, nms_threshold, 5000)
+        except cv2.error as e:
+            raise UserError(f"detector model {model} is not a readable YuNet ONNX file: "
+                            f"{str(e).strip().splitlines()[-1][:100]}") from None
+        self.cv2, self.min_face, self.max_side, self.turns = cv2, min_face, max_side, tuple(turns)
 
     def __call__(self, image):
-        """PIL image -> list of (x, y, w, h) boxes, largest first."""
+        """PIL image ('L' or 'RGB') -> [Detection], largest first."""
+        scale = min(1.0, self.max_side / max(image.size))
+        if scale < 1:
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.BILINEAR)
+        rgb = np.asarray(image.convert("RGB"))
+        found = self._detect(rgb)
+        for degrees in self.turns:
+            found += self._detect_turned(rgb, degrees)
+        detections = []
+        for box, score, landmarks in non_maximum_suppression(found):
+            box, landmarks = tuple(v / scale for v in box), landmarks / scale  # back to the photo's pixels
+            if min(box[2:]) >= self.min_face:
+                detections.append(Detection(box, score, landmarks))
+        return sorted(detections, key=lambda d: -d.box[2] * d.box[3])
+
+    def _detect(self, rgb):
+        """-> [(box, score, landmarks 5 x 2)] in rgb's pixels."""
+        self.net.setInputSize((rgb.shape[1], rgb.shape[0]))
+        _, rows = self.net.detect(self.cv2.cvtColor(rgb, self.cv2.COLOR_RGB2BGR))
+        return [(tuple(row[:4]), float(row[14]), row[4:14].reshape(5, 2)) for row in ([] if rows is None else rows)]
+
+    def _detect_turned(self, rgb, degrees):
+        """Faces of the photo turned by degrees about its centre (same size), turned back: landmarks exactly,
+        the box as the bounding box of the ellipse inside the turned box."""
+        h, w = rgb.shape[:2]
+        turn = self.cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+        back = self.cv2.invertAffineTransform(turn)
+        turned = self.cv2.warpAffine(rgb, turn, (w, h), flags=self.cv2.INTER_LINEAR,
+                                     borderMode=self.cv2.BORDER_REPLICATE)
+        out = []
+        for (x, y, bw, bh), score, landmarks in self._detect(turned):
+            cx, cy = back @ np.array([x + bw / 2, y + bh / 2, 1.0])
+            t = np.radians(degrees)
+            half_w = np.hypot(bw / 2 * np.cos(t), bh / 2 * np.sin(t))
+            half_h = np.hypot(bw / 2 * np.sin(t), bh / 2 * np.cos(t))
+            points = np.c_[landmarks, np.ones(5)] @ back.T
+            out.append(((cx - half_w, cy - half_h, 2 * half_w, 2 * half_h), score, points))
+        return out
+
+
+def non_maximum_suppression(found, overlap=0.3):
+    """Detections (box, score, landmarks) without those that overlap a better-scored one by IoU > overlap."""
+    kept = []
+    for candidate in sorted(found, key=lambda f: -f[1]):
+        if all(box_iou(candidate[0], k[0]) <= overlap for k in kept):
+            kept.append(candidate)
+    return kept
+
+
+def box_iou(a, b):
+    """Intersection over union of two (x, y, w, h) boxes."""
+    w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    union = a[2] * a[3] + b[2] * b[3] - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade, which ships inside the opencv-python-headless wheel: boxes only."""
+
+    def __init__(self, min_face=24, max_side=None):
+        cv2 = _cv2()
+        self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+        self.min_face, self.max_side = min_face, max_side
+
+    def __call__(self, image):
+        """PIL image -> [Detection], largest first."""
+        scale = min(1.0, self.max_side / max(image.size)) if self.max_side else 1.0
+        if scale < 1:
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
         # No histogram equalisation: on photos with large flat areas it stretches the background and
         # hides faces (it found 2 of 6 FER faces pasted on a gray canvas, against 6 of 6 without).
         gray = np.asarray(image.convert("L"))
-        boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                              minSize=(self.min_face, self.min_face))
-        return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: -b[2] * b[3])
+        size = max(1, round(self.min_face * scale))
+        boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(size, size))
+        detections = [Detection(tuple(float(v) / scale for v in b)) for b in boxes]
+        return sorted(detections, key=lambda d: -d.box[2] * d.box[3])
 
 
-def crop_faces(image, boxes, input_cfg, margin=0.15):
-    """Crop each box grown by `margin` of its size on every side, then preprocess like the training set."""
-    crops = []
-    for x, y, w, h in boxes:
-        dx, dy = margin * w, margin * h
-        region = (max(0, x - dx), max(0, y - dy), min(image.width, x + w + dx), min(image.height, y + h + dy))
-        crops.append(image_to_array(image.crop(tuple(int(round(v)) for v in region)), input_cfg["size"],
-                                    input_cfg["channels"]))
-    if not crops:
-        return np.zeros((0, input_cfg["channels"], input_cfg["size"], input_cfg["size"]), dtype=np.uint8)
-    return np.stack(crops)
+DETECTORS = {"yunet": YuNetDetector, "haar": HaarDetector}
 
 
-def classify_image(image, classifier, boxes, margin=0.15, explain=False):
-    """Faces of one PIL image (already-known boxes) with their class probabilities (and heat-maps)."""
-    faces = [Face(tuple(b)) for b in boxes]
+def make_detector(name="yunet", model=None, score_threshold=0.6, min_face=24, max_side=960, turns=(-30, 30)):
+    """A detector by name (DETECTORS); model, score_threshold and turns apply to YuNet only."""
+    if name == "haar":
+        return HaarDetector(min_face, max_side)
+    return YuNetDetector(model or YUNET_MODEL, score_threshold, min_face, max_side, turns)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From a face to what the model sees
+
+
+def clip_box(box, width, height):
+    """A box (x, y, w, h) clipped to a width x height image -> (x, y, w, h) ints, or None if nothing is left."""
+    x, y, w, h = box
+    x0, y0 = max(0, min(width, x)), max(0, min(height, y))
+    x1, y1 = max(0, min(width, x + w)), max(0, min(height, y + h))
+    x0, y0, x1, y1 = (int(round(v)) for v in (x0, y0, x1, y1))
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
+def alignment(landmarks, scale=None, center=None):
+    """The square a face is cut out as, from its landmarks: -> (centre (x, y), side, angle in radians) in photo
+    pixels, the square turned by angle so that the eyes come out level, framed like a FER2013 crop (side: scale
+    eye-to-mouth distances, ALIGN_SCALE by default; centre: center of the way from the eyes to the mouth,
+    ALIGN_CENTER by default)."""
+    scale = ALIGN_SCALE if scale is None else scale
+    center = ALIGN_CENTER if center is None else center
+    eyes, mouth = landmarks[:2].mean(0), landmarks[3:5].mean(0)
+    right_eye, left_eye = landmarks[0], landmarks[1]
+    angle = float(np.arctan2(left_eye[1] - right_eye[1], left_eye[0] - right_eye[0]))
+    down = np.array([-np.sin(angle), np.cos(angle)])  # the face's "down" once its eyes are level
+    eye_to_mouth = float((mouth - eyes) @ down)
+    side = scale * max(eye_to_mouth, 1.0)
+    return eyes + center * eye_to_mouth * down, side, angle
+
+
+def cut(image, center, side, angle=0.0):
+    """The square of the photo with this centre, side and turn, resampled at its own resolution (so that
+    image_to_array then shrinks it as it shrank the training images); parts beyond the photo repeat its edge
+    pixels. -> (PIL image, 2 x 3 affine from its pixels to the photo's)."""
+    cv2 = _cv2()
+    n = max(1, int(round(side)))
+    step = side / n
+    cos, sin = np.cos(angle) * step, np.sin(angle) * step
+    # Crop pixel (u, v) -> photo (x, y): from the square's corner, u steps along the eye line and v down.
+    corner = np.asarray(center) - (n - 1) / 2 * np.array([cos - sin, sin + cos])
+    to_photo = np.array([[cos, -sin, corner[0]], [sin, cos, corner[1]]])
+    patch = cv2.warpAffine(np.asarray(image), to_photo, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REPLICATE)
+    return Image.fromarray(patch, image.mode), to_photo
+
+
+def face_crop(image, detection, input_cfg, align=True, margin=0.15):
+    """What the model sees of one detection -> (uint8 C x size x size, aligned?, 2 x 3 affine crop -> photo).
+
+    With landmarks and align: the aligned square (alignment). Otherwise the box grown by margin of its size on
+    every side, clipped to the photo.
+    """
+    size, channels = input_cfg["size"], input_cfg["channels"]
+    if align and detection.landmarks is not None:
+        patch, to_photo = cut(image, *alignment(detection.landmarks))
+        crop = image_to_array(patch, size, channels)
+        return crop, True, to_photo @ np.diag([patch.width / size, patch.height / size, 1.0])
+    x, y, w, h = detection.box
+    region = clip_box((x - margin * w, y - margin * h, w * (1 + 2 * margin), h * (1 + 2 * margin)), *image.size)
+    rx, ry, rw, rh = region
+    crop = image_to_array(image.crop((rx, ry, rx + rw, ry + rh)), size, channels)
+    return crop, False, np.array([[rw / size, 0.0, rx], [0.0, rh / size, ry]])
+
+
+def analyze_image(image, classifier, detections, align=True, margin=0.15, explain=False):
+    """The faces of one decoded photo (dataset.read_image) with their class probabilities (and Grad-CAM maps):
+    each detection cut out (face_crop), all classified in one batch. -> [Face], in the order of detections."""
+    faces = []
+    for d in detections:
+        crop, aligned, to_photo = face_crop(image, d, classifier.input, align, margin)
+        faces.append(Face(d.box, d.score, d.landmarks, crop=crop, aligned=aligned, to_photo=to_photo))
     if not faces:
         return faces
-    crops = crop_faces(image, boxes, classifier.input, margin)
-    probs = classifier.probabilities(crops)
-    heatmaps = classifier.grad_cam(crops, probs.argmax(1)) if explain else [None] * len(faces)
-    for face, crop, p, hm in zip(faces, crops, probs, heatmaps):
-        face.crop, face.probabilities, face.heatmap = crop, p, hm
+    crops = np.stack([f.crop for f in faces])
+    probabilities = classifier.probabilities(crops)
+    heatmaps = classifier.grad_cam(crops, probabilities.argmax(1)) if explain else [None] * len(faces)
+    for face, p, heatmap in zip(faces, probabilities, heatmaps):
+        face.probabilities, face.heatmap = p, heatmap
     return faces
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def heatmap_colors(heatmap):
+    """A 0..1 map -> float RGB (H x W x 3, 0..255) in red to yellow."""
+    return np.stack([np.clip(2 * heatmap, 0, 1), np.clip(2 * heatmap - 1, 0, 1), np.zeros_like(heatmap)], 2) * 255
 
 
 def heatmap_overlay(crop_uint8, heatmap, alpha=0.45):
     """A face crop (C x H x W uint8) with its heat-map blended in red-yellow, as an RGB PIL image."""
     gray = crop_uint8.mean(0) if crop_uint8.ndim == 3 else crop_uint8
     base = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
-    heat = np.stack([np.clip(2 * heatmap, 0, 1), np.clip(2 * heatmap - 1, 0, 1), np.zeros_like(heatmap)], 2) * 255
-    return Image.fromarray(((1 - alpha) * base + alpha * heat).clip(0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(((1 - alpha) * base + alpha * heatmap_colors(heatmap)).clip(0, 255).astype(np.uint8),
+                           "RGB")
 
+
+def _draw_heatmap_back(out, face, alpha=0.45):
+    """Blend a face's Grad-CAM map into the photo where the face is, through the crop's own transform."""
+    size = face.heatmap.shape[0]
+    heat = Image.fromarray(heatmap_colors(face.heatmap).astype(np.uint8), "RGB")
+    mask = Image.fromarray((alpha * 255 * np.ones((size, size))).astype(np.uint8), "L")
+    to_crop = np.linalg.inv(np.vstack([face.to_photo, [0, 0, 1]]))[:2]  # photo pixels -> crop pixels
+    warped = heat.transform(out.size, Image.AFFINE, tuple(to_crop.flatten()), resample=Image.BILINEAR)
+    warped_mask = mask.transform(out.size, Image.AFFINE, tuple(to_crop.flatten()), resample=Image.BILINEAR)
+    out.paste(Image.composite(warped, out, warped_mask))
 
 
 def annotate(image, faces, classes):
-    """A copy of the photo with each face's box and its label and confidence drawn on it."""
+    """A copy of the photo with each face's box, landmarks (dots), Grad-CAM map (where computed) and its label
+    and confidence drawn on it."""
     out = image.convert("RGB").copy()
+    for face in faces:
+        if face.heatmap is not None:
+            _draw_heatmap_back(out, face)
     draw = ImageDraw.Draw(out)
     width = max(2, round(min(out.size) / 200))
     font = ImageFont.load_default(size=max(12, min(out.size) // 36))
@@ -90,6 +295,9 @@ def annotate(image, faces, classes):
         x, y, w, h = face.box
         k = int(face.probabilities.argmax())
         draw.rectangle([x, y, x + w, y + h], outline=(255, 64, 64), width=width)
+        for px, py in [] if face.landmarks is None else face.landmarks:
+            r = max(2, width)
+            draw.ellipse([px - r, py - r, px + r, py + r], fill=(64, 255, 64))
         text = f"{classes[k]} {100 * face.probabilities[k]:.0f}%"
         box = draw.textbbox((0, 0), text, font=font)
         tx, ty = x, max(0, y - (box[3] - box[1]) - 2 * width)

@@ -30,10 +30,22 @@ def draw_face(expression, rng, size=64):
     d.ellipse([c - 0.8 * s, c - s, c + 0.8 * s, c + s], fill=skin)
 
     eye_y, eye_dx = c - 0.25 * s, 0.35 * s
-    eye_r = 0.10 * s * (1.6 if expression == "Surprise" else 1.0) * rng.uniform(0.85, 1.15)
+    eye_r = 0.10 * s * (1.35 if expression == "Surprise" else 1.0) * rng.uniform(0.85, 1.15)
+    # Shaded eye sockets, a nose and nostrils: what makes a face detector (and a face) see a face.
+    shade = max(0, skin - int(rng.integers(35, 60)))
     for sx in (-1, 1):
         ex = c + sx * eye_dx
-        d.ellipse([ex - eye_r * 1.3, eye_y - eye_r, ex + eye_r * 1.3, eye_y + eye_r], fill=ink)
+        d.ellipse([ex - 0.24 * s, eye_y - 0.17 * s, ex + 0.24 * s, eye_y + 0.15 * s], fill=shade)
+        d.ellipse([ex - eye_r * 1.9, eye_y - eye_r * 1.2, ex + eye_r * 1.9, eye_y + eye_r * 1.2],
+                  fill=min(255, skin + 25))
+        pupil = 0.10 * s  # wide-open eyes show more white, not a bigger pupil
+        d.ellipse([ex - pupil * 1.1, eye_y - pupil, ex + pupil * 1.1, eye_y + pupil], fill=ink)
+    nose_y = c + 0.18 * s
+    d.polygon([(c - 0.04 * s, eye_y + 0.05 * s), (c + 0.04 * s, eye_y + 0.05 * s), (c + 0.13 * s, nose_y),
+               (c - 0.13 * s, nose_y)], fill=max(0, skin - 25))
+    for sx in (-1, 1):
+        nx = c + sx * 0.07 * s
+        d.ellipse([nx - 0.04 * s, nose_y - 0.025 * s, nx + 0.04 * s, nose_y + 0.025 * s], fill=shade // 2)
 
     # Brows: the inner end's height relative to the outer end tells angry (down) from sad (up).
     brow_y = eye_y - 0.28 * s - (0.12 * s if expression == "Surprise" else 0)
@@ -49,8 +61,8 @@ def draw_face(expression, rng, size=64):
     elif expression == "Sad":
         d.arc([c - mouth_w, mouth_y, c + mouth_w, mouth_y + 0.35 * s], 200, 340, fill=ink, width=width)
     elif expression == "Surprise":
-        r = 0.13 * s * rng.uniform(0.9, 1.2)
-        d.ellipse([c - 0.8 * r, mouth_y - r, c + 0.8 * r, mouth_y + r], fill=ink)
+        r = 0.11 * s * rng.uniform(0.9, 1.2)
+        d.ellipse([c - 0.9 * r, mouth_y - r, c + 0.9 * r, mouth_y + r], fill=ink)
     elif expression == "Angry":
         d.line([(c - mouth_w * 0.8, mouth_y + 0.05 * s), (c + mouth_w * 0.8, mouth_y + 0.05 * s)],
                fill=ink, width=width + 1)

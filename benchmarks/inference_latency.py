@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import export  # noqa: E402
-from faces import FaceDetector, classify_image  # noqa: E402
+from dataset import read_image  # noqa: E402
+from faces import analyze_image, make_detector  # noqa: E402
 from inference import load_classifier  # noqa: E402
 
 
@@ -56,14 +56,15 @@ def main(argv=None):
         batch = median_ms(lambda: runtime.probabilities(many), max(5, args.repeats // 5)) / 32
         print(f"{name:<14}{single:>14.2f}{batch:>22.3f}")
     if args.photo:
-        image = Image.open(args.photo).convert("RGB")
-        detector = FaceDetector()
-        boxes = detector(image)
+        image = read_image(args.photo)
+        detector = make_detector("yunet")
+        detections = detector(image)
         detect = median_ms(lambda: detector(image), 10)
-        print(f"\n{args.photo}: {image.width}x{image.height}, {len(boxes)} faces; detection {detect:.1f} ms")
+        print(f"\n{args.photo}: {image.width}x{image.height}, {len(detections)} faces; YuNet detection {detect:.1f} ms")
         for name, runtime in runtimes.items():
-            total = median_ms(lambda: classify_image(image, runtime, boxes), 20)
-            print(f"  {name:<14} crop + classify all faces {total:.2f} ms ({total / max(1, len(boxes)):.2f} ms/face)")
+            total = median_ms(lambda: analyze_image(image, runtime, detections), 20)
+            print(f"  {name:<14} align + classify all faces {total:.2f} ms "
+                  f"({total / max(1, len(detections)):.2f} ms/face)")
     return 0
 
 

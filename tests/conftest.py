@@ -63,3 +63,40 @@ def reference_logits(state, images, tau=None):
     if tau:
         logits = logits - tau * torch.tensor(scoring["class_prior"]).log()
     return logits
+
+
+CLASSES = list(TINY_COUNTS)
+
+
+def fixed_checkpoint(path, data=None, seed=0, head_scale=1.0, head_shift=None, **scoring):
+    """A checkpoint of the default network with fixed weights, built without training: tests that need a model
+    with known behaviour use it, since a short training run lands elsewhere on every CPU (bf16 kernels differ).
+    Weights: PyTorch's seeded initialisation (the same on every machine), fp32, BatchNorm statistics taken on a
+    fixed batch of smoothed noise (so outputs vary with the input, as a trained model's do), the classifier's
+    weights scaled by head_scale and its biases shifted by head_shift. scoring: fields of the scoring block (the image alone
+    and a uniform prior unless given). data: recorded as the data it was 'trained' on, so test.py finds it."""
+    import torch
+
+    from checkpoint import Scoring, save_checkpoint
+    from model import VGG_WIDTHS, build_model
+
+    torch.manual_seed(seed)
+    model = build_model("vgg", len(CLASSES))
+    noise = torch.rand(64, 1, 48, 48, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    noise = 3 * torch.nn.functional.avg_pool2d(torch.nn.functional.pad(noise, (3, 3, 3, 3), mode="reflect"), 7, 1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # the batch's own statistics, not a running blend
+    with torch.no_grad():
+        model.train()(noise)
+    weights = model.eval().state_dict()
+    weights["head.1.weight"] = weights["head.1.weight"] * head_scale
+    if head_shift is not None:
+        weights["head.1.bias"] = weights["head.1.bias"] + torch.tensor(head_shift)
+    scoring = {"class_prior": tuple([1 / len(CLASSES)] * len(CLASSES)), **scoring}
+    state = {"arch": "vgg", "arch_args": {"widths": VGG_WIDTHS}, "model": weights, "epoch": 1,
+             "scoring": Scoring(tuple(CLASSES), {"size": 48, "channels": 1, "mean": 0.5, "std": 0.5},
+                                **scoring).to_dict(),
+             "args": {"test_split": "test"}, "split": {"source": "val split", "root": str(data)} if data else {}}
+    save_checkpoint(state, path)
+    return path

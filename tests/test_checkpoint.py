@@ -156,6 +156,19 @@ def test_the_assignments_network_loads_under_its_old_name(tmp_path):
     assert torch.equal(model_from_checkpoint(loaded).eval()(x), model.eval()(x))
 
 
+def test_a_class_seen_a_handful_of_times_cannot_take_every_decision():
+    # One Disgust image among 4,000: its share counts as a tenth of an equal share, not 1/4,000.
+    prior = (1 / 4000, 0.3, 0.3, 0.4 - 1 / 4000)
+    scoring = Scoring(("disgust", "a", "b", "c"), {"size": 48, "channels": 1, "mean": 0.5, "std": 0.5},
+                      logit_adjust=1.0, class_prior=prior)
+    bias = scoring.logit_bias
+    assert bias[0] == pytest.approx(-math.log(0.1 / 4)) and bias[1:] == pytest.approx([-math.log(p) for p in prior[1:]])
+    logits = torch.tensor([[0.0, 3.0, 0.5, 0.2], [0.0, 0.1, 2.5, 0.3], [0.0, 0.2, 0.1, 2.8]])  # a trained model's
+    assert (logits + torch.tensor(bias)).argmax(1).tolist() == [1, 2, 3]
+    unbounded = torch.tensor([-math.log(p) for p in prior])
+    assert (logits + unbounded).argmax(1).tolist() == [0, 0, 0]  # what the old adjustment did
+
+
 def test_logit_adjustment_without_the_class_frequencies_is_refused_naming_the_file():
     state, _ = make_state()
     assert Scoring.from_dict(state["scoring"]).logit_bias is None

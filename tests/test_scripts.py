@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY_COUNTS, fast_train_args, reference_logits
+from conftest import ROOT, TINY_COUNTS, fast_train_args, fixed_checkpoint, reference_logits
 
 import engine
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -68,15 +68,13 @@ def test_test_script_scores_the_held_out_validation_split(trained, scripts, caps
     assert [sum(row) for row in report["confusion_matrix"]] == per_class(val_indices)
 
 
-def test_several_checkpoints_are_scored_as_an_ensemble_of_their_logits(trained, tiny_data, scripts, capsys,
-                                                                       tmp_path):
-    # A second member whose logits differ clearly: the trained one with its classifier's biases shifted.
-    state = load_checkpoint(trained / "checkpoints" / "best.pth")
-    shift = torch.tensor([2.0, 0.0, -1.0, 0.0, -2.0])
-    shifted = {k: v + shift if v.shape == (5,) and k.endswith("bias") else v for k, v in state["model"].items()}
-    assert sum(v.shape == (5,) and k.endswith("bias") for k, v in state["model"].items()) == 1
-    save_checkpoint({**state, "model": shifted}, tmp_path / "shifted.pth")
-    ckpts = [trained / "checkpoints" / "best.pth", tmp_path / "shifted.pth"]
+def test_several_checkpoints_are_scored_as_an_ensemble_of_their_logits(tiny_data, scripts, capsys, tmp_path):
+    # Two members with fixed weights whose logits differ clearly: the second's classifier biases shifted, and
+    # each with its own views and training class frequencies.
+    prior = [0.1, 0.3, 0.2, 0.3, 0.1]
+    ckpts = [fixed_checkpoint(tmp_path / "a.pth", tiny_data, head_scale=3, tta_flip=True, class_prior=prior),
+             fixed_checkpoint(tmp_path / "shifted.pth", tiny_data, head_scale=3, head_shift=[2.0, 0, -1.0, 0, -2.0],
+                              tta_scales=(0.9, 1.1), class_prior=prior[::-1])]
     out = tmp_path / "eval_ensemble"
     assert scripts["test"].main(["--ckpt", *map(str, ckpts), "--logit-adjust", "0.5", "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -356,21 +354,28 @@ def test_logit_adjustment_is_on_unless_training_balanced_the_classes_already(scr
 
 def test_logit_adjustment_shifts_test_decisions_by_the_training_class_frequencies(trained, tiny_data, scripts,
                                                                                    tmp_path):
-    ckpt = trained / "checkpoints" / "best.pth"
-    state = load_checkpoint(ckpt)
+    state = load_checkpoint(trained / "checkpoints" / "best.pth")
     # The 80% of train that trained: TINY_COUNTS less the stratified fifth held out for validation.
     labels = load_split(tiny_data, "train", state["scoring"]["classes"]).labels
     kept = torch.bincount(labels[torch.as_tensor(state["split"]["train_indices"])], minlength=len(TINY_COUNTS))
     assert state["scoring"]["class_prior"] == pytest.approx((kept / kept.sum()).tolist())
     assert "Validation balanced accuracy: " in (trained / "logs" / "training_log.txt").read_text()
+    at_train_end = json.loads((trained / "logs" / "test_report.json").read_text())
+    assert scripts["test"].main(["--ckpt", str(trained / "checkpoints" / "best.pth"), "--out-dir",
+                                 str(tmp_path / "trained")]) == 0
+    report = json.loads(next((tmp_path / "trained").glob("*.json")).read_text())
+    assert report["confusion_matrix"] == at_train_end["confusion_matrix"]  # training's default, tau 1
 
+    # What the shift does, on a model with fixed weights and an uneven prior.
+    state["scoring"]["class_prior"] = [0.05, 0.4, 0.2, 0.3, 0.05]
+    ckpt = fixed_checkpoint(tmp_path / "fixed.pth", tiny_data, class_prior=state["scoring"]["class_prior"],
+                            logit_adjust=1.0)
+    state = load_checkpoint(ckpt)
     reports = {}
     for tau in ("1", "0"):
         out = tmp_path / tau
         assert scripts["test"].main(["--ckpt", str(ckpt), "--logit-adjust", tau, "--out-dir", str(out)]) == 0
         reports[tau] = json.loads(next(out.glob("*.json")).read_text())
-    at_train_end = json.loads((trained / "logs" / "test_report.json").read_text())
-    assert reports["1"]["confusion_matrix"] == at_train_end["confusion_matrix"]  # training's default, tau 1
     assert reports["0"]["logit_bias"] is None
     assert reports["0"]["confusion_matrix"] != reports["1"]["confusion_matrix"]  # the shift changes decisions
 

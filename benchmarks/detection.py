@@ -1,0 +1,299 @@
+"""Faces in scenes: how many each detector finds, how many it invents, how fast, and what detection and
+alignment cost in expression accuracy against scoring the original crops.
+
+    python benchmarks/detection.py --faces /path/to/fer2013/val --ckpt models/fer2013_5class_vgg.pth
+    python benchmarks/detection.py --holdout /path/to/fer2013 --choose   # settings, on held-out validation
+
+Scenes are built from face crops with known labels (a split folder of <Class>/ images, or --synthetic faces):
+each crop is upscaled to 32..300 pixels, turned by 0, 15, 30 or 45 degrees (either way) and pasted at a known
+place on a 640x480 or 1280x720 canvas (flat, gradient or textured background), one to eight faces a scene.
+A face is found when a detection's box overlaps the face's box (FACE_BOX: where YuNet boxes an upright crop,
+turned with the face) with IoU >= 0.5; a detection that overlaps no face by 0.3 is a false one. Expression
+accuracy is the checkpoint's on the faces found, cut out as predict.py cuts them (aligned by landmarks, or the
+box plus 15%), against its accuracy on the same faces' original crops.
+
+--choose scores the YuNet settings and alignment framings worth considering, on faces a choice may look at (the
+checkpoint's held-out validation faces, --holdout; not its training faces, which a model scores from memory on
+their original crops): the defaults in faces.py and predict.py come from it, not from the test faces.
+"""
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import faces as face_lib  # noqa: E402
+from dataset import ASSIGNMENT_CLASSES, data_files, load_split, read_image, stratified_split  # noqa: E402
+from faces import analyze_image, box_iou, make_detector  # noqa: E402
+from inference import load_classifier  # noqa: E402
+from synthetic import draw_face  # noqa: E402
+
+ROTATIONS = (0, 15, 30, 45)
+CANVASES = ((640, 480), (1280, 720))
+
+
+def load_faces(folder, classes, per_class, seed):
+    """-> [(uint8 48x48 gray crop, class index)] drawn from folder/<class>/ for each model class."""
+    rng = np.random.default_rng(seed)
+    by_name = {p.name.lower(): p for p in Path(folder).iterdir() if p.is_dir()}
+    out = []
+    for k, name in enumerate(classes):
+        files = data_files(by_name[name.lower()])
+        for i in rng.permutation(len(files))[:per_class]:
+            out.append((np.asarray(read_image(files[i]).convert("L").resize((48, 48), Image.BILINEAR)), k))
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def holdout_faces(classifier, root, count, seed):
+    """The faces the checkpoint held out of root's train split for validation (its recorded indices, or the
+    stratified split its record names), which a choice may look at: -> [(uint8 48x48 crop, class index)]."""
+    split = (classifier.record or {}).get("split", {})
+    full = load_split(root, "train", classifier.classes)
+    if "val_indices" in split:
+        indices = split["val_indices"]
+    else:  # a release checkpoint: "stratified F of train, seed S"
+        words = split.get("source", "").split()
+        if len(words) != 6 or words[0] != "stratified":
+            raise SystemExit(f"{classifier.source} records no held-out validation split to rebuild")
+        _, indices = stratified_split(full.labels, float(words[1]), int(words[5]))
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(len(indices))[:count]
+    return [(full.images[indices[i]][0].numpy(), int(full.labels[indices[i]])) for i in picked]
+
+
+def synthetic_faces(classes, count, seed):
+    rng = np.random.default_rng(seed)
+    kinds = {c.lower(): c for c in ASSIGNMENT_CLASSES}
+    return [(np.asarray(draw_face(kinds[classes[i % len(classes)].lower()], rng, 48)), i % len(classes))
+            for i in range(count)]
+
+
+def background(size, rng):
+    w, h = size
+    kind = rng.integers(3)
+    if kind == 0:
+        return Image.new("RGB", size, tuple(int(v) for v in rng.integers(30, 230, 3)))
+    if kind == 1:
+        ramp = np.linspace(rng.uniform(20, 120), rng.uniform(140, 240), w)[None, :, None]
+        tint = rng.uniform(0.7, 1.0, 3)[None, None, :]
+        return Image.fromarray(np.broadcast_to(ramp * tint, (h, w, 3)).astype(np.uint8))
+    # A texture: smoothed noise of moderate contrast around a random colour.
+    base = rng.integers(60, 200, 3)[None, None, :]
+    noise = rng.normal(0, 40, (h // 16, w // 16, 1)) + rng.normal(0, 15, (h // 16, w // 16, 3))
+    small = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+    return small.resize(size, Image.BICUBIC).filter(ImageFilter.GaussianBlur(2))
+
+
+def make_scene(pool, size, rotation, rng, min_side=32, max_side=300):
+    """Paste one to eight faces of the pool; -> (RGB image, [(centre, side, angle, label, crop)])."""
+    canvas = background(size, rng)
+    placed = []
+    for _ in range(int(rng.integers(1, 9))):
+        for _attempt in range(30):
+            side = int(np.exp(rng.uniform(np.log(min_side), np.log(min(max_side, min(size) * 0.6)))))
+            reach = side * (abs(math.cos(math.radians(rotation))) + abs(math.sin(math.radians(rotation))))
+            cx, cy = rng.uniform(reach / 2, size[0] - reach / 2), rng.uniform(reach / 2, size[1] - reach / 2)
+            if all(math.hypot(cx - p[0][0], cy - p[0][1]) > (reach + p[4]) / 2 + 4 for p in placed):
+                crop, label = pool[int(rng.integers(len(pool)))]
+                angle = rotation * (1 if rng.random() < 0.5 else -1)
+                face = Image.fromarray(crop).convert("RGB").resize((side, side), Image.BICUBIC)
+                mask = Image.new("L", (side, side), 255)
+                face, mask = (im.rotate(angle, Image.BICUBIC, expand=True) for im in (face, mask))
+                canvas.paste(face, (int(round(cx - face.width / 2)), int(round(cy - face.height / 2))), mask)
+                placed.append(((cx, cy), side, angle, label, reach, crop))
+                break
+    return canvas, [(c, s, a, label, crop) for c, s, a, label, _, crop in placed]
+
+
+# Where YuNet puts the box of an upright FER2013 crop of side s (median over 400 Training crops on a gray canvas):
+# a 0.83 s x 1.02 s box whose centre is 0.014 s left of and 0.027 s below the crop's.
+FACE_BOX = (0.83, 1.02, -0.014, 0.027)
+
+
+def face_box(center, side, angle):
+    """The box a detector should report for a pasted crop: FACE_BOX turned with the face, as the bounding box
+    of the ellipse inscribed in it (a turned face's outline, not its corners)."""
+    w, h, dx, dy = FACE_BOX
+    t = math.radians(-angle)  # PIL turns counter-clockwise; image y points down
+    cx = center[0] + side * (dx * math.cos(t) - dy * math.sin(t))
+    cy = center[1] + side * (dx * math.sin(t) + dy * math.cos(t))
+    a, b = w * side / 2, h * side / 2
+    half_w = math.sqrt((a * math.cos(t)) ** 2 + (b * math.sin(t)) ** 2)
+    half_h = math.sqrt((a * math.sin(t)) ** 2 + (b * math.cos(t)) ** 2)
+    return cx - half_w, cy - half_h, 2 * half_w, 2 * half_h
+
+
+def match(detections, truth):
+    """-> (index of the detection matched to each true face or None, number of false detections)."""
+    boxes = [face_box(c, s, a) for c, s, a, *_ in truth]
+    taken, matched = set(), []
+    for box in boxes:
+        best = max(((box_iou(box, d.box), j) for j, d in enumerate(detections) if j not in taken), default=(0, None))
+        matched.append(best[1] if best[0] >= 0.5 else None)
+        if best[1] is not None and best[0] >= 0.5:
+            taken.add(best[1])
+    false = sum(1 for j, d in enumerate(detections) if j not in taken and max((box_iou(b, d.box) for b in boxes),
+                                                                              default=0) < 0.3)
+    return matched, false
+
+
+def evaluate(scenes, classifier, detectors, setups):
+    """scenes: [(image, truth, rotation)]. setups: name -> (detector name, align). -> per setup the rows of
+    every true face (rotation, side, found, correct after detection or None, correct on its original crop) and
+    the false detections per scene."""
+    results = {name: {"faces": [], "false": []} for name in setups}
+    cache = {}
+    # The same faces scored on their original crops, as test.py scores a split.
+    originals = np.stack([crop[None] for _, truth, _ in scenes for *_, crop in truth])
+    labels = [label for _, truth, _ in scenes for *_, label, _ in truth]
+    right_on_original = (classifier.probabilities(originals).argmax(1) == np.array(labels)).tolist()
+    k = 0
+    for s, (image, truth, rotation) in enumerate(scenes):
+        for name, (detector_name, align) in setups.items():
+            if (detector_name, s) not in cache:
+                cache[(detector_name, s)] = detectors[detector_name](image)
+            detections = cache[(detector_name, s)]
+            matched, false = match(detections, truth)
+            found = [detections[j] for j in matched if j is not None]
+            decided = analyze_image(image, classifier, found, align=align) if found else []
+            decisions = iter(int(f.probabilities.argmax()) for f in decided)
+            for i, ((_, side, _, label, _), j) in enumerate(zip(truth, matched)):
+                correct = None if j is None else next(decisions) == label
+                results[name]["faces"].append((rotation, side, j is not None, correct, right_on_original[k + i]))
+            results[name]["false"].append(false)
+        k += len(truth)
+    return results
+
+
+def summary_rows(results, min_side=48):
+    rows = []
+    for name, r in results.items():
+        faces = [f for f in r["faces"] if f[1] >= min_side]
+        for rotation in ROTATIONS:
+            mine = [f for f in faces if f[0] == rotation]
+            found = [f for f in mine if f[2]]
+            recall = 100 * len(found) / max(1, len(mine))
+            after = 100 * np.mean([f[3] for f in found]) if found else float("nan")
+            original = 100 * np.mean([f[4] for f in found]) if found else float("nan")
+            end_to_end = 100 * np.mean([bool(f[3]) for f in mine]) if mine else float("nan")
+            rows.append((name, rotation, len(mine), recall, after, original, after - original, end_to_end))
+    return rows
+
+
+def print_table(results, min_side):
+    print(f"\nfaces of {min_side} px and more; accuracy on the faces found, after detection and cutting, against "
+          "their original crops; end to end counts a missed face as wrong")
+    print(f"{'setup':<16}{'rot':>5}{'faces':>7}{'recall %':>10}{'acc after':>11}{'acc orig':>10}{'gap':>7}"
+          f"{'end-to-end':>12}")
+    for name, rotation, n, recall, after, original, gap, e2e in summary_rows(results, min_side):
+        print(f"{name:<16}{rotation:>5}{n:>7}{recall:>10.2f}{after:>11.2f}{original:>10.2f}{gap:>+7.2f}{e2e:>12.2f}")
+    print(f"\n{'setup':<16}{'false detections per scene':>28}{'recall, faces under 48 px':>28}")
+    for name, r in results.items():
+        small = [f for f in r["faces"] if f[1] < 48]
+        print(f"{name:<16}{np.mean(r['false']):>28.3f}{100 * np.mean([f[2] for f in small]) if small else 0:>27.2f}%")
+
+
+def time_detectors(detectors, pool, rng, repeats):
+    print(f"\n{'detector':<10}" + "".join(f"{f'ms per {w}x{h}':>18}" for w, h in CANVASES))
+    for name, detector in detectors.items():
+        cells = []
+        for size in CANVASES:
+            scenes = [make_scene(pool, size, 0, rng)[0] for _ in range(5)]
+            detector(scenes[0])
+            times = []
+            for _ in range(repeats):
+                for scene in scenes:
+                    start = time.perf_counter()
+                    detector(scene)
+                    times.append(time.perf_counter() - start)
+            cells.append(1000 * float(np.median(times)))
+        print(f"{name:<10}" + "".join(f"{c:>18.1f}" for c in cells))
+
+
+CHOICES = {"max side 640": dict(max_side=640), "max side 960": dict(max_side=960),
+           "max side 1280": dict(max_side=1280), "640, turns -30,30": dict(max_side=640, turns=(-30, 30)),
+           "960, turns -30,30": dict(max_side=960, turns=(-30, 30))}
+
+
+def choose(pool, classifier, rng, scenes_per_rotation):
+    """Detector settings, score thresholds and alignment framings, on faces a choice may look at."""
+    scenes = [(*make_scene(pool, CANVASES[s % 2], r, rng), r) for r in ROTATIONS for s in range(scenes_per_rotation)]
+    print(f"{len(scenes)} scenes, {sum(len(t) for _, t, _ in scenes)} faces")
+    print("\nYuNet settings: recall % of faces >= 48 px per rotation, false detections per scene, by score threshold")
+    thresholds = (0.3, 0.5, 0.6, 0.7, 0.8)
+    for name, settings in CHOICES.items():
+        found = [make_detector("yunet", score_threshold=min(thresholds), **settings)(image) for image, _, _ in scenes]
+        for threshold in thresholds:
+            recall, false = {r: [0, 0] for r in ROTATIONS}, []
+            for detections, (_, truth, rotation) in zip(found, scenes):
+                matched, f = match([d for d in detections if d.score >= threshold], truth)
+                false.append(f)
+                for (_, side, *_), j in zip(truth, matched):
+                    if side >= 48:
+                        recall[rotation][0] += j is not None
+                        recall[rotation][1] += 1
+            cells = ", ".join(f"{r}: {100 * a / max(1, b):.1f}" for r, (a, b) in recall.items())
+            print(f"  {name:<26} {threshold:.1f}  {cells}; false {np.mean(false):.3f}")
+    print("\nalignment framings (side = SCALE x eye-to-mouth, centre CENTER of the way from eyes to mouth): "
+          "accuracy gap to the original crops, faces >= 48 px, mean over rotations")
+    detectors = {"yunet": make_detector("yunet")}
+    base = (face_lib.ALIGN_SCALE, face_lib.ALIGN_CENTER)
+    for scale in (2.4, 2.67, 3.0):
+        for center in (0.15, 0.28, 0.4):
+            face_lib.ALIGN_SCALE, face_lib.ALIGN_CENTER = scale, center
+            results = evaluate(scenes, classifier, detectors, {"aligned": ("yunet", True)})
+            gaps = [row[6] for row in summary_rows(results)]
+            print(f"  scale {scale:.2f} centre {center:.2f}: gap {np.mean(gaps):+.2f} "
+                  f"(per rotation {', '.join(f'{g:+.1f}' for g in gaps)})")
+    face_lib.ALIGN_SCALE, face_lib.ALIGN_CENTER = base
+    results = evaluate(scenes, classifier, detectors, {"box + 15%": ("yunet", False)})
+    gaps = [row[6] for row in summary_rows(results)]
+    print(f"  box + 15% (no alignment): gap {np.mean(gaps):+.2f} (per rotation {', '.join(f'{g:+.1f}' for g in gaps)})")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--faces", help="a split folder of <Class>/ face crops (FER2013's val/)")
+    p.add_argument("--holdout", metavar="ROOT", help="the faces --ckpt held out of ROOT's train split for "
+                   "validation (for --choose: what a choice may look at)")
+    p.add_argument("--synthetic", action="store_true", help="the toolkit's drawn faces instead (or as well)")
+    p.add_argument("--ckpt", default="models/fer2013_5class_vgg.pth", help="the model that scores expressions")
+    p.add_argument("--per-class", type=int, default=200, help="faces drawn from each class folder")
+    p.add_argument("--scenes", type=int, default=25, help="scenes per rotation and canvas size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--choose", action="store_true", help="score framings and thresholds (use a training split)")
+    p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes over 5 scenes per canvas size")
+    args = p.parse_args(argv)
+    classifier = load_classifier(args.ckpt)
+    rng = np.random.default_rng(args.seed)
+    pool = []
+    if args.faces:
+        pool += load_faces(args.faces, classifier.classes, args.per_class, args.seed)
+    if args.holdout:
+        pool += holdout_faces(classifier, args.holdout, args.per_class * len(classifier.classes), args.seed)
+    if args.synthetic or not pool:
+        pool += synthetic_faces(classifier.classes, 200, args.seed)
+    print(f"{len(pool)} faces, classes {', '.join(classifier.classes)}; model {args.ckpt}")
+    if args.choose:
+        choose(pool, classifier, rng, args.scenes)
+        return 0
+    scenes = [(*make_scene(pool, size, r, rng), r) for r in ROTATIONS for size in CANVASES for _ in range(args.scenes)]
+    detectors = {"haar": make_detector("haar"), "yunet": make_detector("yunet"),
+                 "yunet upright": make_detector("yunet", turns=())}
+    setups = {"haar, box": ("haar", False), "yunet, box": ("yunet", False), "yunet, aligned": ("yunet", True),
+              "yunet upright, al.": ("yunet upright", True)}
+    results = evaluate(scenes, classifier, detectors, setups)
+    print(f"{len(scenes)} scenes, {sum(len(t) for _, t, _ in scenes)} faces")
+    print_table(results, 48)
+    if not args.no_timing:
+        time_detectors(detectors, pool, rng, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Users' files on every path: image modes and EXIF orientation decoded alike everywhere, boxes outside the image,
+unreadable files, and predict.py's outputs (one set per input, a row for every input)."""
+import csv
+
+import numpy as np
+import pytest
+from conftest import CLASSES, fixed_checkpoint, load_script
+from PIL import Image
+
+from dataset import decode_file, read_image
+from synthetic import draw_face
+
+
+@pytest.fixture(scope="module")
+def predict():
+    return load_script("predict")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return fixed_checkpoint(tmp_path_factory.mktemp("model") / "fixed.pth", head_scale=3)
+
+
+def rows_of(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_as(gray, path, kind):
+    """The gray image `gray` (PIL 'L') stored the way users' files come: 16-bit, with alpha, as a palette, or
+    with its pixels stored sideways and an EXIF Orientation tag (6: turn 90 degrees clockwise to view)."""
+    if kind == "I;16":
+        Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(path)
+    elif kind == "exif-rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        gray.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    elif kind == "P":
+        gray.convert("RGB").quantize(256).save(path)
+    else:
+        gray.convert(kind).save(path)
+    return path
+
+
+KINDS = ["L", "RGB", "RGBA", "LA", "P", "I;16", "exif-rotated"]
+
+
+def test_every_mode_and_orientation_decodes_to_the_same_picture(tmp_path):
+    face = draw_face("Happy", np.random.default_rng(0), 96)
+    reference = decode_file(save_as(face, tmp_path / "L.png", "L"), 48, 1)[0]
+    for kind in KINDS:
+        path = save_as(face, tmp_path / f"{kind.replace(';', '')}.png", kind)
+        assert read_image(path).size == (96, 96)  # upright, whatever the storage
+        crop = decode_file(path, 48, 1)[0]
+        assert np.abs(crop.astype(int) - reference.astype(int)).max() <= (3 if kind == "P" else 1), kind
+
+
+def test_every_mode_gives_the_same_crop_and_decision_on_every_path(predict, model, tmp_path):
+    """Training's decoding, predict.py on crops (--no-detect) and predict.py finding the face in a photo."""
+    face = draw_face("Happy", np.random.default_rng(0), 96)
+    photo = Image.new("L", (320, 240), 90)
+    photo.paste(draw_face("Sad", np.random.default_rng(1), 128), (100, 60))
+    crops, photos = tmp_path / "crops", tmp_path / "photos"
+    crops.mkdir()
+    photos.mkdir()
+    for kind in KINDS:
+        save_as(face, crops / f"{kind.replace(';', '')}.png", kind)
+        save_as(photo, photos / f"{kind.replace(';', '')}.png", kind)
+    assert predict.main([str(crops), "--no-detect", "--ckpt", str(model), "--out-dir", str(tmp_path / "a")]) == 0
+    assert predict.main([str(photos), "--ckpt", str(model), "--out-dir", str(tmp_path / "b")]) == 0
+    for rows in (rows_of(tmp_path / "a" / "predictions.csv"), rows_of(tmp_path / "b" / "predictions.csv")):
+        assert len(rows) == len(KINDS) and all(r["status"] == "ok" for r in rows)
+        reference = next(r for r in rows if r["file"].endswith("/L.png"))
+        for r in rows:
+            assert [round(float(r[k])) for k in "xywh"] == [round(float(reference[k])) for k in "xywh"]
+            probabilities = [float(r[f"p_{c}"]) for c in CLASSES]
+            assert probabilities == pytest.approx([float(reference[f"p_{c}"]) for c in CLASSES], abs=0.02), r["file"]
+    # The sideways photo is annotated upright.
+    assert Image.open(tmp_path / "b" / "exif-rotated_annotated.jpg").size == (320, 240)
+
+
+def test_boxes_outside_the_image_are_clipped_or_skipped_and_the_rest_goes_on(predict, model, tmp_path, capsys):
+    photo = tmp_path / "p.png"
+    Image.new("L", (256, 256), 120).save(photo)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("file,x,y,w,h\np.png,300,300,50,50\np.png,100,100,-50,-50\np.png,200,180,100,100\n"
+                     "p.png,10,10,60,60\n")
+    assert predict.main([str(photo), "--boxes", str(boxes), "--ckpt", str(model), "--out-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert f"{boxes}:2: box 300,300,50,50 has nothing inside" in err and f"{boxes}:3:" in err
+    rows = rows_of(tmp_path / "predictions.csv")
+    assert [(r["x"], r["y"], r["w"], r["h"]) for r in rows] == [("200", "180", "56", "76"), ("10", "10", "60", "60")]
+
+
+def test_a_bad_file_in_a_folder_is_a_row_and_a_warning_and_the_run_goes_on(predict, model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    draw_face("Happy", np.random.default_rng(0), 64).save(folder / "a.png")
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    Image.new("L", (64, 64), 30).save(folder / "c.png")
+    assert predict.main([str(folder), "--ckpt", str(model), "--out-dir", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "b.jpg: unreadable" in err and "c.png: no face found" in err
+    status = {r["file"].rsplit("/", 1)[-1]: r["status"] for r in rows_of(tmp_path / "out" / "predictions.csv")}
+    assert status["c.png"] == "no face found" and status["b.jpg"].startswith("unreadable")
+
+
+def test_every_input_gets_its_own_outputs_and_the_summary_says_what_was_written(predict, model, tmp_path, capsys):
+    photo = Image.new("L", (320, 240), 90)
+    photo.paste(draw_face("Sad", np.random.default_rng(1), 128), (100, 60))
+    for name in ("a/face.png", "b/face.png", "a/face.jpg"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        photo.save(tmp_path / "in" / name)
+    out = tmp_path / "out"
+    assert predict.main([str(tmp_path / "in"), "--ckpt", str(model), "--out-dir", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*_annotated.jpg")) == ["a_face.jpg_annotated.jpg",
+                                                                   "a_face.png_annotated.jpg",
+                                                                   "b_face.png_annotated.jpg"]
+    assert "3 annotated images" in capsys.readouterr().out
+    assert predict.main([str(tmp_path / "in"), "--no-detect", "--ckpt", str(model), "--out-dir",
+                         str(tmp_path / "crops")]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert "annotated" not in summary and "predictions.csv" in summary
+    assert not list((tmp_path / "crops").glob("*_annotated.jpg"))
