@@ -55,7 +55,9 @@ class Scoring:
     (above 1 zooms in), and the mirror of each under tta_flip. logit_adjust, class_prior: the averaged logits are
     shifted by logit_bias = -logit_adjust x log(class_prior) (logit adjustment, Menon et al., "Long-tail learning
     via logit adjustment", ICLR 2021): with tau 1 a model trained on imbalanced classes decides as if they were
-    equally common, as a class-balanced test and Macro-F1 reward; 0 is the plain argmax.
+    equally common, as a class-balanced test and Macro-F1 reward; 0 is the plain argmax. temperature: the
+    probabilities are softmax(decision logits / temperature) (calibration.py; 1 until one is fitted), which
+    leaves every decision as it was.
     """
     classes: tuple
     input: dict
@@ -63,10 +65,13 @@ class Scoring:
     tta_scales: tuple = ()
     logit_adjust: float = 0.0
     class_prior: tuple = None   # share of each class among the training images
+    temperature: float = 1.0
 
     VERSION = 1
 
     def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"has temperature {self.temperature}; it must be positive")
         if self.logit_adjust and self.class_prior is None:
             raise ValueError("records no training class frequencies, which --logit-adjust needs; "
                              "pass --logit-adjust 0")
@@ -94,14 +99,15 @@ class Scoring:
         return {"version": self.VERSION, "classes": list(self.classes), "input": dict(self.input),
                 "tta_flip": self.tta_flip, "tta_scales": list(self.tta_scales), "logit_adjust": self.logit_adjust,
                 "class_prior": None if self.class_prior is None else list(self.class_prior),
-                "logit_bias": self.logit_bias}
+                "logit_bias": self.logit_bias, "temperature": self.temperature}
 
     @classmethod
     def from_dict(cls, block):
         prior = block.get("class_prior")
         return cls(classes=tuple(block["classes"]), input=dict(block["input"]), tta_flip=bool(block["tta_flip"]),
                    tta_scales=tuple(block["tta_scales"]), logit_adjust=float(block["logit_adjust"]),
-                   class_prior=None if prior is None else tuple(prior))
+                   class_prior=None if prior is None else tuple(prior),
+                   temperature=float(block.get("temperature", 1.0)))
 
 
 def scoring_of(state, path="checkpoint", **overrides):

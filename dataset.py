@@ -511,11 +511,21 @@ def scoring_protocol(split):
 
 
 def recorded_validation(root, classes, input_cfg, split_record, label_mode="majority"):
-    """The validation faces a checkpoint held out of root's train split (split_record["val_indices"] index the
-    train split as training read it, with its label_mode), on the scoring protocol."""
+    """The validation faces a checkpoint's training used, by its split record, on the scoring protocol: the
+    data's val split ("val split"), or what it held out of the train split (as training read it, with its
+    label_mode): its "val_indices", or for a release checkpoint, which keeps no indices, the split its
+    "stratified F of train, seed S" names, drawn again. DataError when the record allows neither."""
+    source = split_record.get("source", "")
+    if source == "val split" and "val_indices" not in split_record:
+        return load_split(root, "val", classes, input_cfg["size"], input_cfg["channels"])
     full = load_split(root, "train", classes, input_cfg["size"], input_cfg["channels"], label_mode)
-    return scoring_protocol(recorded_subset(full, split_record["val_indices"], "val",
-                                            f"{root}: the checkpoint's validation split"))
+    indices = split_record.get("val_indices")
+    words = source.split()
+    if indices is None and len(words) == 6 and words[:1] + words[2:5] == ["stratified", "of", "train,", "seed"]:
+        _, indices = stratified_split(full.labels, float(words[1]), int(words[5]))
+    if indices is None:
+        raise DataError(f"{root}: the checkpoint records no validation split it could be scored on ({source!r})")
+    return scoring_protocol(recorded_subset(full, indices, "val", f"{root}: the checkpoint's validation split"))
 
 
 def _select_votes(split, classes, mode):

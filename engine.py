@@ -8,13 +8,14 @@ evaluation.
 import contextlib
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from dataset import normalize, zoom
 from ferplus import vote_distribution
-from metrics import confusion_matrix, report_from_confusion
+from metrics import calibration_from_sums, calibration_sums, confusion_matrix, report_from_confusion
 
 
 def init_distributed():
@@ -148,29 +149,36 @@ def predict_logits(forward, images_uint8, input_cfg, device, batch_size=256, amp
     return torch.cat(outputs)
 
 
-def evaluate(decide, split, device):
+def evaluate(decide, split, device, temperature=None):
     """-> (mean cross-entropy, classification_report) of decide (uint8 images -> decision logits, e.g. a
-    Classifier's decision_logits) on a FERSplit.
+    Classifier's decision_logits) on a FERSplit; with a temperature the report adds the calibration figures
+    before and after it (classification_scores).
 
     Under torchrun each process decides every world-size-th image and classification_scores adds the shares up.
     """
     rank, world = rank_and_world()
     logits = decide(split.images[rank::world])
     votes = None if split.votes is None else vote_distribution(split.votes[rank::world], split.classes)
-    return classification_scores(logits, split.labels[rank::world], split.classes, device, votes)
+    return classification_scores(logits, split.labels[rank::world], split.classes, device, votes, temperature)
 
 
-def classification_scores(logits, labels, classes, device, vote_distributions=None):
+def classification_scores(logits, labels, classes, device, vote_distributions=None, temperature=None):
     """-> (mean cross-entropy, classification_report) of decision logits (N x classes) against int labels (N).
 
     vote_distributions (float N x classes, vote data): the report adds the mean cross-entropy and KL divergence
     of the predicted distribution from the annotators' (vote_cross_entropy, vote_kl, in nats).
+    temperature: the report adds "calibration": ECE, NLL and Brier score (metrics.calibration_from_sums) of
+    softmax(logits) ("before") and softmax(logits / temperature) ("after"), and the temperature.
     Under torchrun each process passes its share of a split; the confusion matrices and loss sums are added
     up, so every process gets the figures of one process scoring the whole split.
     """
     k = len(classes)
     cm = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), k) if len(labels) else 0
-    totals = torch.zeros(k * k + 3, dtype=torch.float64)  # confusion matrix, loss sum, vote CE sum, vote entropy sum
+    # Everything is a sum, added up over processes: the confusion matrix, the loss, the vote cross-entropy and
+    # entropy, and with a temperature the calibration sums and vote cross-entropy before and after it.
+    calibrating = temperature is not None
+    size = len(calibration_sums(np.zeros((0, k)), [])) if calibrating else 0
+    totals = torch.zeros(k * k + 3 + (2 * size + 2 if calibrating else 0), dtype=torch.float64)
     totals[:k * k] += torch.as_tensor(cm, dtype=torch.float64).flatten()
     if len(labels):
         totals[k * k] = F.cross_entropy(logits, labels, reduction="sum").double()
@@ -178,6 +186,14 @@ def classification_scores(logits, labels, classes, device, vote_distributions=No
             t = vote_distributions.double()
             totals[k * k + 1] = -(t * torch.log_softmax(logits.double(), 1)).sum()
             totals[k * k + 2] = -(t * t.clamp(min=1e-300).log()).sum()
+        if calibrating:
+            at = k * k + 3
+            for i, scale in enumerate((1.0, temperature)):
+                scaled = logits.double() / scale
+                totals[at + i * size:at + (i + 1) * size] = torch.from_numpy(
+                    calibration_sums(torch.softmax(scaled, 1).numpy(), labels.numpy()))
+                if vote_distributions is not None:
+                    totals[at + 2 * size + i] = -(vote_distributions.double() * torch.log_softmax(scaled, 1)).sum()
     totals = all_reduce_sum(totals, device)
     cm = totals[:k * k].round().long().view(k, k).numpy()
     n = max(1, int(cm.sum()))
@@ -185,4 +201,11 @@ def classification_scores(logits, labels, classes, device, vote_distributions=No
     if vote_distributions is not None:
         report.update(vote_cross_entropy=(totals[k * k + 1] / n).item(),
                       vote_kl=((totals[k * k + 1] - totals[k * k + 2]) / n).item())
+    if calibrating:
+        at = k * k + 3
+        report["calibration"] = {"temperature": float(temperature)}
+        for i, name in enumerate(("before", "after")):
+            report["calibration"][name] = calibration_from_sums(totals[at + i * size:at + (i + 1) * size].numpy())
+            if vote_distributions is not None:
+                report["calibration"][name]["vote_kl"] = ((totals[at + 2 * size + i] - totals[k * k + 2]) / n).item()
     return (totals[k * k] / n).item(), report

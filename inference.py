@@ -57,11 +57,17 @@ class Classifier:
                                      self.channels_last)
 
     def probabilities(self, images):
-        """uint8 images -> class probabilities (float32 array, N x classes), the softmax of decision_logits."""
-        return torch.softmax(self.decision_logits(images), 1).numpy()
+        """uint8 images -> class probabilities (float32 array, N x classes): the softmax of decision_logits
+        divided by the scoring's temperature (calibration.py)."""
+        return torch.softmax(self.decision_logits(images) / self.temperature, 1).numpy()
+
+    @property
+    def temperature(self):
+        return self.scoring.temperature
 
     def rescored(self, **overrides):
-        """The same model scored otherwise: tta_flip, tta_scales, logit_adjust (None keeps the current one)."""
+        """The same model scored otherwise: tta_flip, tta_scales, logit_adjust, temperature (None keeps the
+        current one)."""
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         try:
@@ -74,7 +80,7 @@ class Classifier:
         """How this classifier decides, for a report: its source file, views and logit bias."""
         s = self.scoring
         return {"checkpoint": self.source, "tta_flip": s.tta_flip, "tta_scales": list(s.tta_scales),
-                "logit_bias": s.logit_bias}
+                "logit_bias": s.logit_bias, "temperature": s.temperature}
 
     def grad_cam(self, images, class_indices):
         raise UserError(f"--explain needs a PyTorch checkpoint (.pth): {self.source} is an exported graph, "
@@ -182,21 +188,26 @@ def scoring_from_export(info, path):
 
 class EnsembleClassifier(Classifier):
     """Several classifiers deciding together on the mean of their decision logits (ensemble_logits). Members
-    must share classes and input (check_same_task); each keeps its own views and logit bias."""
+    must share classes and input (check_same_task); each keeps its own views and logit bias. The ensemble's
+    probabilities divide that mean by the mean of the members' temperatures, unless one was fitted for it."""
 
-    def __init__(self, members):
+    def __init__(self, members, temperature=None):
         check_same_task(members)
-        super().__init__(members[0].scoring, [m.source for m in members], members[0].record)
+        temperature = temperature or sum(m.temperature for m in members) / len(members)
+        super().__init__(members[0].scoring.replace(temperature=temperature), [m.source for m in members],
+                         members[0].record)
         self.members = members
 
     def decision_logits(self, images):
         return ensemble_logits([m.decision_logits(images) for m in self.members])
 
-    def rescored(self, **overrides):
-        return EnsembleClassifier([m.rescored(**overrides) for m in self.members])
+    def rescored(self, temperature=None, **overrides):
+        return EnsembleClassifier([m.rescored(**overrides) for m in self.members],
+                                  temperature or self.temperature)
 
     def describe(self):
-        return {"checkpoint": [m.source for m in self.members], "members": [m.describe() for m in self.members]}
+        return {"checkpoint": [m.source for m in self.members], "members": [m.describe() for m in self.members],
+                "temperature": self.temperature}
 
     def grad_cam(self, images, class_indices):
         """The members' heat-maps for the ensemble's classes, averaged."""

@@ -54,6 +54,42 @@ def report_from_confusion(cm, classes):
     return report
 
 
+CALIBRATION_BINS = 15
+
+
+def calibration_sums(probabilities, labels, bins=CALIBRATION_BINS):
+    """Sums that calibration figures are made of, additive over shards of a split: float64 array of
+    bins x 3 (faces, summed confidence, correct decisions per equal-width confidence bin), then the summed
+    negative log-likelihood of the true class and the summed Brier score. probabilities: float N x classes;
+    labels: int N."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    confidence, decision = probabilities.max(1), probabilities.argmax(1)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    table = np.zeros((bins, 3))
+    np.add.at(table, which, np.stack([np.ones_like(confidence), confidence, decision == labels], 1))
+    truth = np.zeros_like(probabilities)
+    truth[np.arange(len(labels)), labels] = 1
+    nll = -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None)).sum()
+    brier = ((probabilities - truth) ** 2).sum()
+    return np.concatenate([table.flatten(), [nll, brier]])
+
+
+def calibration_from_sums(sums, bins=CALIBRATION_BINS):
+    """-> {ece, nll, brier, bins: [{count, confidence, accuracy}]} from calibration_sums (added up).
+
+    ECE, the expected calibration error (Naeini et al., AAAI 2015; as Guo et al., ICML 2017 use it): the
+    face-weighted mean over 15 equal-width confidence bins of |accuracy - mean confidence|. NLL: mean negative
+    log-likelihood of the true class (nats). Brier: mean squared distance of the probabilities from the one-hot
+    truth, summed over classes (Brier, 1950)."""
+    table = np.asarray(sums[:3 * bins]).reshape(bins, 3)
+    n = max(1.0, table[:, 0].sum())
+    gaps = np.abs(table[:, 2] - table[:, 1])
+    return {"ece": float(gaps.sum() / n), "nll": float(sums[3 * bins] / n), "brier": float(sums[3 * bins + 1] / n),
+            "bins": [{"count": int(c), "confidence": float(s / c) if c else None,
+                      "accuracy": float(a / c) if c else None} for c, s, a in table]}
+
+
 def format_report(report):
     """A plain-text table of a classification_report dict, figures in percent."""
     classes = report["classes"]
@@ -74,6 +110,15 @@ def format_report(report):
     if "vote_kl" in report:
         lines.append(f"Against the annotators' vote distributions: cross-entropy {report['vote_cross_entropy']:.4f}, "
                      f"KL divergence {report['vote_kl']:.4f} (nats per face)")
+    if "calibration" in report:
+        c = report["calibration"]
+        before, after = c["before"], c["after"]
+        lines.append(f"Calibration ({CALIBRATION_BINS} bins), before -> after temperature {c['temperature']:.3f}: "
+                     f"ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}%, NLL {before['nll']:.4f} -> "
+                     f"{after['nll']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}")
+        if "vote_kl" in after:
+            lines.append(f"  KL divergence from the annotators' votes {before['vote_kl']:.4f} -> "
+                         f"{after['vote_kl']:.4f}")
     lines.append("")
     lines.append("Confusion matrix (rows: true, columns: predicted)")
     short = [c[:7] for c in classes]

@@ -1,4 +1,5 @@
-"""Reports and figures: a scored split as JSON and a confusion-matrix PNG, training curves from a log.
+"""Reports and figures: a scored split as JSON, its confusion matrix and reliability diagram as PNG, and
+training curves from a log.
 
 Matplotlib draws to files only (the Agg backend), so nothing here needs a display.
 """
@@ -62,12 +63,44 @@ def plot_confusion_matrix(cm, classes, out_path, title=""):
     plt.close(fig)
 
 
+def plot_reliability(calibration, out_path, title=""):
+    """A reliability diagram (DeGroot and Fienberg, 1983; as in Guo et al., ICML 2017): per confidence bin, the
+    accuracy of the decisions against their mean confidence, before and after temperature scaling
+    (calibration: the report's "calibration" block). A calibrated model's bars follow the diagonal."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    for ax, name in zip(axes, ("before", "after")):
+        part = calibration[name]
+        bins = part["bins"]
+        width = 1 / len(bins)
+        lefts = [i * width for i in range(len(bins))]
+        accuracy = [b["accuracy"] or 0 for b in bins]
+        confidence = [b["confidence"] or 0 for b in bins]
+        ax.bar(lefts, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+        ax.bar(lefts, [c - a if b["count"] else 0 for c, a, b in zip(confidence, accuracy, bins)], width=width,
+               bottom=accuracy, align="edge", color="tab:red", alpha=0.3, label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        t = "" if name == "before" else f", temperature {calibration['temperature']:.2f}"
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=f"{name}{t}: ECE {100 * part['ece']:.1f}%")
+        ax.legend(loc="upper left")
+    axes[0].set_ylabel("accuracy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
 def save_report(report, out_dir, stem, title=""):
     """Write a classification report (metrics.report_from_confusion, plus whatever the caller added) as
-    out_dir/stem.json and its confusion matrix as out_dir/stem_confusion.png -> (json path, png path)."""
+    out_dir/stem.json, its confusion matrix as out_dir/stem_confusion.png and, when it has calibration figures,
+    a reliability diagram as out_dir/stem_reliability.png -> the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}_confusion.png"
     json_path.write_text(json.dumps(report, indent=2))
     plot_confusion_matrix(report["confusion_matrix"], report["classes"], png_path, title=title)
-    return json_path, png_path
+    written = [json_path, png_path]
+    if "calibration" in report:
+        written.append(out_dir / f"{stem}_reliability.png")
+        plot_reliability(report["calibration"], written[-1], title=title)
+    return written

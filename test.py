@@ -12,11 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 import engine
+from calibration import fit_temperature
+from checkpoint import load_checkpoint, save_checkpoint
 from cli import add_runtime_args, class_map, non_negative_float, positive_int, scale_list
 from dataset import DataError, available_splits, load_split, recorded_validation
-from errors import exit_code
-from inference import load_classifier
+from errors import UserError, exit_code
+from inference import ModelClassifier, load_classifier
 from metrics import format_report
 from reports import save_report
 
@@ -43,6 +47,10 @@ def get_args_parser():
                    help="also average the logits of each image zoomed by these factors, or none")
     g.add_argument("--logit-adjust", type=non_negative_float, metavar="TAU",
                    help="subtract TAU x log(training class frequency) from the logits; 0 is the plain argmax")
+    g.add_argument("--calibrate", action="store_true",
+                   help="fit the checkpoint's temperature afresh on the validation split its training used and store "
+                   "it in the checkpoint (so that its confidences mean what they say; decisions do not change), "
+                   "then score")
     g = p.add_argument_group("runtime")
     add_runtime_args(g, amp="off")
     g.add_argument("--batch-size", type=positive_int, default=256)
@@ -61,6 +69,8 @@ def run(args):
                                  tta_flip=args.tta, tta_scales=args.tta_scales, logit_adjust=args.logit_adjust)
     members = getattr(classifier, "members", [classifier])
     first, record = members[0].source, members[0].record or {}
+    if args.calibrate:
+        classifier = calibrate(classifier, args)
     trained = record.get("args", {})
     root = args.data or record.get("split", {}).get("root") or trained.get("data")
     if not root:
@@ -98,15 +108,42 @@ def run(args):
         about = member.record or {}
         print(f"{member.source} (arch {about.get('arch', 'exported')}, epoch {about.get('epoch', '?')}) on "
               f"{root} [{split}]: {len(data)} images")
-    loss, report = engine.evaluate(classifier.decision_logits, data, device)
+    loss, report = engine.evaluate(classifier.decision_logits, data, device, classifier.temperature)
     report.update(data=str(root), split=split, loss=loss, **classifier.describe())
     print(f"Test Loss: {loss:.4f}")
     print(format_report(report))
     names = ", ".join(Path(m.source).name for m in members)
-    json_path, png_path = save_report(report, args.out_dir, f"test_{Path(str(root)).name}_{split}",
-                                      title=f"{names} on {Path(str(root)).name}/{split}")
-    print(f"wrote {json_path} and {png_path}")
+    written = save_report(report, args.out_dir, f"test_{Path(str(root)).name}_{split}",
+                          title=f"{names} on {Path(str(root)).name}/{split}")
+    print(f"wrote {', '.join(map(str, written))}")
     return 0
+
+
+def calibrate(classifier, args):
+    """--calibrate: fit the temperature on the validation split the checkpoint's training used (its recorded
+    split, on the data it was trained on), store it in the checkpoint -> the classifier with it."""
+    if not isinstance(classifier, ModelClassifier):
+        raise UserError("--calibrate takes one checkpoint (.pth): it stores the temperature it fits in the file")
+    record = classifier.record
+    split, trained = record.get("split", {}), record.get("args", {})
+    root = split.get("root") or trained.get("data")
+    if not root:
+        raise DataError(f"{classifier.source} does not record the data it was trained on, whose validation split "
+                        "--calibrate fits on")
+    val = recorded_validation(root, classifier.classes, classifier.input, split,
+                              trained.get("label_mode") or "majority")
+    logits = classifier.decision_logits(val.images)
+    temperature = fit_temperature(logits, val.labels)
+    state = load_checkpoint(classifier.source)
+    state["scoring"] = {**state["scoring"], "temperature": temperature}
+    save_checkpoint(state, classifier.source)
+    _, report = engine.classification_scores(logits, val.labels, val.classes, torch.device("cpu"),
+                                             temperature=temperature)
+    before, after = report["calibration"]["before"], report["calibration"]["after"]
+    print(f"{classifier.source}: temperature {temperature:.3f} fitted on {len(val)} validation faces of {root} "
+          f"(NLL {before['nll']:.4f} -> {after['nll']:.4f}, ECE {100 * before['ece']:.2f}% -> "
+          f"{100 * after['ece']:.2f}%); stored in the checkpoint")
+    return classifier.rescored(temperature=temperature)
 
 
 if __name__ == "__main__":

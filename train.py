@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 import engine
+from calibration import fit_temperature
 from checkpoint import (
     CheckpointError,
     Scoring,
@@ -949,9 +950,27 @@ def report_leakage(full_train, test_split, log_dir, run):
     return counts
 
 
+def calibrate(classifier, val, best_path, run, log):
+    """Fit the temperature of best.pth on validation (calibration.py), record it in best.pth's scoring block
+    and log what it does there -> the classifier, calibrated. Every process fits on the whole validation split,
+    so all agree on it."""
+    logits = classifier.decision_logits(val.images)
+    temperature = fit_temperature(logits, val.labels)
+    if run.is_main:
+        state = load_checkpoint(best_path)
+        state["scoring"] = {**state["scoring"], "temperature": temperature}
+        save_checkpoint(state, best_path)
+    figures = engine.classification_scores(logits, val.labels, val.classes, torch.device("cpu"),
+                                           temperature=temperature)
+    before, after = figures[1]["calibration"]["before"], figures[1]["calibration"]["after"]
+    log.line(f"Temperature {temperature:.3f} fitted on validation: NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
+             f"ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}%")
+    return classifier.rescored(temperature=temperature)
+
+
 def test(best_path, data, test_split, leaks, args, run, log):
-    """Score best.pth on the test split, if the data has one, as test.py would. It never influenced training
-    or selection."""
+    """Calibrate best.pth on validation, then score it on the test split, if the data has one, as test.py
+    would. The test split never influenced training, selection or calibration."""
     if not best_path.exists():
         raise CheckpointError(f"{best_path} is missing: no epoch was trained, or it was removed")
     classifier = ModelClassifier.from_checkpoint(best_path, run.device)
@@ -962,20 +981,20 @@ def test(best_path, data, test_split, leaks, args, run, log):
                            for c in (classifier.rescored(logit_adjust=0.0), classifier))
         log.line(f"Validation balanced accuracy: {100 * plain:.2f}% plain argmax, {100 * adjusted:.2f}% with "
                  f"--logit-adjust {args.logit_adjust:g}")
+    classifier = calibrate(classifier, data.val, best_path, run, log)
     if test_split is None:
         run.say(f"no {args.test_split} split in {run.root}; score another dataset with: "
                 f"python test.py --ckpt {best_path} --data DIR")
         return 0
     # fp32, as test.py scores by default, so the two print the same figures for the same checkpoint.
-    loss, report = engine.evaluate(classifier.decision_logits, test_split, run.device)
+    loss, report = engine.evaluate(classifier.decision_logits, test_split, run.device, classifier.temperature)
     report["leakage"] = leaks
     log.line(f"Test Loss: {loss:.4f}, Test Accuracy: {100 * report['accuracy']:.2f}%")
     log.line(f"Test Macro-F1: {100 * report['macro_f1']:.2f} (best.pth from epoch {classifier.record['epoch']})")
     run.say(format_report(report))
     if run.is_main:
-        json_path, png_path = save_report(report, args.log_dir, "test_report",
-                                          title=f"{args.arch}, {args.test_split} split")
-        run.say(f"wrote {json_path} and {png_path}")
+        written = save_report(report, args.log_dir, "test_report", title=f"{args.arch}, {args.test_split} split")
+        run.say(f"wrote {', '.join(map(str, written))}")
     return 0
 
 

@@ -1,0 +1,92 @@
+"""Calibration: the temperature fit, the figures before and after it, decisions left alone, and the
+temperature travelling with checkpoints and exports."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CLASSES, fixed_checkpoint, load_script
+
+from calibration import fit_temperature
+from checkpoint import load_checkpoint
+from dataset import load_split
+from inference import load_classifier
+from metrics import calibration_from_sums, calibration_sums
+
+
+def sampled(scale, n=4000, classes=5, seed=0):
+    """Labels drawn from softmax(z), and the logits scale * z of a model that is over-confident (scale > 1) or
+    under-confident (scale < 1) by exactly that factor."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, classes, generator=g) * 2
+    labels = torch.multinomial(torch.softmax(z, 1), 1, generator=g).flatten()
+    return scale * z, labels
+
+
+@pytest.mark.parametrize("scale", [3.0, 0.5])
+def test_the_fitted_temperature_undoes_over_and_under_confidence(scale):
+    logits, labels = sampled(scale)
+    temperature = fit_temperature(logits, labels)
+    assert temperature == pytest.approx(scale, rel=0.1)  # > 1 for the over-confident model, < 1 for the other
+    assert F.cross_entropy(logits / temperature, labels) < F.cross_entropy(logits, labels)
+    before = calibration_from_sums(calibration_sums(torch.softmax(logits, 1).numpy(), labels.numpy()))
+    after = calibration_from_sums(calibration_sums(torch.softmax(logits / temperature, 1).numpy(), labels.numpy()))
+    assert after["ece"] < before["ece"] and after["ece"] < 0.03 and after["brier"] < before["brier"]
+
+
+def test_expected_calibration_error_is_the_binned_gap_between_confidence_and_accuracy():
+    # Two bins used: 0.95 confident and right half the time (gap 0.45), 0.55 confident and always right (0.45).
+    probabilities = np.array([[0.95, 0.05]] * 4 + [[0.55, 0.45]] * 4)
+    labels = np.array([0, 1, 0, 1, 0, 0, 0, 0])
+    figures = calibration_from_sums(calibration_sums(probabilities, labels))
+    assert figures["ece"] == pytest.approx(0.45)
+    assert figures["nll"] == pytest.approx(-(2 * np.log(0.95) + 2 * np.log(0.05) + 4 * np.log(0.55)) / 8)
+    assert figures["brier"] == pytest.approx((2 * 2 * 0.05 ** 2 + 2 * 2 * 0.95 ** 2 + 4 * 2 * 0.45 ** 2) / 8)
+    assert [b["count"] for b in figures["bins"] if b["count"]] == [4, 4]
+
+
+@pytest.fixture()
+def overconfident(tiny_data, tmp_path):
+    """A fixed-weight checkpoint, sharpened 30 times, that records tiny_data's held-out validation split."""
+    path = fixed_checkpoint(tmp_path / "sharp.pth", tiny_data, head_scale=30)
+    state = load_checkpoint(path)
+    state["split"] = {"source": "stratified 0.5 of train, seed 0", "root": str(tiny_data)}
+    from checkpoint import save_checkpoint
+    save_checkpoint(state, path)
+    return path
+
+
+def test_calibrate_stores_a_temperature_that_changes_confidences_not_decisions(overconfident, tmp_path, scripts):
+    reports = {}
+    for name, flags in (("before", []), ("after", ["--calibrate"])):
+        out = tmp_path / name
+        assert scripts["test"].main(["--ckpt", str(overconfident), "--out-dir", str(out), *flags]) == 0
+        reports[name] = json.loads(next(out.glob("*.json")).read_text())
+        assert next(out.glob("*_reliability.png")).stat().st_size > 1000
+    temperature = load_checkpoint(overconfident)["scoring"]["temperature"]
+    assert temperature > 1.5 and reports["after"]["temperature"] == temperature
+    for key in ("accuracy", "macro_f1", "confusion_matrix"):
+        assert reports["after"][key] == reports["before"][key]
+    calibration = reports["after"]["calibration"]
+    assert calibration["after"]["nll"] < calibration["before"]["nll"]
+    assert reports["before"]["calibration"]["after"] == reports["before"]["calibration"]["before"]  # T was 1
+
+
+def test_the_temperature_travels_with_exports_and_into_probabilities(overconfident, tiny_data, tmp_path, scripts):
+    crops = load_split(tiny_data, "test", CLASSES).images.numpy()
+    raw = load_classifier(overconfident).probabilities(crops)
+    assert scripts["test"].main(["--ckpt", str(overconfident), "--calibrate", "--out-dir", str(tmp_path)]) == 0
+    calibrated = load_classifier(overconfident)
+    temperature = calibrated.temperature
+    probabilities = calibrated.probabilities(crops)
+    logits = calibrated.decision_logits(crops)
+    assert probabilities == pytest.approx(torch.softmax(logits / temperature, 1).numpy(), abs=1e-6)
+    assert (probabilities.argmax(1) == raw.argmax(1)).all() and probabilities.max() < raw.max()
+    export = load_script("export")
+    for fmt in ("onnx", "pt2"):
+        out = tmp_path / f"m.{fmt}"
+        assert export.main(["--ckpt", str(overconfident), "--format", fmt, "--out", str(out)]) == 0
+        exported = load_classifier(out)
+        assert exported.temperature == temperature
+        assert np.abs(exported.probabilities(crops) - probabilities).max() < 1e-4
