@@ -4,6 +4,11 @@ Guo, Pleiss, Sun and Weinberger, "On Calibration of Modern Neural Networks", ICM
 temperature T, fitted on held-out data to minimise the negative log-likelihood; T > 1 softens an over-confident
 model, T < 1 sharpens an under-confident one. Dividing by T > 0 keeps every argmax, so decisions, accuracy and
 Macro-F1 are untouched. The fitted T lives in the checkpoint's scoring block (checkpoint.Scoring.temperature).
+
+It is fitted on the validation faces that are not copies of training faces (dataset.unseen): FER2013 holds
+hundreds of re-encoded and re-cropped copies, which a model scores from memory, so a fit that kept them would
+sharpen the model for faces it has seen (measured: the seven-class model's temperature 0.86 with them, 0.89
+without, and PublicTest's ECE 3.65% against 2.49%).
 """
 import torch
 import torch.nn.functional as F

@@ -510,22 +510,42 @@ def scoring_protocol(split):
     return _select_votes(split, split.classes, "majority")
 
 
-def recorded_validation(root, classes, input_cfg, split_record, label_mode="majority"):
-    """The validation faces a checkpoint's training used, by its split record, on the scoring protocol: the
-    data's val split ("val split"), or what it held out of the train split (as training read it, with its
-    label_mode): its "val_indices", or for a release checkpoint, which keeps no indices, the split its
-    "stratified F of train, seed S" names, drawn again. DataError when the record allows neither."""
+def recorded_splits(root, classes, input_cfg, split_record, label_mode="majority"):
+    """The training and validation faces a checkpoint's training used, by its split record -> (train, val), val on
+    the scoring protocol: the data's val split ("val split") beside its train split, or what training held out of
+    the train split (read as training read it, with its label_mode): its "val_indices", or for a release
+    checkpoint, which keeps no indices, the split its "stratified F of train, seed S" names, drawn again.
+    DataError when the record allows neither."""
     source = split_record.get("source", "")
-    if source == "val split" and "val_indices" not in split_record:
-        return load_split(root, "val", classes, input_cfg["size"], input_cfg["channels"])
     full = load_split(root, "train", classes, input_cfg["size"], input_cfg["channels"], label_mode)
+    if source == "val split" and "val_indices" not in split_record:
+        train_indices = split_record.get("train_indices", range(len(full)))
+        val = load_split(root, "val", classes, input_cfg["size"], input_cfg["channels"])
+        return recorded_subset(full, list(train_indices), "train", f"{root}: the checkpoint's split"), val
     indices = split_record.get("val_indices")
     words = source.split()
     if indices is None and len(words) == 6 and words[:1] + words[2:5] == ["stratified", "of", "train,", "seed"]:
         _, indices = stratified_split(full.labels, float(words[1]), int(words[5]))
     if indices is None:
         raise DataError(f"{root}: the checkpoint records no validation split it could be scored on ({source!r})")
-    return scoring_protocol(recorded_subset(full, indices, "val", f"{root}: the checkpoint's validation split"))
+    record = f"{root}: the checkpoint's validation split"
+    train_indices = split_record.get("train_indices") or sorted(set(range(len(full))) - set(indices))
+    return (recorded_subset(full, train_indices, "train", record),
+            scoring_protocol(recorded_subset(full, indices, "val", record)))
+
+
+def recorded_validation(root, classes, input_cfg, split_record, label_mode="majority"):
+    """The validation faces of recorded_splits."""
+    return recorded_splits(root, classes, input_cfg, split_record, label_mode)[1]
+
+
+def unseen(split, seen):
+    """split without the images that are copies of images in seen (near_duplicates): what a model scores as
+    new faces, not from memory."""
+    copies = {p["test"] for p in near_duplicates(seen, split)}
+    if not copies:
+        return split
+    return split.subset([i for i, source in enumerate(split.sources) if source not in copies])
 
 
 def _select_votes(split, classes, mode):

@@ -18,7 +18,7 @@ import engine
 from calibration import fit_temperature
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import add_runtime_args, class_map, non_negative_float, positive_int, scale_list
-from dataset import DataError, available_splits, load_split, recorded_validation
+from dataset import DataError, available_splits, load_split, recorded_splits, recorded_validation, unseen
 from errors import UserError, exit_code
 from inference import ModelClassifier, load_classifier
 from metrics import format_report
@@ -130,8 +130,9 @@ def calibrate(classifier, args):
     if not root:
         raise DataError(f"{classifier.source} does not record the data it was trained on, whose validation split "
                         "--calibrate fits on")
-    val = recorded_validation(root, classifier.classes, classifier.input, split,
-                              trained.get("label_mode") or "majority")
+    train, val = recorded_splits(root, classifier.classes, classifier.input, split,
+                                 trained.get("label_mode") or "majority")
+    val = unseen(val, train)  # faces the model scores as new, not from memory (calibration.py)
     logits = classifier.decision_logits(val.images)
     temperature = fit_temperature(logits, val.labels)
     state = load_checkpoint(classifier.source)

@@ -66,6 +66,7 @@ from dataset import (
     resolve_classes,
     scoring_protocol,
     stratified_split,
+    unseen,
 )
 from errors import UserError, exit_code
 from ferplus import LABEL_MODES, MultiTargetLoss
@@ -950,10 +951,11 @@ def report_leakage(full_train, test_split, log_dir, run):
     return counts
 
 
-def calibrate(classifier, val, best_path, run, log):
-    """Fit the temperature of best.pth on validation (calibration.py), record it in best.pth's scoring block
-    and log what it does there -> the classifier, calibrated. Every process fits on the whole validation split,
-    so all agree on it."""
+def calibrate(classifier, data, best_path, run, log):
+    """Fit the temperature of best.pth on the validation faces that are not copies of training faces
+    (calibration.py), record it in best.pth's scoring block and log what it does there -> the classifier,
+    calibrated. Every process fits on the whole of them, so all agree on it."""
+    val = unseen(data.val, data.train)
     logits = classifier.decision_logits(val.images)
     temperature = fit_temperature(logits, val.labels)
     if run.is_main:
@@ -963,8 +965,8 @@ def calibrate(classifier, val, best_path, run, log):
     figures = engine.classification_scores(logits, val.labels, val.classes, torch.device("cpu"),
                                            temperature=temperature)
     before, after = figures[1]["calibration"]["before"], figures[1]["calibration"]["after"]
-    log.line(f"Temperature {temperature:.3f} fitted on validation: NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
-             f"ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}%")
+    log.line(f"Temperature {temperature:.3f} fitted on {len(val)} validation images: NLL {before['nll']:.4f} -> "
+             f"{after['nll']:.4f}, ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}%")
     return classifier.rescored(temperature=temperature)
 
 
@@ -981,7 +983,7 @@ def test(best_path, data, test_split, leaks, args, run, log):
                            for c in (classifier.rescored(logit_adjust=0.0), classifier))
         log.line(f"Validation balanced accuracy: {100 * plain:.2f}% plain argmax, {100 * adjusted:.2f}% with "
                  f"--logit-adjust {args.logit_adjust:g}")
-    classifier = calibrate(classifier, data.val, best_path, run, log)
+    classifier = calibrate(classifier, data, best_path, run, log)
     if test_split is None:
         run.say(f"no {args.test_split} split in {run.root}; score another dataset with: "
                 f"python test.py --ckpt {best_path} --data DIR")
