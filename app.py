@@ -1,0 +1,196 @@
+"""A local web page for expressions in photos: drop photos (or take a webcam snapshot), see every face.
+
+    python app.py                          # http://127.0.0.1:7860, the shipped model
+    python app.py --host 0.0.0.0 --port 8080 --ckpt checkpoints/best.pth
+
+The page runs the path predict.py runs (photos.analyze_photo): the annotated image (boxes, landmarks, labels),
+one row per face with every class's probability as a bar, Grad-CAM on request, and the same predictions.csv
+and .json to download. It also answers Gradio's client API (api_name "/analyze"; see README).
+"""
+import argparse
+import html
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image
+
+from cli import angle_list, positive_int
+from errors import UserError, exit_code
+from faces import YUNET_MODEL, annotate
+from inference import load_classifier
+from photos import IMAGE_SUFFIXES, FaceSettings, PhotoResult, Results, analyze_photo, output_names
+
+MODELS = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = MODELS / "fer2013_5class_vgg.pth"
+MAX_PIXELS = 40_000_000  # larger photos are refused with a message (a 40-megapixel photo is 7,700 x 5,200)
+BAR_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="A local web page that finds the faces in photos and classifies "
+                                "their expressions.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=positive_int, default=7860)
+    p.add_argument("--ckpt", default=str(DEFAULT_MODEL), help="the model the page starts with")
+    return p
+
+
+def shipped_models():
+    return sorted(str(p) for p in MODELS.glob("*.pth"))
+
+
+@lru_cache(maxsize=4)
+def classifier_for(path):
+    """Models are loaded once per path (a page session asks for the same one again and again)."""
+    return load_classifier(path)
+
+
+def analyze(files, snapshot, model, detector, find_faces, align, score_threshold, min_face, max_side, turns,
+            explain):
+    """The page's one action: every uploaded photo (and the webcam snapshot) through photos.analyze_photo.
+
+    -> (annotated images [(path, caption)], face table rows, probability bars as HTML, [CSV, JSON] to download,
+    a message saying what happened). A bad model path, unparsable settings or no input raise gradio.Error, a
+    message the page shows; a photo that is not an image, too large or without a face is named in the message
+    while the others go on."""
+    import gradio as gr
+
+    paths = [Path(f) for f in (files or [])] + ([Path(snapshot)] if snapshot else [])
+    if not paths:
+        raise gr.Error("Add a photo (or take a webcam snapshot) first.")
+    try:
+        classifier = classifier_for(str(model).strip())
+        settings = FaceSettings(detector, str(YUNET_MODEL), float(score_threshold), int(min_face), int(max_side),
+                                angle_list(turns or "none"), no_detect=not find_faces, align=align)
+        face_detector = settings.detector_for()
+    except (UserError, argparse.ArgumentTypeError, ValueError) as e:
+        raise gr.Error(str(e)) from None
+    out_dir = Path(tempfile.mkdtemp(prefix="fer_app_"))
+    results, gallery, notes = Results(classifier.classes), [], []
+    for path, name in zip(paths, output_names(paths)):
+        shown = original_name(path)
+        photo = too_large(path) or analyze_photo(path, classifier, settings, face_detector, explain=explain)
+        if photo.status != "ok":
+            status = photo.status.replace(str(path), shown)  # the user's file name, not the upload's temporary path
+            notes.append(f"{shown}: {status}")
+            results.add_failure(shown, status)
+            continue
+        for i, face in enumerate(photo.faces):
+            results.add(shown, i, face)
+        annotated = out_dir / f"{name}_annotated.jpg"
+        annotate(photo.image, photo.faces, classifier.classes).save(annotated, quality=92)
+        gallery.append((str(annotated), f"{shown}: {len(photo.faces)} face(s)"))
+    csv_path = results.write(out_dir)
+    faces = [r for r in results.rows if r["status"] == "ok"]
+    table = [[r["file"], r["face"], r["label"], f"{r['confidence']:.2f}", f"{r['x']},{r['y']},{r['w']},{r['h']}"]
+             for r in faces]
+    message = f"{len(faces)} face(s) in {len(paths)} photo(s)."
+    if notes:
+        message += " Not analysed: " + "; ".join(notes) + "."
+        gr.Warning(message)
+    return gallery, table, probability_bars(faces, classifier.classes), [str(csv_path), str(csv_path.with_suffix(
+        ".json"))], message
+
+
+def original_name(path):
+    """The name a user gave the file (Gradio keeps uploads under their own names in a temporary folder)."""
+    return Path(path).name
+
+
+def too_large(path):
+    """A PhotoResult saying the photo is too large to take, or None."""
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                return PhotoResult(str(path), status=f"too large: {im.width}x{im.height} pixels, more than "
+                                   f"{MAX_PIXELS / 1e6:.0f} megapixels")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None  # analyze_photo says what is wrong with it
+    return None
+
+
+def probability_bars(rows, classes):
+    """Every face's class probabilities as horizontal bars (HTML)."""
+    if not rows:
+        return "<p>No faces.</p>"
+    parts = ['<div class="faces">']
+    for r in rows:
+        parts.append(f'<div class="face"><b>{html.escape(str(r["file"]))}, face {r["face"]}: '
+                     f'{html.escape(r["label"])}</b>')
+        for k, c in enumerate(classes):
+            p = float(r[f"p_{c}"])
+            parts.append(f'<div class="bar"><span class="name">{html.escape(c)}</span><span class="track">'
+                         f'<span style="width:{100 * p:.1f}%;background:{BAR_COLOURS[k % len(BAR_COLOURS)]}">'
+                         f'</span></span><span class="value">{100 * p:.1f}%</span></div>')
+        parts.append("</div>")
+    return "".join(parts) + "</div>"
+
+
+CSS = """
+.faces {display: flex; flex-wrap: wrap; gap: 16px}
+.face {min-width: 260px}
+.bar {display: flex; align-items: center; gap: 6px; font-size: 13px}
+.bar .name {width: 80px}
+.bar .track {flex: 1; background: #eee; height: 12px; position: relative}
+.bar .track span {display: block; height: 12px}
+.bar .value {width: 50px; text-align: right}
+"""
+
+
+def build_page(ckpt=str(DEFAULT_MODEL)):
+    """The Gradio Blocks page (not launched)."""
+    import gradio as gr
+
+    with gr.Blocks(title="Facial expressions") as page:
+        gr.Markdown("# Facial expressions in photos\nDrop photos or take a webcam snapshot; every face found is "
+                    "classified by the model below (the same path as `predict.py`).")
+        with gr.Row():
+            with gr.Column():
+                files = gr.File(file_count="multiple", file_types=sorted(IMAGE_SUFFIXES), label="Photos",
+                                elem_id="photos")
+                snapshot = gr.Image(sources=["webcam"], type="filepath", label="Webcam snapshot")
+                model = gr.Dropdown(choices=sorted({*shipped_models(), ckpt}), value=ckpt, allow_custom_value=True,
+                                    label="Model (a shipped one, or any checkpoint or export path)")
+                with gr.Accordion("Faces", open=False):
+                    detector = gr.Radio(["yunet", "haar"], value="yunet", label="Detector")
+                    find_faces = gr.Checkbox(True, label="Find faces (off: each photo is one face crop)")
+                    align = gr.Checkbox(True, label="Align faces by their landmarks (YuNet)")
+                    score = gr.Slider(0.1, 0.95, value=0.6, step=0.05, label="Detector score threshold")
+                    min_face = gr.Number(24, precision=0, label="Smallest face (pixels)")
+                    max_side = gr.Number(960, precision=0, label="Detect at a longer side of at most (pixels)")
+                    turns = gr.Textbox("-30,30", label="Also search turned copies (degrees, or none)")
+                explain = gr.Checkbox(False, label="Grad-CAM: where the evidence for each label lies")
+                run = gr.Button("Analyze", variant="primary", elem_id="analyze")
+            with gr.Column():
+                message = gr.Markdown(elem_id="message")
+                gallery = gr.Gallery(label="Annotated", elem_id="annotated", columns=1, height="auto")
+                table = gr.Dataframe(headers=["file", "face", "label", "confidence", "box"], label="Faces",
+                                     elem_id="faces", interactive=False)
+                bars = gr.HTML(elem_id="bars")
+                downloads = gr.File(label="predictions.csv and .json", file_count="multiple")
+        run.click(analyze, [files, snapshot, model, detector, find_faces, align, score, min_face, max_side, turns,
+                            explain], [gallery, table, bars, downloads, message], api_name="analyze")
+    return page
+
+
+def main(argv=None):
+    """The command line: -> exit code (2, with a one-line message, for bad input)."""
+    return exit_code("app.py", run, get_args_parser().parse_args(argv))
+
+
+def run(args):
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("the page needs Gradio: pip install -r requirements-app.txt") from None
+    if not Path(args.ckpt).is_file():
+        raise UserError(f"model file {args.ckpt} does not exist")
+    classifier_for(args.ckpt)  # a broken model is a one-line error now, not on the page
+    build_page(args.ckpt).launch(server_name=args.host, server_port=args.port, css=CSS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

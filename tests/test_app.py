@@ -1,0 +1,85 @@
+"""The web page (app.py) in a real browser, headless Chromium driven by Playwright, and through Gradio's client
+API: faces counted, the annotated image shown, a file that is not an image answered with a message."""
+import shutil
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+from synthetic import draw_face
+
+FACES = [("Happy", 160, (30, 40)), ("Sad", 120, (300, 60)), ("Surprise", 96, (480, 300)), ("Angry", 200, (200, 250))]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("upload")
+    rng = np.random.default_rng(0)
+    canvas = Image.new("L", (640, 480), 90)
+    for label, size, pos in FACES:
+        canvas.paste(draw_face(label, rng, size), pos)
+    canvas.convert("RGB").save(folder / "group.jpg", quality=95)
+    (folder / "notes.jpg").write_text("this is not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    page = app.build_page()
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, css=app.CSS, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    page.close()
+
+
+def chromium():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "the browser test needs Chromium from the system's packages (.ci/run installs it: apt-get install chromium)"
+    return path
+
+
+def test_the_page_shows_every_face_and_the_annotated_photo_in_a_browser(server, photos):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            page.locator("#photos input[type=file]").set_input_files(str(photos / "group.jpg"))
+            page.locator("#analyze").click()
+            expect(page.locator("#message")).to_contain_text(f"{len(FACES)} face(s) in 1 photo(s)", timeout=60_000)
+            # The face table: a header row and one row per face.
+            expect(page.locator("#faces [role=grid]")).to_have_attribute("aria-rowcount", str(len(FACES) + 1))
+            expect(page.locator("#annotated img").first).to_be_visible()
+            expect(page.locator("#bars .face")).to_have_count(len(FACES))
+            # A file that is not an image, added to the photo: a message on the page, the photo still analysed.
+            page.locator("#photos input[type=file]").set_input_files(str(photos / "notes.jpg"))
+            page.locator("#analyze").click()
+            expect(page.locator("#message")).to_contain_text("notes.jpg: unreadable", timeout=60_000)
+            expect(page.locator("#faces [role=grid]")).to_have_attribute("aria-rowcount", str(len(FACES) + 1))
+            assert "Traceback" not in page.content()
+        finally:
+            browser.close()
+
+
+def test_the_page_answers_the_gradio_client(server, photos):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    gallery, table, bars, downloads, message = client.predict(
+        [handle_file(str(photos / "group.jpg"))], None, str(app.DEFAULT_MODEL), "yunet", True, True, 0.6, 24, 960,
+        "-30,30", False, api_name="/analyze")
+    rows = table["data"] if isinstance(table, dict) else table
+    assert len(rows) == len(FACES) and message.startswith(f"{len(FACES)} face(s)")
+    assert {row[2] for row in rows} <= {"Angry", "Happy", "Neutral", "Sad", "Surprise"}
+    assert sorted(p.rsplit("/", 1)[-1] for p in downloads) == ["predictions.csv", "predictions.json"]
+    with pytest.raises(Exception, match="model file /nope.pth does not exist"):
+        client.predict([handle_file(str(photos / "group.jpg"))], None, "/nope.pth", "yunet", True, True, 0.6, 24, 960,
+                       "-30,30", False, api_name="/analyze")
