@@ -3,8 +3,8 @@
     python benchmarks/app_latency.py --photo group.jpg [--repeats 5] [--screenshot docs/app_screenshot.png]
 
 Starts app.py's page on a free local port, then per repeat: loads the page, uploads the photo, clicks Analyze
-and waits (the clock running from the upload on) until the page says how many faces it found and shows the annotated image. Prints each time and the
-median; the first repeat includes loading the model. --screenshot saves the page after the last repeat.
+and waits (the clock running from the upload on) until the page says how many faces it found and shows the
+annotated image. Prints each time and the median; the first repeat includes loading the model. --screenshot saves the page after the last repeat.
 """
 import argparse
 import shutil
