@@ -270,11 +270,11 @@ def heatmap_overlay(crop_uint8, heatmap, alpha=0.45):
                            "RGB")
 
 
-def _draw_heatmap_back(out, face, alpha=0.45):
-    """Blend a face's Grad-CAM map into the photo where the face is, through the crop's own transform."""
-    size = face.heatmap.shape[0]
+def _draw_heatmap_back(out, face, alpha=0.6):
+    """Blend a face's Grad-CAM map into the photo where the face is, through the crop's own transform; where the
+    map is 0 the photo shows through unchanged."""
     heat = Image.fromarray(heatmap_colors(face.heatmap).astype(np.uint8), "RGB")
-    mask = Image.fromarray((alpha * 255 * np.ones((size, size))).astype(np.uint8), "L")
+    mask = Image.fromarray((alpha * 255 * np.clip(face.heatmap, 0, 1)).astype(np.uint8), "L")
     to_crop = np.linalg.inv(np.vstack([face.to_photo, [0, 0, 1]]))[:2]  # photo pixels -> crop pixels
     warped = heat.transform(out.size, Image.AFFINE, tuple(to_crop.flatten()), resample=Image.BILINEAR)
     warped_mask = mask.transform(out.size, Image.AFFINE, tuple(to_crop.flatten()), resample=Image.BILINEAR)
