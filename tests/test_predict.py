@@ -382,6 +382,8 @@ def test_explain_draws_each_faces_grad_cam_where_the_face_is(predict, trained, g
     plain = np.asarray(Image.open(tmp_path / "plain" / "group_annotated.jpg")).astype(float)
     cam = np.asarray(Image.open(tmp_path / "cam" / "group_annotated.jpg")).astype(float)
     changed = np.abs(cam - plain).sum(2) > 60
-    for _, size, (x, y) in FACES:  # the heat-maps sit on the faces, not on the background between them
-        assert changed[y:y + size, x:x + size].mean() > 0.1
-    assert changed[:30, 220:290].mean() < 0.01
+    on_faces = np.zeros_like(changed)
+    for _, size, (x, y) in FACES:
+        on_faces[max(0, y - size // 5):y + size + size // 5, max(0, x - size // 5):x + size + size // 5] = True
+    # The heat-maps are drawn, and they sit on the faces, not on the background between them.
+    assert changed[on_faces].sum() > 500 and changed[~on_faces].mean() < 0.002
