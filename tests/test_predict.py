@@ -375,7 +375,11 @@ def test_a_missing_or_unreadable_detector_is_a_one_line_error(predict, trained, 
     assert str(model) in err and "\n" not in err and ("does not exist" if content is None else "not a readable")
 
 
-def test_explain_draws_each_faces_grad_cam_where_the_face_is(predict, trained, group_photo, tmp_path):
+def test_explain_draws_each_faces_grad_cam_where_the_face_is(predict, trained, group_photo, tmp_path,
+                                                             monkeypatch):
+    # A map of ones on every crop, whatever the model: what is drawn shows where the crops are mapped back to.
+    from inference import ModelClassifier
+    monkeypatch.setattr(ModelClassifier, "grad_cam", lambda self, images, indices: np.ones((len(images), 48, 48)))
     ckpt = str(trained / "checkpoints" / "best.pth")
     assert predict.main([str(group_photo), "--ckpt", ckpt, "--out-dir", str(tmp_path / "plain")]) == 0
     assert predict.main([str(group_photo), "--ckpt", ckpt, "--explain", "--out-dir", str(tmp_path / "cam")]) == 0
@@ -385,5 +389,7 @@ def test_explain_draws_each_faces_grad_cam_where_the_face_is(predict, trained, g
     on_faces = np.zeros_like(changed)
     for _, size, (x, y) in FACES:
         on_faces[max(0, y - size // 5):y + size + size // 5, max(0, x - size // 5):x + size + size // 5] = True
-    # The heat-maps are drawn, and they sit on the faces, not on the background between them.
-    assert changed[on_faces].sum() > 500 and changed[~on_faces].mean() < 0.002
+    # The heat-maps are drawn on every face, and not on the background between them.
+    for _, size, (x, y) in FACES:
+        assert changed[y:y + size, x:x + size].mean() > 0.3
+    assert changed[~on_faces].mean() < 0.002
