@@ -230,21 +230,22 @@ def _csv_rows(path, required):
                 yield line, dict(zip(header, values))
 
 
-def _usage_split(value):
-    """A Usage cell -> train, val or test (case and surrounding spaces ignored), or None."""
-    return CSV_USAGE.get(value.strip().lower())
+def _usage_split(row, unknown=None):
+    """A CSV row's Usage -> train, val or test (case and surrounding spaces ignored), or None; a value that names
+    no split is counted in unknown ({value: rows}) when given."""
+    value = row.get("usage", "").strip()
+    split = CSV_USAGE.get(value.lower())
+    if split is None and unknown is not None:
+        unknown[value] = unknown.get(value, 0) + 1
+    return split
 
 
 def _csv_usages(path):
     """-> (the splits present, {unknown Usage value: row count})."""
     found, unknown = set(), {}
     for _, row in _csv_rows(path, ("usage",)):
-        split = _usage_split(row.get("usage", ""))
-        if split:
-            found.add(split)
-        else:
-            unknown[row.get("usage", "").strip()] = unknown.get(row.get("usage", "").strip(), 0) + 1
-    return found, unknown
+        found.add(_usage_split(row, unknown))
+    return found - {None}, unknown
 
 
 def available_splits(root):
@@ -273,7 +274,7 @@ def resolve_classes(root, classes=None):
         found = FER2013_CLASSES
         counts = {}
         for _, row in _csv_rows(root, ("emotion", "usage")):
-            if _usage_split(row.get("usage", "")) == "train":
+            if _usage_split(row) == "train":
                 counts[row["emotion"].strip()] = counts.get(row["emotion"].strip(), 0) + 1
         empty = [c for i, c in enumerate(found) if not counts.get(str(i))]
     elif kind in ("ferplus", "ferplus_csv"):
@@ -392,10 +393,7 @@ def _load_csv_split(path, split, classes, size, channels):
     label_of = {index_of[c.lower()]: label for label, c in enumerate(classes)}
     arrays, labels, sources, skipped, unknown = [], [], [], [], {}
     for line, row in _csv_rows(path, ("emotion", "pixels", "usage")):
-        usage = _usage_split(row.get("usage", ""))
-        if usage is None:
-            unknown[row.get("usage", "").strip()] = unknown.get(row.get("usage", "").strip(), 0) + 1
-        if usage != split:
+        if _usage_split(row, unknown) != split:
             continue
         source = f"{path}:{line}"
         try:
@@ -470,10 +468,7 @@ def _load_ferplus_csv(path, split, size, channels):
     arrays, votes, sources, skipped, unknown, not_in_ferplus = [], [], [], [], {}, 0
     rows = _csv_rows(path, FERPLUS_CSV_HEADER)
     for (line, vote_row), (_, pixel_row) in zip(rows, _csv_rows(pixels_csv, ("pixels", "usage"))):
-        usage = _usage_split(vote_row.get("usage", ""))
-        if usage is None:
-            unknown[vote_row.get("usage", "").strip()] = unknown.get(vote_row.get("usage", "").strip(), 0) + 1
-        if usage != split:
+        if _usage_split(vote_row, unknown) != split:
             continue
         source = f"{path}:{line}"
         if not vote_row.get("image name", "").strip():

@@ -40,6 +40,10 @@ def plot_curves(curves, out_path, title=""):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+    _save(fig, out_path, title)
+
+
+def _save(fig, out_path, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -58,9 +62,7 @@ def plot_confusion_matrix(cm, classes, out_path, title=""):
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
+    _save(fig, out_path)
 
 
 def plot_reliability(calibration, out_path, title=""):
@@ -83,11 +85,7 @@ def plot_reliability(calibration, out_path, title=""):
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=f"{name}{t}: ECE {100 * part['ece']:.1f}%")
         ax.legend(loc="upper left")
     axes[0].set_ylabel("accuracy")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
+    _save(fig, out_path, title)
 
 
 def save_report(report, out_dir, stem, title=""):

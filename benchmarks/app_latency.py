@@ -4,7 +4,8 @@
 
 Starts app.py's page on a free local port, then per repeat: loads the page, uploads the photo, clicks Analyze
 and waits (the clock running from the upload on) until the page says how many faces it found and shows the
-annotated image. Prints each time and the median; the first repeat includes loading the model. --screenshot saves the page after the last repeat.
+annotated image. Prints each time and the median; the first repeat includes loading the model. --screenshot
+saves the page after the last repeat.
 """
 import argparse
 import shutil

@@ -118,7 +118,8 @@ def main(argv=None):
     rgb = load_split(args.data, "train", classes, 48, 3)
     print(f"decoding {len(rgb)} training images once: {time.perf_counter() - start:.1f}s")
     gray = load_split(args.data, "train", classes, 48, 1)
-    assignment_loader = torch.utils.data.DataLoader(AssignmentImageFolder(args.data, classes), batch_size=64, shuffle=True)
+    assignment_loader = torch.utils.data.DataLoader(AssignmentImageFolder(args.data, classes), batch_size=64,
+                                                    shuffle=True)
     bf16 = engine.bf16_supported(device)
 
     print("\n--arch assignment, training images/s (SGD step, batch 64 unless noted)")

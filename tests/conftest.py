@@ -73,8 +73,9 @@ def fixed_checkpoint(path, data=None, seed=0, head_scale=1.0, head_shift=None, *
     with known behaviour use it, since a short training run lands elsewhere on every CPU (bf16 kernels differ).
     Weights: PyTorch's seeded initialisation (the same on every machine), fp32, BatchNorm statistics taken on a
     fixed batch of smoothed noise (so outputs vary with the input, as a trained model's do), the classifier's
-    weights scaled by head_scale and its biases shifted by head_shift. scoring: fields of the scoring block (the image alone
-    and a uniform prior unless given). data: recorded as the data it was 'trained' on, so test.py finds it."""
+    weights scaled by head_scale and its biases shifted by head_shift. scoring: fields of the scoring block (the
+    image alone and a uniform prior unless given). data: recorded as the data it was 'trained' on, so test.py
+    finds it."""
     import torch
 
     from checkpoint import Scoring, save_checkpoint

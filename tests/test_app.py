@@ -40,7 +40,8 @@ def server():
 
 def chromium():
     path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "the browser test needs Chromium from the system's packages (.ci/run installs it: apt-get install chromium)"
+    assert path, ("the browser test needs Chromium from the system's packages (.ci/run installs it: "
+                  "apt-get install chromium)")
     return path
 
 

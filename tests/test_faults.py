@@ -169,6 +169,7 @@ def test_augmentation_names_are_parsed_once_into_what_training_uses(tiny_data, t
     assert args.aug == ("flip", "affine")
     used = []
     real = scripts["train"].augment_batch
-    monkeypatch.setattr(scripts["train"], "augment_batch", lambda x, kinds, *a: used.append(kinds) or real(x, kinds, *a))
+    monkeypatch.setattr(scripts["train"], "augment_batch",
+                        lambda x, kinds, *a: used.append(kinds) or real(x, kinds, *a))
     assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "1", "--aug", "flip, affine")) == 0
     assert used and all(kinds == ("flip", "affine") for kinds in used)
