@@ -62,10 +62,13 @@ def analyze(files, snapshot, model, detector, find_faces, align, score_threshold
         raise gr.Error("Add a photo (or take a webcam snapshot) first.")
     try:
         classifier = classifier_for(str(model).strip())
-        settings = FaceSettings(detector, str(YUNET_MODEL), float(score_threshold), int(min_face), int(max_side),
+        settings = FaceSettings(detector, str(YUNET_MODEL), float(score_threshold),
+                                positive_int(str(int(min_face or 0))), positive_int(str(int(max_side or 0))),
                                 angle_list(turns or "none"), no_detect=not find_faces, align=align)
         face_detector = settings.detector_for()
-    except (UserError, argparse.ArgumentTypeError, ValueError) as e:
+    except argparse.ArgumentTypeError as e:
+        raise gr.Error(f"The smallest face, the detection size and the turns: {e}") from None
+    except (UserError, ValueError) as e:
         raise gr.Error(str(e)) from None
     out_dir = Path(tempfile.mkdtemp(prefix="fer_app_"))
     results, gallery, notes = Results(classifier.classes), [], []

@@ -13,6 +13,10 @@ without, and PublicTest's ECE 3.65% against 2.49%).
 import torch
 import torch.nn.functional as F
 
+from checkpoint import load_checkpoint, save_checkpoint
+from dataset import unseen
+from metrics import calibration_from_sums, calibration_sums
+
 
 def fit_temperature(logits, labels, steps=100):
     """The temperature minimising the mean NLL of softmax(logits / T) for labels (float N x classes, int N),
@@ -31,3 +35,29 @@ def fit_temperature(logits, labels, steps=100):
 
     optimizer.step(closure)
     return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def calibrate(classifier, val, train, checkpoint=None):
+    """Fit a classifier's temperature on the validation images that are not copies of training images
+    (val, train: FERSplits; dataset.unseen), and store it in the scoring block of the checkpoint file when one is
+    given. -> (the classifier with it, {"temperature", "images", "before", "after"}: ECE, NLL and Brier score on
+    those images at temperature 1 and at the fitted one, metrics.calibration_from_sums)."""
+    val = unseen(val, train)
+    logits = classifier.decision_logits(val.images)
+    temperature = fit_temperature(logits, val.labels)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        state["scoring"] = {**state["scoring"], "temperature": temperature}
+        save_checkpoint(state, checkpoint)
+    figures = {"temperature": temperature, "images": len(val)}
+    for name, t in (("before", 1.0), ("after", temperature)):
+        figures[name] = calibration_from_sums(calibration_sums(torch.softmax(logits.double() / t, 1).numpy(),
+                                                               val.labels.numpy()))
+    return classifier.rescored(temperature=temperature), figures
+
+
+def summary(figures):
+    """One line saying what a calibration (calibrate's figures) did."""
+    before, after = figures["before"], figures["after"]
+    return (f"temperature {figures['temperature']:.3f} fitted on {figures['images']} validation images: NLL "
+            f"{before['nll']:.4f} -> {after['nll']:.4f}, ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}%")

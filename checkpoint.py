@@ -103,6 +103,11 @@ class Scoring:
 
     @classmethod
     def from_dict(cls, block):
+        """A scoring block (to_dict's) -> Scoring. ValueError for a block of a later version; KeyError or
+        TypeError for one that lacks a field or has the wrong kind of value."""
+        if block.get("version", 1) > cls.VERSION:
+            raise ValueError(f"has a version-{block['version']} scoring block; this toolkit reads version "
+                             f"{cls.VERSION}")
         prior = block.get("class_prior")
         return cls(classes=tuple(block["classes"]), input=dict(block["input"]), tta_flip=bool(block["tta_flip"]),
                    tta_scales=tuple(block["tta_scales"]), logit_adjust=float(block["logit_adjust"]),
@@ -110,13 +115,14 @@ class Scoring:
                    temperature=float(block.get("temperature", 1.0)))
 
 
-def scoring_of(state, path="checkpoint", **overrides):
-    """The Scoring of a loaded checkpoint, with overrides (tta_flip, tta_scales, logit_adjust; None keeps the
-    checkpoint's) applied; CheckpointError naming path if they cannot apply."""
+def scoring_of(state, path="checkpoint"):
+    """The Scoring of a loaded checkpoint; CheckpointError naming path for a block that cannot be read."""
     try:
-        return Scoring.from_dict(state["scoring"]).replace(**overrides)
+        return Scoring.from_dict(state["scoring"])
     except ValueError as e:
         raise CheckpointError(f"{path} {e}") from None
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: its scoring block is incomplete ({type(e).__name__}: {e})") from None
 
 
 def save_checkpoint(state, path):

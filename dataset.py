@@ -529,6 +529,15 @@ def recorded_splits(root, classes, input_cfg, split_record, label_mode="majority
             scoring_protocol(recorded_subset(full, indices, "val", record)))
 
 
+def held_out_of_train(split_record):
+    """Whether a split record names validation images held out of the train split (indices, or the stratified
+    split a release checkpoint's record names) -> what identifies them (compare two records with it), or None."""
+    if "val_indices" in split_record:
+        return split_record["val_indices"]
+    source = split_record.get("source", "")
+    return source if source.startswith("stratified ") else None
+
+
 def recorded_validation(root, classes, input_cfg, split_record, label_mode="majority"):
     """The validation faces of recorded_splits."""
     return recorded_splits(root, classes, input_cfg, split_record, label_mode)[1]
@@ -640,7 +649,8 @@ def augment_batch(x, kinds, generator, affine=AFFINE_RANGES):
 
     flip: horizontal flip; affine: rotation +-DEG, scale 1 +- SCALE, shift +-SHIFT of the image size, for
     affine = (DEG, SCALE, SHIFT), AFFINE_RANGES by default; jitter: brightness and contrast +-20%; erase: one
-    random rectangle of up to a quarter of the image set to the mean.
+    random rectangle of up to a quarter of the image set to the mean (Random Erasing: Zhong, Zheng, Kang, Li and
+    Yang, AAAI 2020). x: float N x C x H x W, normalised; -> the same shape and dtype.
     """
     n, dev = x.shape[0], x.device
 
@@ -683,7 +693,9 @@ def mix_batch(x, kind, alpha, generator):
 
     mixup: a weighted average of the two images; cutmix: a box of the partner pasted in. The original's share
     lam is drawn from Beta(alpha, alpha); for cutmix it is the share of pixels the original keeps after the box
-    is clipped to the image. -> (mixed batch, partner index of each image, lam); the loss to train on is
+    is clipped to the image. mixup: Zhang, Cisse, Dauphin and Lopez-Paz, "mixup: Beyond Empirical Risk
+    Minimization", ICLR 2018; cutmix: Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers
+    with Localizable Features", ICCV 2019. -> (mixed batch, partner index of each image, lam); the loss to train on is
     lam x loss(labels) + (1 - lam) x loss(labels[partner]).
     """
     n, (h, w) = x.shape[0], x.shape[-2:]

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dataset import normalize, zoom
+from errors import UserError
 from ferplus import vote_distribution
 from metrics import calibration_from_sums, calibration_sums, confusion_matrix, report_from_confusion
 
@@ -68,8 +69,20 @@ def all_reduce_sum(tensor, device):
 
 
 def select_device(name="auto", local_rank=0):
+    """--device -> torch.device: "auto" picks CUDA (this process's local_rank under torchrun), then Apple's MPS,
+    then the CPU; a named device must exist here. UserError naming the flag otherwise."""
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                     "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
+        if not available.get(device.type, False):
+            raise UserError(f"--device {name}: there is no {device.type} device on this machine")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -100,12 +113,15 @@ def autocast(device, enabled):
 
 
 def prepare_model(model, device, channels_last=True):
+    """The model moved to device, in channels_last memory layout unless told otherwise."""
     model = model.to(device)
     # channels_last lets oneDNN and cuDNN pick their fastest convolution kernels (about 1.2x here on CPU).
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def to_input(images_uint8, input_cfg, device, channels_last=True):
+    """uint8 N x C x H x W -> float32 on device, (x / 255 - mean) / std (input_cfg's), channels_last unless told
+    otherwise."""
     x = normalize(images_uint8.to(device, non_blocking=True), input_cfg["mean"], input_cfg["std"])
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import Scoring, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint, scoring_of
 from cli import positive_int
 from errors import UserError, exit_code
 from inference import EXPORT_METADATA_FILE, ONNX_METADATA_KEY, ModelClassifier, export_metadata
@@ -41,6 +41,8 @@ DYNAMIC_BATCH = {"x": {0: torch.export.Dim("batch")}}
 
 
 def export_onnx(model, example, info, out, opset):
+    """model (fp32, eval) -> an ONNX file at out for any batch size of example's shape, with info (the scoring
+    block and arch) in its metadata under ONNX_METADATA_KEY. UserError when the onnx package is missing."""
     try:
         import onnx
     except ImportError:
@@ -55,11 +57,13 @@ def export_onnx(model, example, info, out, opset):
 
 
 def export_program(model, example, info, out):
+    """model -> a torch.export program (.pt2) for any batch size, with info as its fer_toolkit.json extra file."""
     program = torch.export.export(model, (example,), dynamic_shapes=DYNAMIC_BATCH)
     torch.export.save(program, str(out), extra_files={EXPORT_METADATA_FILE: json.dumps(info)})
 
 
 def export_torchscript(model, example, info, out):
+    """model -> a traced TorchScript file (for LibTorch), with info as its fer_toolkit.json extra file."""
     traced = torch.jit.trace(model, example)
     torch.jit.save(traced, str(out), _extra_files={EXPORT_METADATA_FILE: json.dumps(info)})
 
@@ -84,7 +88,7 @@ def run(args):
     if args.format == "release":
         state = load_checkpoint(args.ckpt)
         export_release(state, out)
-        scoring = Scoring.from_dict(state["scoring"])
+        scoring = scoring_of(state, args.ckpt)
     else:
         # The network and scoring exactly as the checkpoint's classifier runs them, in fp32 and the default layout.
         classifier = ModelClassifier.from_checkpoint(args.ckpt)

@@ -163,9 +163,6 @@ class HaarDetector:
         return sorted(detections, key=lambda d: -d.box[2] * d.box[3])
 
 
-DETECTORS = {"yunet": YuNetDetector, "haar": HaarDetector}
-
-
 def make_detector(name="yunet", model=None, score_threshold=0.6, min_face=24, max_side=960, turns=(-30, 30)):
     """A detector by name (DETECTORS); model, score_threshold and turns apply to YuNet only."""
     if name == "haar":

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import engine
-from checkpoint import CheckpointError, Scoring, load_checkpoint, model_from_checkpoint, scoring_of
+from checkpoint import PRIOR_FLOOR, CheckpointError, Scoring, load_checkpoint, model_from_checkpoint, scoring_of
 from errors import UserError
 
 ONNX_METADATA_KEY = "fer_toolkit"
@@ -83,6 +83,8 @@ class Classifier:
                 "logit_bias": s.logit_bias, "temperature": s.temperature}
 
     def grad_cam(self, images, class_indices):
+        """Grad-CAM maps (float N x H x W, 0..1) of class_indices[i] in image i; only a PyTorch model has the
+        layers to read, so other classifiers raise UserError."""
         raise UserError(f"--explain needs a PyTorch checkpoint (.pth): {self.source} is an exported graph, "
                         "which has no layers to read")
 
@@ -177,8 +179,10 @@ def scoring_from_export(info, path):
         if "scoring" in info:
             return Scoring.from_dict(info["scoring"])
         bias = info.get("logit_bias")
-        # An old export kept only the bias: a prior whose -log is that bias (up to a constant) decides alike.
-        prior = None if bias is None else tuple(float(np.exp(-b)) for b in bias)
+        # An old export kept only the bias: a prior whose -log is that bias decides alike. A constant added to a
+        # bias changes no decision and no probability; this one lifts every share above Scoring's floor.
+        shift = None if bias is None else max(bias) + np.log(PRIOR_FLOOR / len(bias))
+        prior = None if bias is None else tuple(float(np.exp(shift - b)) for b in bias)
         return Scoring(tuple(info["classes"]), dict(info["input"]), bool(info.get("tta_flip", False)),
                        tuple(info.get("tta_scales", ())), 0.0 if bias is None else 1.0, prior)
     except (KeyError, TypeError, ValueError) as e:

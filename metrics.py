@@ -1,6 +1,6 @@
 """Classification metrics, computed from the confusion matrix so every figure agrees with it.
 
-Precision of class k is correct-k / predicted-k (the seed divided by all test images instead), recall is
+Precision of class k is correct-k / predicted-k (the assignment's code divided by all test images instead), recall is
 correct-k / actual-k; a class never predicted (or absent) gets 0, never a division by zero.
 """
 import numpy as np

@@ -76,6 +76,9 @@ def main(argv=None):
 def run(args):
     if not args.inputs and not args.video:
         raise UserError("give photos or folders to classify, or --video FILE")
+    if args.video and args.boxes:
+        raise UserError("--boxes names faces in photos; a --video's faces are detected (or, with --no-detect, "
+                        "each frame is one face)")
     if args.ckpt == [str(DEFAULT_MODEL)] and not DEFAULT_MODEL.exists():
         raise UserError(f"the shipped model {DEFAULT_MODEL} is missing; pass --ckpt checkpoints/best.pth")
     classifier = load_classifier(args.ckpt, args.device)
@@ -137,7 +140,8 @@ def predict_video(args, classifier, detector, settings, out_dir):
             # Frames go through the decoding photos go through (canonical_image), as RGB.
             image = canonical_image(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
             detections = [Detection((0, 0, image.width, image.height))] if detector is None else detector(image)
-            faces = analyze_image(image, classifier, detections, align=settings.align, margin=settings.margin)
+            faces = analyze_image(image, classifier, detections, align=settings.align, margin=settings.margin,
+                                  explain=args.explain)
             stamp = {"frame": frame_index, "time_s": round(frame_index / fps, 3)}
             if not faces:
                 faceless += 1

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from dataset import ASSIGNMENT_CLASSES
 
-# The seed's class sizes divided by five (train) and a balanced test set, like the assignment's.
+# The assignment's class sizes divided by five (train) and a balanced test set, like the assignment's.
 DEMO_TRAIN_COUNTS = {"Angry": 100, "Happy": 300, "Neutral": 200, "Sad": 300, "Surprise": 100}
 DEMO_TEST_COUNT = 40
 
@@ -87,7 +87,7 @@ def draw_face(expression, rng, size=64):
 
 
 def make_demo_dataset(root, train_counts=None, test_count=DEMO_TEST_COUNT, size=64, seed=0):
-    """Write root/{train,test}/<Class>/*.jpg in the seed's layout; returns root."""
+    """Write root/{train,test}/<Class>/*.jpg in the assignment's layout; returns root."""
     root = Path(root)
     train_counts = train_counts or DEMO_TRAIN_COUNTS
     rng = np.random.default_rng(seed)

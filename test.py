@@ -12,13 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 import engine
-from calibration import fit_temperature
-from checkpoint import load_checkpoint, save_checkpoint
+from calibration import calibrate, summary
 from cli import add_runtime_args, class_map, non_negative_float, positive_int, scale_list
-from dataset import DataError, available_splits, load_split, recorded_splits, recorded_validation, unseen
+from dataset import DataError, available_splits, held_out_of_train, load_split, recorded_splits, recorded_validation
 from errors import UserError, exit_code
 from inference import ModelClassifier, load_classifier
 from metrics import format_report
@@ -70,7 +67,7 @@ def run(args):
     members = getattr(classifier, "members", [classifier])
     first, record = members[0].source, members[0].record or {}
     if args.calibrate:
-        classifier = calibrate(classifier, args)
+        classifier = calibrate_checkpoint(classifier, args)
     trained = record.get("args", {})
     root = args.data or record.get("split", {}).get("root") or trained.get("data")
     if not root:
@@ -82,7 +79,7 @@ def run(args):
     available = available_splits(root)
     # Data without a val folder: "val" is the part of train that training held out, by the checkpoint's indices.
     held_out = record.get("split", {}) if "val" not in available and "train" in available else {}
-    if "val_indices" in held_out:
+    if held_out_of_train(held_out) is not None:
         available.append("val")
     split = next((s for s in candidates if s in available), None)
     if split is None:
@@ -90,9 +87,9 @@ def run(args):
                         f"(it has: {', '.join(available) or 'none'})")
 
     cfg = classifier.input
-    if split == "val" and "val_indices" in held_out:
+    if split == "val" and held_out_of_train(held_out) is not None:
         for member in members[1:]:
-            if (member.record or {}).get("split", {}).get("val_indices") != held_out["val_indices"]:
+            if held_out_of_train((member.record or {}).get("split", {})) != held_out_of_train(held_out):
                 raise DataError(f"{member.source} held out other training images for validation than {first}; "
                                 "their ensemble has no common validation split (train them with the same --seed)")
         data = recorded_validation(root, classifier.classes, cfg, held_out, trained.get("label_mode") or "majority")
@@ -119,11 +116,14 @@ def run(args):
     return 0
 
 
-def calibrate(classifier, args):
+def calibrate_checkpoint(classifier, args):
     """--calibrate: fit the temperature on the validation split the checkpoint's training used (its recorded
     split, on the data it was trained on), store it in the checkpoint -> the classifier with it."""
     if not isinstance(classifier, ModelClassifier):
         raise UserError("--calibrate takes one checkpoint (.pth): it stores the temperature it fits in the file")
+    if args.tta is not None or args.tta_scales is not None or args.logit_adjust is not None:
+        raise UserError("--calibrate fits the temperature of the checkpoint's own scoring: leave out --tta, "
+                        "--tta-scales and --logit-adjust")
     record = classifier.record
     split, trained = record.get("split", {}), record.get("args", {})
     root = split.get("root") or trained.get("data")
@@ -132,20 +132,6 @@ def calibrate(classifier, args):
                         "--calibrate fits on")
     train, val = recorded_splits(root, classifier.classes, classifier.input, split,
                                  trained.get("label_mode") or "majority")
-    val = unseen(val, train)  # faces the model scores as new, not from memory (calibration.py)
-    logits = classifier.decision_logits(val.images)
-    temperature = fit_temperature(logits, val.labels)
-    state = load_checkpoint(classifier.source)
-    state["scoring"] = {**state["scoring"], "temperature": temperature}
-    save_checkpoint(state, classifier.source)
-    _, report = engine.classification_scores(logits, val.labels, val.classes, torch.device("cpu"),
-                                             temperature=temperature)
-    before, after = report["calibration"]["before"], report["calibration"]["after"]
-    print(f"{classifier.source}: temperature {temperature:.3f} fitted on {len(val)} validation faces of {root} "
-          f"(NLL {before['nll']:.4f} -> {after['nll']:.4f}, ECE {100 * before['ece']:.2f}% -> "
-          f"{100 * after['ece']:.2f}%); stored in the checkpoint")
-    return classifier.rescored(temperature=temperature)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    classifier, figures = calibrate(classifier, val, train, classifier.source)
+    print(f"{classifier.source}: {summary(figures)} of {root}; stored in the checkpoint")
+    return classifier

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 import engine
-from calibration import fit_temperature
+from calibration import calibrate, summary
 from checkpoint import (
     CheckpointError,
     Scoring,
@@ -66,7 +66,6 @@ from dataset import (
     resolve_classes,
     scoring_protocol,
     stratified_split,
-    unseen,
 )
 from errors import UserError, exit_code
 from ferplus import LABEL_MODES, MultiTargetLoss
@@ -401,6 +400,8 @@ def class_prior(train):
 
 
 def make_optimizer(model, args):
+    """SGD (Nesterov momentum unless --no-nesterov) or AdamW at --lr, weight decay on conv and linear weights
+    only."""
     # No weight decay on BatchNorm and bias parameters: decaying them only fights the normalisation.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -428,6 +429,7 @@ def make_scheduler(optimizer, args, steps_per_epoch):
 
 
 def class_weights(train, args, device):
+    """--class-weights balanced: float32 tensor (classes,) on device, N / (classes x count) per class; else None."""
     if args.class_weights == "none":
         return None
     counts = class_counts(train).float()
@@ -576,8 +578,10 @@ def train_one_epoch(trainer, images, targets, labels, args, run, epoch):
 
 
 def sam_ascent(model, rho):
-    """Move every weight that has a gradient by rho * grad / ||grad|| (one norm over all of them, as SAM does);
-    -> the (weight, move) pairs, to move back after the second gradient."""
+    """The ascent step of sharpness-aware minimisation (Foret, Kleiner, Mobahi and Neyshabur, "Sharpness-Aware
+    Minimization for Efficiently Improving Generalization", ICLR 2021): move every weight that has a gradient by
+    rho * grad / ||grad|| (one L2 norm over all of them) -> the (weight, move) pairs, to move back after the
+    second gradient."""
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
     scale = rho / (norm + 1e-12)
@@ -660,9 +664,17 @@ def resume_point(args, given):
     if not path.exists():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
     state = load_checkpoint(path)
-    if "optimizer" not in state or "epoch" not in state:
-        raise CheckpointError(f"{path} holds no training state to resume from")
-    recorded = {k: recorded_value(k, v) for k, v in state.get("args", {}).items() if hasattr(args, k)}
+    needed = ["optimizer", "lr_scheduler", "epoch", "args", "split"] + (["ema_steps"] if "online_model" in state
+                                                                       else [])
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} holds no training state to resume from (it lacks {', '.join(missing)}; a "
+                              "release checkpoint keeps only what predicting needs)")
+    recorded = {k: recorded_value(k, v) for k, v in state["args"].items() if hasattr(args, k)}
+    # A version-1 run from before --tta, --tta-scales or --logit-adjust was scored without them.
+    scoring = state["scoring"]
+    recorded.update({k: v for k, v in (("tta", scoring["tta_flip"]), ("tta_scales", tuple(scoring["tta_scales"])),
+                                       ("logit_adjust", scoring["logit_adjust"])) if recorded.get(k) is None})
     for dest in sorted(given):
         if dest in recorded and dest not in RESUMABLE_CHANGES and comparable(getattr(args, dest)) != \
                 comparable(recorded[dest]):
@@ -718,20 +730,27 @@ def restore(state, path, trainer, args, run):
     return Progress(state["epoch"], progress.get("best"), progress.get("bad_epochs", 0))
 
 
-def carry_best(path, state, out_dir):
+def carry_best(path, state, out_dir, write=True):
     """Make sure OUTPUT_DIR/best.pth is the resumed run's best checkpoint: resuming into a new --output-dir
-    copies it from beside the resumed one (or writes the resumed one, if it is the best). CheckpointError
-    before any training if the run's best.pth cannot be found."""
+    copies it from beside the resumed one (or writes the resumed one, if it is the best; only with write).
+    CheckpointError before any training if the run's best.pth cannot be found, or OUTPUT_DIR holds another's."""
     target = out_dir / "best.pth"
-    if target.exists():
-        return
     best_epoch = (state.get("progress", {}).get("best") or {}).get("epoch")
     beside = path.parent / "best.pth"
+    if target.exists():
+        # best.pth is written before last.pth: after a crash between the two it is one epoch ahead, which the
+        # resumed run replays exactly.
+        if load_checkpoint(target).get("epoch") not in (best_epoch, state["epoch"] + 1):
+            raise CheckpointError(f"{target} is not the best checkpoint of the run in {path} (epoch {best_epoch}); "
+                                  "resume into the run's own --output-dir or an empty one")
+        return
     if beside.is_file() and load_checkpoint(beside).get("epoch") == best_epoch:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(beside, target)
+        if write:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(beside, target)
     elif best_epoch == state["epoch"]:
-        save_checkpoint(state, target)
+        if write:
+            save_checkpoint(state, target)
     else:
         raise CheckpointError(f"the best checkpoint of the run in {path} (epoch {best_epoch}) is neither "
                               f"{target} nor {beside}; resume from the folder that holds it")
@@ -760,9 +779,10 @@ def train_process(args, given, rank, world, local_rank):
     run = Run(args, rank, world, device, engine.use_amp(args.amp, device))
     out_dir, log_dir = Path(args.output_dir), Path(args.log_dir)
     if state is not None and finished(state, args):
+        stopped = state["epoch"] < args.epochs
         run.say(f"{resume_path} is a finished run (epoch {state['epoch']} of {args.epochs}, "
-                f"{'stopped early' if state['epoch'] < args.epochs else 'all epochs done'}): nothing to train; "
-                "pass a larger --epochs to extend it")
+                f"{'stopped early by --patience' if stopped else 'all epochs done'}): nothing to train; pass a "
+                f"larger {'--patience' if stopped else '--epochs'} to go on")
         return 0
     run.root = data_root(args)
     run.classes, notes = resolve_classes(run.root, args.classes)
@@ -778,8 +798,7 @@ def train_process(args, given, rank, world, local_rank):
     torch.manual_seed(args.seed)  # the same initial weights in every process
     if state is not None:
         model, run.arch_args = model_from_checkpoint(state, resume_path), state["arch_args"]
-        if run.is_main:
-            carry_best(resume_path, state, out_dir)
+        carry_best(resume_path, state, out_dir, write=run.is_main)  # every process checks, so all stop alike
     else:
         run.arch_args = arch_args(args)
         try:
@@ -951,25 +970,6 @@ def report_leakage(full_train, test_split, log_dir, run):
     return counts
 
 
-def calibrate(classifier, data, best_path, run, log):
-    """Fit the temperature of best.pth on the validation faces that are not copies of training faces
-    (calibration.py), record it in best.pth's scoring block and log what it does there -> the classifier,
-    calibrated. Every process fits on the whole of them, so all agree on it."""
-    val = unseen(data.val, data.train)
-    logits = classifier.decision_logits(val.images)
-    temperature = fit_temperature(logits, val.labels)
-    if run.is_main:
-        state = load_checkpoint(best_path)
-        state["scoring"] = {**state["scoring"], "temperature": temperature}
-        save_checkpoint(state, best_path)
-    figures = engine.classification_scores(logits, val.labels, val.classes, torch.device("cpu"),
-                                           temperature=temperature)
-    before, after = figures[1]["calibration"]["before"], figures[1]["calibration"]["after"]
-    log.line(f"Temperature {temperature:.3f} fitted on {len(val)} validation images: NLL {before['nll']:.4f} -> "
-             f"{after['nll']:.4f}, ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}%")
-    return classifier.rescored(temperature=temperature)
-
-
 def test(best_path, data, test_split, leaks, args, run, log):
     """Calibrate best.pth on validation, then score it on the test split, if the data has one, as test.py
     would. The test split never influenced training, selection or calibration."""
@@ -983,7 +983,9 @@ def test(best_path, data, test_split, leaks, args, run, log):
                            for c in (classifier.rescored(logit_adjust=0.0), classifier))
         log.line(f"Validation balanced accuracy: {100 * plain:.2f}% plain argmax, {100 * adjusted:.2f}% with "
                  f"--logit-adjust {args.logit_adjust:g}")
-    classifier = calibrate(classifier, data, best_path, run, log)
+    # Every process fits on all of validation, so all agree on the temperature; rank 0 stores it.
+    classifier, figures = calibrate(classifier, data.val, data.train, best_path if run.is_main else None)
+    log.line(f"Calibration: {summary(figures)}")
     if test_split is None:
         run.say(f"no {args.test_split} split in {run.root}; score another dataset with: "
                 f"python test.py --ckpt {best_path} --data DIR")

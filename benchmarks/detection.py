@@ -27,7 +27,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faces as face_lib  # noqa: E402
-from dataset import ASSIGNMENT_CLASSES, data_files, load_split, read_image, stratified_split  # noqa: E402
+from dataset import ASSIGNMENT_CLASSES, data_files, read_image, recorded_validation  # noqa: E402
 from faces import analyze_image, box_iou, make_detector  # noqa: E402
 from inference import load_classifier  # noqa: E402
 from synthetic import draw_face  # noqa: E402
@@ -49,20 +49,11 @@ def load_faces(folder, classes, per_class, seed):
 
 
 def holdout_faces(classifier, root, count, seed):
-    """The faces the checkpoint held out of root's train split for validation (its recorded indices, or the
-    stratified split its record names), which a choice may look at: -> [(uint8 48x48 crop, class index)]."""
-    split = (classifier.record or {}).get("split", {})
-    full = load_split(root, "train", classifier.classes)
-    if "val_indices" in split:
-        indices = split["val_indices"]
-    else:  # a release checkpoint: "stratified F of train, seed S"
-        words = split.get("source", "").split()
-        if len(words) != 6 or words[0] != "stratified":
-            raise SystemExit(f"{classifier.source} records no held-out validation split to rebuild")
-        _, indices = stratified_split(full.labels, float(words[1]), int(words[5]))
-    rng = np.random.default_rng(seed)
-    picked = rng.permutation(len(indices))[:count]
-    return [(full.images[indices[i]][0].numpy(), int(full.labels[indices[i]])) for i in picked]
+    """The faces the checkpoint held out of root's train split for validation (dataset.recorded_validation),
+    which a choice may look at: -> [(uint8 48x48 crop, class index)]."""
+    val = recorded_validation(root, classifier.classes, classifier.input, (classifier.record or {}).get("split", {}))
+    picked = np.random.default_rng(seed).permutation(len(val))[:count]
+    return [(val.images[i][0].numpy(), int(val.labels[i])) for i in picked]
 
 
 def synthetic_faces(classes, count, seed):

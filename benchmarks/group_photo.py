@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dataset import data_files  # noqa: E402
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +39,7 @@ def main(argv=None):
         if any(x < px + ps and px < x + side and y < py + ps and py < y + side for px, py, ps in placed):
             continue
         folder = folders[int(rng.integers(len(folders)))]
-        files = sorted(folder.iterdir())
+        files = data_files(folder)
         face = Image.open(files[int(rng.integers(len(files)))]).convert("RGB").resize((side, side), Image.BICUBIC)
         canvas.paste(face, (x, y))
         placed.append((x, y, side))

@@ -68,7 +68,7 @@ def main(argv=None):
     print(f"{'split':<12}{'class':<10}{'faces':>7}{'agree %':>9}   most common FER+ majority when they disagree")
     held = {}
     for split in ("train", "val"):
-        fer = load_split(args.fer2013, split, FER2013)
+        fer = load_split(args.fer2013, split, FER2013)  # 48x48 gray, as both sets store their faces
         plus = load_split(args.ferplus, split, emotions)  # the majority protocol
         index, clashes = paired(fer, plus)
         ok = index >= 0
@@ -97,7 +97,8 @@ def main(argv=None):
             continue
         classifier = load_classifier(path)
         names = [TO_FER2013.get(c.lower(), c.lower()) for c in classifier.classes]
-        decided = classifier.probabilities(plus.images[torch.as_tensor(ok)]).argmax(1)
+        faces = load_split(args.ferplus, "val", emotions, classifier.input["size"], classifier.input["channels"])
+        decided = classifier.probabilities(faces.images[torch.as_tensor(ok)]).argmax(1)
         as_fer2013 = np.array([FER2013.index(names[k]) if names[k] in FER2013 else -1 for k in decided])
         print(f"{Path(path).name:<44}{100 * (as_fer2013 == fer_truth).mean():>15.2f}%"
               f"{100 * (as_fer2013 == plus_truth).mean():>14.2f}%")

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
 from cli import scale_list  # noqa: E402
-from dataset import recorded_validation  # noqa: E402
+from dataset import held_out_of_train, recorded_validation  # noqa: E402
 from errors import UserError, exit_code  # noqa: E402
 from inference import ModelClassifier  # noqa: E402
 
@@ -33,7 +33,7 @@ def run(args):
     for path in args.ckpt:
         classifier = ModelClassifier.from_checkpoint(path, device)
         split = classifier.record.get("split", {})
-        if "val_indices" not in split:
+        if held_out_of_train(split) is None:
             raise UserError(f"{path} records no held-out validation indices (its data had a val folder)")
         cfg = classifier.input
         val = recorded_validation(split["root"], classifier.classes, cfg, split,

@@ -6,6 +6,7 @@ import torch
 
 import checkpoint
 from checkpoint import CheckpointError, Scoring, load_checkpoint, model_from_checkpoint, save_checkpoint
+from inference import ModelClassifier
 from model import VGG_WIDTHS, build_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -174,4 +175,4 @@ def test_logit_adjustment_without_the_class_frequencies_is_refused_naming_the_fi
     state, _ = make_state()
     assert Scoring.from_dict(state["scoring"]).logit_bias is None
     with pytest.raises(CheckpointError, match="old.pth records no training class frequencies"):
-        checkpoint.scoring_of(state, "old.pth", logit_adjust=1.0)
+        ModelClassifier.from_checkpoint("old.pth", state=state).rescored(logit_adjust=1.0)
