@@ -135,3 +135,7 @@ def calibrate_checkpoint(classifier, args):
     classifier, figures = calibrate(classifier, val, train, classifier.source)
     print(f"{classifier.source}: {summary(figures)} of {root}; stored in the checkpoint")
     return classifier
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -222,6 +222,11 @@ def test_command_line_entry_points_run(tiny_data, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "Macro-F1" in run.stdout
+    for script, words in (("predict.py", "faces"), ("export.py", "--format"), ("plot_curves.py", "log"),
+                          ("app.py", "--port")):
+        run = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0 and words in run.stdout, (script, run.stderr)
 
 
 def test_architecture_flags_are_stored_and_rebuilt(scripts, tiny_data, tmp_path):
