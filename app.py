@@ -168,7 +168,8 @@ def build_page(ckpt=str(DEFAULT_MODEL)):
                 run = gr.Button("Analyze", variant="primary", elem_id="analyze")
             with gr.Column():
                 message = gr.Markdown(elem_id="message")
-                gallery = gr.Gallery(label="Annotated", elem_id="annotated", columns=1, height="auto")
+                gallery = gr.Gallery(label="Annotated", elem_id="annotated", columns=1, height=460,
+                                     object_fit="contain")
                 table = gr.Dataframe(headers=["file", "face", "label", "confidence", "box"], label="Faces",
                                      elem_id="faces", interactive=False)
                 bars = gr.HTML(elem_id="bars")
