@@ -377,9 +377,9 @@ def _pixels(text):
         try:
             pixels[i] = int(v)
         except ValueError:
-            raise ValueError(f"pixel value {v!r} (the {i + 1}th) is not an integer") from None
+            raise ValueError(f"pixel value {v!r} (number {i + 1}) is not an integer") from None
         if not 0 <= pixels[i] <= 255:
-            raise ValueError(f"pixel value {v} (the {i + 1}th) is outside 0..255")
+            raise ValueError(f"pixel value {v} (number {i + 1}) is outside 0..255")
     return pixels.astype(np.uint8).reshape(48, 48)
 
 

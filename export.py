@@ -50,10 +50,11 @@ def export_onnx(model, example, info, out, opset):
     # torch.export-based exporter (PyTorch's default since 2.9).
     torch.onnx.export(model, (example,), str(out), input_names=["image"], output_names=["logits"],
                       dynamic_shapes=DYNAMIC_BATCH, opset_version=opset)
-    proto = onnx.load(str(out))
+    proto = onnx.load(str(out))  # with the weights the exporter may have put in a side file
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(info)
-    onnx.save(proto, str(out))
+    onnx.save(proto, str(out))  # one file, weights inside (a model this small is far from ONNX's 2 GB limit)
+    Path(str(out) + ".data").unlink(missing_ok=True)
 
 
 def export_program(model, example, info, out):

@@ -77,7 +77,7 @@ def analyze_photo(path, classifier, settings, detector=None, explain=False):
     result.faces = analyze_image(image, classifier, detections, align=settings.align,
                                  margin=0 if settings.no_detect else settings.margin, explain=explain)
     if not result.faces:
-        result.status = "no face found"
+        result.status = "no face found" if settings.boxes is None else "no box inside the image"
     return result
 
 

@@ -108,13 +108,13 @@ def run(args):
             if args.explain:
                 overlay = heatmap_overlay(face.crop, face.heatmap).resize((192, 192), Image.BILINEAR)
                 overlay.save(out_dir / f"{name}_face{i}_gradcam.png")
-                written["Grad-CAM maps"] += 1
+                written["Grad-CAM map"] += 1
         if not args.no_detect and photo.faces:
             annotate(photo.image, photo.faces, classifier.classes).save(out_dir / f"{name}_annotated.jpg", quality=92)
-            written["annotated images"] += 1
+            written["annotated image"] += 1
     csv_path = results.write(out_dir)
     faces_found = sum(1 for r in results.rows if r["status"] == "ok")
-    also = "".join(f", {n} {what}" for what, n in written.items())
+    also = "".join(f", {n} {what}{'s' if n > 1 else ''}" for what, n in written.items())
     print(f"{faces_found} face(s) in {len(files)} image(s); wrote {csv_path}, {csv_path.with_suffix('.json').name}"
           f"{also} to {out_dir}")
     return 0

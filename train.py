@@ -686,6 +686,10 @@ def resume_point(args, given):
                 f"--{dest.replace('_', '-')} {shown(getattr(args, dest))} differs from the run in {path} "
                 f"({shown(recorded[dest])}); --resume continues a run with its own flags (only --epochs, "
                 "--patience, --data and runtime flags may change): start a new run in another --output-dir")
+    if "output_dir" in given and "log_dir" not in given and \
+            Path(args.output_dir).resolve() != Path(recorded.get("output_dir", args.output_dir)).resolve():
+        raise CheckpointError(f"resuming {path} into another --output-dir: give its --log-dir too (the run's logs "
+                              f"are in {recorded.get('log_dir')}, and the resumed run would write there)")
     merged = argparse.Namespace(**{**vars(args), **{k: v for k, v in recorded.items() if k not in given}})
     return state, path, merged
 
@@ -944,7 +948,7 @@ def check_splits(data, test_split, args):
     if len(data.val) == 0:
         few = [c for c, n in zip(data.full_train.classes, data.full_train.class_counts()) if n < 2]
         raise UserError(f"validation holds no images: a held-out share of train needs two or more images of a "
-                        f"class ({', '.join(few) or 'every class'} has fewer); add images or a val/ folder")
+                        f"class (fewer for: {', '.join(few) or 'every class'}); add images or a val/ folder")
     empty = [c for c, n in zip(data.train.classes, data.train.class_counts()) if n == 0]
     if empty:
         raise UserError(f"no training image of class(es) {', '.join(empty)} is left after the validation split "
@@ -967,9 +971,11 @@ def report_leakage(full_train, test_split, log_dir, run):
             writer.writeheader()
             writer.writerows(pairs)
         counts["pairs_file"] = str(log_dir / "leakage.csv")
+        alike = (" (more than half: data made of very similar images, drawn faces or frames of one video, looks "
+                 "like this)") if len(pairs) > len(test_split) / 2 else ""
         run.say(f"note: {len(pairs)} of {len(test_split)} {test_split.name} images are copies of training images "
                 f"({identical} pixel-identical, {len(pairs) - identical} near-identical: re-encoded, re-scaled or "
-                f"re-toned); the pairs are in {log_dir / 'leakage.csv'}")
+                f"re-toned){alike}; the pairs are in {log_dir / 'leakage.csv'}")
     return counts
 
 

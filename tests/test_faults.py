@@ -173,3 +173,14 @@ def test_augmentation_names_are_parsed_once_into_what_training_uses(tiny_data, t
                         lambda x, kinds, *a: used.append(kinds) or real(x, kinds, *a))
     assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "1", "--aug", "flip, affine")) == 0
     assert used and all(kinds == ("flip", "affine") for kinds in used)
+
+
+def test_resuming_into_another_output_dir_without_a_log_dir_is_refused(tiny_data, tmp_path, scripts, capsys):
+    # The run's logs (and its test report) would be overwritten by the resumed run's.
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path / "x", "--epochs", "1")) == 0
+    args = ["--data", str(tiny_data), "--no-progress", "--epochs", "2", "--resume",
+            str(tmp_path / "x" / "checkpoints" / "last.pth"), "--output-dir", str(tmp_path / "y")]
+    assert scripts["train"].main(args) == 2
+    assert "give its --log-dir too" in capsys.readouterr().err
+    assert scripts["train"].main([*args, "--log-dir", str(tmp_path / "y" / "logs")]) == 0
+    assert (tmp_path / "y" / "logs" / "test_report.json").exists()

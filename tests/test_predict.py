@@ -196,6 +196,7 @@ def exported(trained, tmp_path_factory):
     assert export.main(["--ckpt", str(ckpt), "--format", "onnx", "--out", str(out / "model.onnx")]) == 0
     assert export.main(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(out / "model.pt")]) == 0
     assert export.main(["--ckpt", str(ckpt), "--format", "pt2", "--out", str(out / "model.pt2")]) == 0
+    assert not (out / "model.onnx.data").exists()  # one file, its weights inside
     return out
 
 

@@ -35,6 +35,8 @@ def test_training_writes_checkpoints_logs_and_a_test_report(trained, tiny_data):
     for line in ("Epoch [1/2]", "Epoch [2/2]", "Train Loss: ", "Train Accuracy: ", "Validation Loss: ",
                  "Validation Accuracy: ", "Test Accuracy: "):
         assert line in log
+    # Drawn faces all look like copies of each other: the temperature is fitted on all 12 validation images.
+    assert "fitted on 12 validation images" in log
     rows = [json.loads(r) for r in (trained / "logs" / "training_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"lr", "train_time", "train_img_per_s", "val_macro_f1"} <= set(rows[0])
@@ -218,8 +220,8 @@ def test_command_line_entry_points_run(tiny_data, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "Test Accuracy" in run.stdout
-    run = subprocess.run([sys.executable, "test.py", "--ckpt", str(tmp_path / "checkpoints" / "best.pth")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "test.py", "--ckpt", str(tmp_path / "checkpoints" / "best.pth"),
+                          "--out-dir", str(tmp_path / "eval")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "Macro-F1" in run.stdout
     for script, words in (("predict.py", "faces"), ("export.py", "--format"), ("plot_curves.py", "log"),
