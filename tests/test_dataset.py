@@ -120,6 +120,21 @@ def test_a_class_without_training_images_is_left_out_with_a_note_or_refused_when
         resolve_classes(root, ["Angry", "Fear"])
 
 
+def test_hidden_files_and_folders_at_any_depth_are_never_data(tmp_path):
+    root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 3}})
+    # What a Mac zip, Jupyter, Windows and editors leave behind, next to the classes and deeper down.
+    for junk in ["train/__MACOSX/Happy/._0.png", "train/Happy/._0.png", "train/Happy/sub/.ipynb_checkpoints/x.png",
+                 "train/Angry/deeper/.hidden/y.png", "train/.cache/Angry/z.png", "__MACOSX/train/Angry/._1.png"]:
+        write_image(tmp_path / junk, value=255)
+    (root / "train" / "Happy" / "sub" / "Thumbs.db").write_bytes(b"junk")
+    (root / "train" / "Angry" / "deeper" / "desktop.ini").write_bytes(b"junk")
+    classes, notes = resolve_classes(root)
+    assert classes == ["Angry", "Happy"] and notes == []
+    split = load_split(root, "train", classes)
+    assert split.class_counts() == [2, 3] and split.warnings() == []
+    assert not (split.images == 255).all(dim=(1, 2, 3)).any()  # no junk image was read as a face
+
+
 def test_split_missing_a_class_is_an_error_unless_allowed(tmp_path):
     root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}, "test": {"Angry": 2}})
     with pytest.raises(DataError, match="test split has no readable images for class.*Happy"):

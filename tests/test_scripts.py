@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, TINY_COUNTS, fast_train_args, fixed_checkpoint, reference_logits
+from PIL import Image
 
 import engine
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -197,6 +198,21 @@ def test_nonsense_flags_are_rejected_with_allowed_values(scripts, tmp_path, caps
 def test_unknown_class_in_classes_flag(scripts, tiny_data, tmp_path, capsys):
     assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--classes", "Happy,Contempt")) == 2
     assert "unknown class(es) Contempt" in capsys.readouterr().err
+
+
+def test_a_validation_split_that_would_be_empty_is_refused_before_training(scripts, tmp_path, capsys):
+    root = tmp_path / "one_each"
+    for k, name in enumerate(["Angry", "Happy"]):  # one image per class: a held-out share leaves nothing
+        path = root / "train" / name / "0.png"
+        path.parent.mkdir(parents=True)
+        Image.new("L", (48, 48), 60 + 80 * k).save(path)
+    out = tmp_path / "run"
+    args = ["--data", str(root), "--epochs", "3", "--output-dir", str(out / "ckpt"), "--log-dir", str(out / "logs"),
+            "--no-progress"]
+    assert scripts["train"].main(args) == 2
+    err = capsys.readouterr().err
+    assert "validation holds no images" in err and "Angry, Happy" in err and "Traceback" not in err
+    assert not (out / "ckpt" / "best.pth").exists() and not (out / "ckpt" / "last.pth").exists()
 
 
 def test_assignment_recipe_trains_the_assignments_network_in_rgb(scripts, tiny_data, tmp_path):
