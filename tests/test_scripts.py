@@ -200,6 +200,25 @@ def test_unknown_class_in_classes_flag(scripts, tiny_data, tmp_path, capsys):
     assert "unknown class(es) Contempt" in capsys.readouterr().err
 
 
+def test_training_warns_before_the_first_epoch_that_its_test_split_lacks_a_class(scripts, tiny_data, tmp_path,
+                                                                                 monkeypatch, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    shutil.rmtree(data / "test" / "Neutral")
+    epochs = []
+    real_train_one_epoch = scripts["train"].train_one_epoch
+
+    def count_epochs(*args, **kwargs):
+        epochs.append(capsys.readouterr().err)  # what was said before this epoch began
+        return real_train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(scripts["train"], "train_one_epoch", count_epochs)
+    assert scripts["train"].main(fast_train_args(data, tmp_path, "--classes", "Happy,Sad,Neutral")) == 0
+    assert "no images of class(es) Neutral" in epochs[0]  # said before the first epoch, not after the last
+    report = json.loads((tmp_path / "logs" / "test_report.json").read_text())
+    assert report["absent_classes"] == ["Neutral"] and report["num_samples"] == 12  # 6 Happy + 6 Sad scored
+
+
 def test_a_validation_split_that_would_be_empty_is_refused_before_training(scripts, tmp_path, capsys):
     root = tmp_path / "one_each"
     for k, name in enumerate(["Angry", "Happy"]):  # one image per class: a held-out share leaves nothing
