@@ -20,10 +20,17 @@ from cli import angle_list, positive_int
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, annotate
 from inference import load_classifier
-from photos import IMAGE_SUFFIXES, FaceSettings, PhotoResult, Results, analyze_photo, output_names
+from photos import (
+    DEFAULT_MODEL,
+    IMAGE_SUFFIXES,
+    MODELS_DIR,
+    FaceSettings,
+    PhotoResult,
+    Results,
+    analyze_photo,
+    output_names,
+)
 
-MODELS = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL = MODELS / "fer2013_5class_vgg.pth"
 MAX_PIXELS = 40_000_000  # larger photos are refused with a message (a 40-megapixel photo is 7,700 x 5,200)
 BAR_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 
@@ -38,7 +45,7 @@ def get_args_parser():
 
 
 def shipped_models():
-    return sorted(str(p) for p in MODELS.glob("*.pth"))
+    return sorted(str(p) for p in MODELS_DIR.glob("*.pth"))
 
 
 @lru_cache(maxsize=4)

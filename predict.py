@@ -28,9 +28,7 @@ from dataset import canonical_image
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, Detection, analyze_image, annotate, heatmap_overlay
 from inference import load_classifier
-from photos import FaceSettings, Results, analyze_photo, find_images, output_names, read_boxes
-
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "fer2013_5class_vgg.pth"
+from photos import DEFAULT_MODEL, FaceSettings, Results, analyze_photo, find_images, output_names, read_boxes
 
 
 def get_args_parser():
