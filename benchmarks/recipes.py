@@ -40,9 +40,9 @@ def run_one(data, name, flags, seed, out_root, extra):
             "cmd": " ".join(shlex.quote(c) for c in cmd[1:])}
 
 
-def mean_sd(values):
-    return f"{statistics.mean(values):6.2f} ± {statistics.stdev(values):4.2f}" if len(values) > 1 \
-        else f"{values[0]:6.2f}"
+def mean_sd(values, digits=2):
+    return f"{statistics.mean(values):6.{digits}f} ± {statistics.stdev(values):4.{digits}f}" if len(values) > 1 \
+        else f"{values[0]:6.{digits}f}"
 
 
 def main(argv=None):
@@ -94,12 +94,13 @@ def main(argv=None):
     for name, _ in configs:
         print(f"{name}: python {next(r['cmd'] for r in rows if r['name'] == name)}")
     if args.markdown:  # the summary again, as the Markdown table the write-up quotes
+        votes = any(r["vote_kl"] != "-" for r in summary)  # vote data (FER+): the KL to the votes as well
         print("\n| row | train.py flags | runs | kept epochs | wall s | val accuracy | val Macro-F1 | test accuracy "
-              "| test Macro-F1 |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "| test Macro-F1 |" + (" test KL to the votes |" if votes else ""))
+        print("| --- " * (10 if votes else 9) + "|")
         for r in summary:
             print(f"| {r['name']} | `{shlex.join(r['flags'])}` | {r['runs']} | {r['kept']} | {r['wall']} | "
-                  f"{r['val_acc']} | {r['val']} | {r['acc']} | {r['macro_f1']} |")
+                  f"{r['val_acc']} | {r['val']} | {r['acc']} | {r['macro_f1']} |" + (f" {r['vote_kl']} |" * votes))
     return 0
 
 
@@ -110,13 +111,15 @@ def summarize(configs, rows):
         mine = [r for r in rows if r["name"] == name]
         val = [r["val_macro_f1"] for r in mine if "val_macro_f1" in r]
         val_acc = [r["val_acc"] for r in mine if "val_acc" in r]
+        kl = [r["vote_kl"] for r in mine if "vote_kl" in r]
         summary.append({"name": name, "flags": flags, "runs": len(mine),
                         "kept": ", ".join(str(r["best_epoch"]) for r in mine),
                         "wall": mean_sd([r["wall_s"] for r in mine]).strip(),
                         "val": mean_sd(val).strip() if val else "-",
                         "val_acc": mean_sd(val_acc).strip() if val_acc else "-",
                         "acc": mean_sd([r["acc"] for r in mine]).strip(),
-                        "macro_f1": mean_sd([r["macro_f1"] for r in mine]).strip()})
+                        "macro_f1": mean_sd([r["macro_f1"] for r in mine]).strip(),
+                        "vote_kl": mean_sd(kl, digits=3).strip() if kl else "-"})
     return summary
 
 
