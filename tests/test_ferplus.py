@@ -231,3 +231,42 @@ def test_a_ferplus_model_goes_through_test_predict_and_export(ferplus_model, fer
             outputs[name] = list(csv.DictReader(f))
     assert {r["label"] for r in outputs["pth"]} <= set(CLASSES)
     assert [r["label"] for r in outputs["pth"]] == [r["label"] for r in outputs["onnx"]]
+
+
+def test_class_shares_of_vote_data_are_the_sums_of_each_faces_vote_shares(scripts):
+    train = scripts["train"]
+    targets = torch.tensor([[0.6, 0.4, 0.0], [0.0, 0.5, 0.5], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.5, 0.5]])
+    split = type("Split", (), {"targets": targets, "labels": targets.argmax(1), "classes": ["a", "b", "c"]})()
+    assert train.class_counts(split).tolist() == pytest.approx([1.6, 1.4, 2.0])
+    assert train.class_prior(split) == pytest.approx((0.32, 0.28, 0.4))  # not the labels' (0.4, 0.4, 0.2)
+    args = train.get_args_parser().parse_args(["--data", "-", "--class-weights", "balanced"])
+    assert train.class_weights(split, args, "cpu").tolist() == pytest.approx([5 / (3 * n) for n in (1.6, 1.4, 2.0)])
+
+
+@pytest.mark.parametrize("flags", [["--class-weights", "balanced"], ["--sampler", "balanced"], ["--mix", "mixup"],
+                                   ["--mix", "cutmix"], ["--logit-adjust", "1"]])
+def test_vote_distributions_flow_through_weights_sampling_mixing_and_adjustment(ferplus_data, scripts, tmp_path,
+                                                                                 flags):
+    folders, _ = ferplus_data
+    args = fast_train_args(folders, tmp_path, "--classes", ",".join(CLASSES), "--epochs", "1", *flags)
+    assert scripts["train"].main(args) == 0
+    rows = [json.loads(r) for r in (tmp_path / "logs" / "training_log.jsonl").read_text().splitlines()]
+    assert math.isfinite(rows[0]["train_loss"])
+    from checkpoint import load_checkpoint
+    state = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
+    assert state["args"]["label_mode"] == "crossentropy"
+    if flags[0] == "--logit-adjust":  # the prior comes from the votes of the faces trained on
+        train = load_split(folders, "train", CLASSES, label_mode="crossentropy")  # FER2013Valid validates
+        shares = train.targets.sum(0)
+        assert state["scoring"]["class_prior"] == pytest.approx((shares / shares.sum()).tolist(), rel=1e-5)
+
+
+def test_a_ferplus_run_resumes_with_its_label_mode(ferplus_data, scripts, tmp_path):
+    folders, _ = ferplus_data
+    args = fast_train_args(folders, tmp_path, "--classes", ",".join(CLASSES), "--label-mode", "probability",
+                           "--epochs", "1")
+    assert scripts["train"].main(args) == 0
+    assert scripts["train"].main([*args[:-2], "--epochs", "2", "--resume"]) == 0
+    from checkpoint import load_checkpoint
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert (state["epoch"], state["args"]["label_mode"]) == (2, "probability")
