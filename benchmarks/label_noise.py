@@ -2,7 +2,8 @@
 trained on one set of labels scores against the other.
 
     python benchmarks/label_noise.py --fer2013 /path/to/fer2013 --ferplus /path/to/ferplus \\
-        --fer2013-model models/fer2013_7class_vgg.pth --ferplus-model models/ferplus_vgg.pth
+        --fer2013-model models/fer2013_7class_vgg.pth --ferplus-model models/ferplus_vgg.pth \\
+        --five-class-model models/fer2013_5class_vgg.pth
 
 FER+'s faces are FER2013's: each FER+ PNG, stored as the JPEG (quality 95) that FER2013's folders hold, decodes to
 exactly the same pixels, which pairs every FER+ face with its FER2013 file (pixel-identical copies inside FER2013
@@ -21,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ferplus  # noqa: E402
-from dataset import FER2013_CLASSES, load_split  # noqa: E402
+from dataset import ASSIGNMENT_CLASSES, FER2013_CLASSES, load_split  # noqa: E402
 from inference import load_classifier  # noqa: E402
 
 # FER+'s emotion names -> FER2013's (contempt has none).
@@ -62,6 +63,8 @@ def main(argv=None):
     p.add_argument("--ferplus", required=True, help="FER+ folders (FER2013Train/, FER2013Valid/)")
     p.add_argument("--fer2013-model", help="a model trained on FER2013's seven classes")
     p.add_argument("--ferplus-model", help="a model trained on FER+'s eight emotions")
+    p.add_argument("--five-class-model", help="a model of the assignment's five classes (scored, with the others, "
+                   "on the faces whose truth is one of them)")
     args = p.parse_args(argv)
     emotions = list(ferplus.EMOTIONS)
     print("FER2013's label against the FER+ majority, on the same faces (faces with a FER+ majority emotion):")
@@ -87,21 +90,30 @@ def main(argv=None):
               f"({int((~ok).sum())} FER+ faces unpaired, {clashes} FER2013 images with conflicting copies)")
     fer, plus, index = held["val"]
     ok = index >= 0
-    print("\nPublicTest (FER2013Valid), faces with a FER+ majority emotion and a FER2013 pair: accuracy against")
-    print(f"{'model':<44}{'FER2013 labels':>16}{'FER+ majority':>15}")
     fer_truth = fer.labels[torch.as_tensor(index[ok])].numpy()
     plus_truth = np.array([FER2013.index(TO_FER2013[emotions[k]]) if emotions[k] in TO_FER2013 else -1
                            for k in plus.labels[torch.as_tensor(ok)].tolist()])
-    for path in (args.fer2013_model, args.ferplus_model):
-        if not path:
+    decisions = {}  # model file -> its decision on each paired face, as a FER2013 class index (-1: none of them)
+    for path in (args.fer2013_model, args.ferplus_model, args.five_class_model):
+        if path:
+            classifier = load_classifier(path)
+            names = [TO_FER2013.get(c.lower(), c.lower()) for c in classifier.classes]
+            faces = load_split(args.ferplus, "val", emotions, classifier.input["size"], classifier.input["channels"])
+            decided = classifier.probabilities(faces.images[torch.as_tensor(ok)]).argmax(1)
+            decisions[Path(path).name] = np.array([FER2013.index(names[k]) if names[k] in FER2013 else -1
+                                                   for k in decided])
+    five = np.array([FER2013.index(c.lower()) for c in ASSIGNMENT_CLASSES])
+    for title, classes in (("", None), (", the assignment's five classes", five)):
+        if not decisions or (classes is not None and not args.five_class_model):
             continue
-        classifier = load_classifier(path)
-        names = [TO_FER2013.get(c.lower(), c.lower()) for c in classifier.classes]
-        faces = load_split(args.ferplus, "val", emotions, classifier.input["size"], classifier.input["channels"])
-        decided = classifier.probabilities(faces.images[torch.as_tensor(ok)]).argmax(1)
-        as_fer2013 = np.array([FER2013.index(names[k]) if names[k] in FER2013 else -1 for k in decided])
-        print(f"{Path(path).name:<44}{100 * (as_fer2013 == fer_truth).mean():>15.2f}%"
-              f"{100 * (as_fer2013 == plus_truth).mean():>14.2f}%")
+        # Each label set scored on its own faces of these classes: a decision outside them is wrong.
+        fer_in = np.isin(fer_truth, classes) if classes is not None else np.ones(len(fer_truth), bool)
+        plus_in = np.isin(plus_truth, classes) if classes is not None else np.ones(len(plus_truth), bool)
+        print(f"\nPublicTest (FER2013Valid) faces with a FER+ majority emotion and a FER2013 pair{title}: accuracy "
+              f"against\n{'model':<44}{f'FER2013 labels ({fer_in.sum()})':>24}{f'FER+ majority ({plus_in.sum()})':>23}")
+        for name, decided in decisions.items():
+            print(f"{name:<44}{100 * (decided == fer_truth)[fer_in].mean():>23.2f}%"
+                  f"{100 * (decided == plus_truth)[plus_in].mean():>22.2f}%")
     return 0
 
 
