@@ -15,9 +15,10 @@ from dataset import data_files, read_image
 from errors import UserError
 from faces import LANDMARKS, Detection, analyze_image, clip_box, make_detector
 
-# The shipped models (model cards in models/README.md), and the one predict.py and the page use without --ckpt.
+# The shipped models (model cards in models/README.md), and the one predict.py and the page use without --ckpt:
+# FER+'s, the most accurate on the same faces against ten annotators' majority (docs/report.md section 12).
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL = MODELS_DIR / "fer2013_5class_vgg.pth"
+DEFAULT_MODEL = MODELS_DIR / "ferplus_vgg.pth"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 

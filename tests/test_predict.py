@@ -285,13 +285,21 @@ def test_release_checkpoint_is_small_and_predicts_like_the_original(trained, tin
 
 
 def test_shipped_model_is_used_without_ckpt(predict, group_photo, tmp_path):
-    assert predict.DEFAULT_MODEL.exists()
+    assert predict.DEFAULT_MODEL.name == "ferplus_vgg.pth" and predict.DEFAULT_MODEL.exists()
     assert predict.main([str(group_photo), "--out-dir", str(tmp_path)]) == 0
     rows = read_rows(tmp_path / "predictions.csv")
     assert len(rows) == len(FACES)
-    assert {r["label"] for r in rows} <= {"Angry", "Happy", "Neutral", "Sad", "Surprise"}
     state = load_checkpoint(predict.DEFAULT_MODEL)
+    assert {r["label"] for r in rows} <= set(state["scoring"]["classes"])
     assert state["model"]["head.1.weight"].dtype == torch.float16 and "optimizer" not in state
+
+
+@pytest.mark.parametrize("name, classes", [
+    ("fer2013_5class_vgg.pth", ["Angry", "Happy", "Neutral", "Sad", "Surprise"]),
+    ("ferplus_vgg.pth", ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"])])
+def test_shipped_models_keep_their_classes(predict, name, classes):
+    state = load_checkpoint(predict.DEFAULT_MODEL.parent / name)
+    assert state["scoring"]["classes"] == classes
 
 
 def test_shipped_seven_class_model_keeps_its_classes_and_views(predict, group_photo, tmp_path):
