@@ -3,11 +3,14 @@ model through test.py, predict.py and export.py."""
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import fast_train_args, load_script
+from conftest import ROOT, fast_train_args, load_script
 from PIL import Image
 
 import ferplus
@@ -270,3 +273,19 @@ def test_a_ferplus_run_resumes_with_its_label_mode(ferplus_data, scripts, tmp_pa
     from checkpoint import load_checkpoint
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
     assert (state["epoch"], state["args"]["label_mode"]) == (2, "probability")
+
+
+def test_vote_targets_train_under_torchrun_and_report_as_one_process_would(ferplus_data, scripts, tmp_path):
+    folders, _ = ferplus_data
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           *fast_train_args(folders, tmp_path, "--classes", ",".join(CLASSES), "--epochs", "1", "--amp", "off",
+                            "--device", "cpu", "--test-split", "val", "--val-fraction", "0.2")]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    distributed = json.loads((tmp_path / "logs" / "test_report.json").read_text())
+    assert scripts["test"].main(["--ckpt", str(tmp_path / "checkpoints" / "best.pth"), "--out-dir",
+                                 str(tmp_path / "single")]) == 0
+    single = json.loads(next((tmp_path / "single").glob("*.json")).read_text())
+    assert distributed["confusion_matrix"] == single["confusion_matrix"]
+    assert distributed["vote_kl"] == pytest.approx(single["vote_kl"], rel=1e-5)
