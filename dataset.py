@@ -16,6 +16,7 @@ the device (`augment_batch`), so no epoch decodes a file again and no DataLoader
 """
 import csv
 import hashlib
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -278,7 +279,12 @@ def resolve_classes(root, classes=None):
                 counts[row["emotion"].strip()] = counts.get(row["emotion"].strip(), 0) + 1
         empty = [c for i, c in enumerate(found) if not counts.get(str(i))]
     elif kind in ("ferplus", "ferplus_csv"):
-        found, empty = list(ferplus.EMOTIONS), []
+        found = list(ferplus.EMOTIONS)
+        # An emotion no training face has as its majority (the scoring protocol) cannot be learnt or scored.
+        votes = torch.tensor(_train_votes(root, kind), dtype=torch.float32).reshape(-1, len(ferplus.VOTE_COLUMNS))
+        keep, labels, _, _ = ferplus.label_mode(votes, found, "majority")
+        present = set(labels[keep].tolist())
+        empty = [c for i, c in enumerate(found) if i not in present]
     else:
         train = split_dir(root, "train")
         if train is None:
@@ -417,9 +423,53 @@ def _load_csv_split(path, split, classes, size, channels):
 
 
 def _votes(values):
+    """A row's ten vote counts (VOTE_COLUMNS order) -> list of float; ValueError saying what is wrong."""
     votes = [float(v) for v in values]
     if len(votes) != len(ferplus.VOTE_COLUMNS) or min(votes) < 0:
         raise ValueError(f"expected {len(ferplus.VOTE_COLUMNS)} vote counts >= 0, got {','.join(values)}")
+    if sum(votes) == 0:
+        raise ValueError("no votes (all ten counts are 0)")
+    return votes
+
+
+def _is_header(line, row):
+    """Whether a label.csv row is a header line (Microsoft's files have none; edited copies sometimes do)."""
+    return line == 1 and any(v.strip().lower() in {c.lower() for c in ferplus.VOTE_COLUMNS} for v in row)
+
+
+def _label_csv_rows(folder):
+    """-> (names, votes, skipped, every name the file lists) of a FER+ folder's label.csv; DataError if empty."""
+    path = folder / "label.csv"
+    names, votes, skipped, listed = [], [], [], set()
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if not row or _is_header(line, row):
+                continue
+            listed.add(row[0].strip())  # listed even when its votes are bad: not "unlisted"
+            try:
+                votes.append(_votes([v.strip() for v in row[2:]]))
+                names.append(row[0].strip())
+            except (ValueError, IndexError) as e:
+                skipped.append((f"{path}:{line}", str(e)[:120]))
+    if not listed:
+        raise DataError(f"{path} is empty: it should list each image with its face box and ten vote counts")
+    return names, votes, skipped, listed
+
+
+def _train_votes(root, kind):
+    """The vote rows of a FER+ training split, without decoding a pixel (list of 10-float lists)."""
+    if kind == "ferplus":
+        folder = split_dir(root, "train")
+        if folder is None or not (folder / "label.csv").is_file():
+            raise DataError(f"{root} has no train folder with a label.csv (FER2013Train)")
+        return _label_csv_rows(folder)[1]
+    votes = []
+    for _, row in _csv_rows(root, FERPLUS_CSV_HEADER):
+        if _usage_split(row) == "train" and row.get("image name", "").strip():
+            try:
+                votes.append(_votes([row.get(c) or "" for c in FERPLUS_CSV_HEADER[2:]]))
+            except ValueError:
+                continue  # named when the split is loaded
     return votes
 
 
@@ -429,17 +479,7 @@ def _load_ferplus_folder(root, split, size, channels):
     folder = split_dir(root, split)
     if folder is None or not (folder / "label.csv").is_file():
         raise DataError(f"{root} has no {split} folder with a label.csv (FER2013Train, FER2013Valid, FER2013Test)")
-    names, votes, skipped = [], [], []
-    with open(folder / "label.csv", newline="", encoding="utf-8-sig") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row:
-                continue
-            try:
-                votes.append(_votes([v.strip() for v in row[2:]]))
-                names.append(row[0].strip())
-            except (ValueError, IndexError) as e:
-                skipped.append((f"{folder / 'label.csv'}:{line}", str(e)[:120]))
-    listed = set(names)
+    names, votes, skipped, listed = _label_csv_rows(folder)
     present = {p.name for p in data_files(folder) if p.name != "label.csv" and p.parent == folder}
     missing = [n for n in names if n not in present]
     unlisted = sorted(present - listed)
@@ -466,8 +506,19 @@ def _load_ferplus_csv(path, split, size, channels):
         raise DataError(f"{path} holds FER+ votes; their pixels are read from {pixels_csv}, which does not exist "
                         "(put FER2013's fer2013.csv beside it)")
     arrays, votes, sources, skipped, unknown, not_in_ferplus = [], [], [], [], {}, 0
-    rows = _csv_rows(path, FERPLUS_CSV_HEADER)
-    for (line, vote_row), (_, pixel_row) in zip(rows, _csv_rows(pixels_csv, ("pixels", "usage"))):
+    rows = itertools.zip_longest(_csv_rows(path, FERPLUS_CSV_HEADER), _csv_rows(pixels_csv, ("pixels", "usage")))
+    for votes_line, pixels_line in rows:
+        # The votes are matched to pixels by position: two files that do not line up would train every face on
+        # another face's votes, silently.
+        if votes_line is None or pixels_line is None:
+            longer, line = (path, votes_line[0]) if pixels_line is None else (pixels_csv, pixels_line[0])
+            raise DataError(f"{path} and {pixels_csv} must hold the same rows in the same order, but {longer} has "
+                            f"more (from line {line})")
+        (line, vote_row), (pixel_line, pixel_row) = votes_line, pixels_line
+        if _usage_split(vote_row) != _usage_split(pixel_row):
+            raise DataError(f"{path} and {pixels_csv} must hold the same rows in the same order, but line {line} is "
+                            f"{vote_row.get('usage', '').strip()!r} in one and line {pixel_line} "
+                            f"{pixel_row.get('usage', '').strip()!r} in the other")
         if _usage_split(vote_row, unknown) != split:
             continue
         source = f"{path}:{line}"
@@ -475,7 +526,10 @@ def _load_ferplus_csv(path, split, size, channels):
             not_in_ferplus += 1  # FER+ left this FER2013 row out
             continue
         try:
-            face_votes = _votes([vote_row[c] for c in FERPLUS_CSV_HEADER[2:]])
+            values = [vote_row.get(c) for c in FERPLUS_CSV_HEADER[2:]]
+            if None in values:
+                raise ValueError(f"expected {len(values)} vote counts, the row has {len(values) - values.count(None)}")
+            face_votes = _votes(values)
             face = image_to_array(Image.fromarray(_pixels(pixel_row.get("pixels", "")), "L"), size, channels)
         except (ValueError, KeyError) as e:
             skipped.append((source, str(e)[:120]))
