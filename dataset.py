@@ -65,6 +65,7 @@ class FERSplit:
     votes: torch.Tensor = None
     targets: torch.Tensor = None
     notes: list = field(default_factory=list)     # other things a user should know about how it was read
+    vote_names: list = None  # the votes' name of each class, where it differs from classes (test.py --class-map)
 
     def __len__(self):
         return len(self.labels)
@@ -74,7 +75,7 @@ class FERSplit:
         return FERSplit(name or self.name, self.images[indices], self.labels[indices], self.classes,
                         [self.sources[i] for i in indices.tolist()],
                         votes=None if self.votes is None else self.votes[indices],
-                        targets=None if self.targets is None else self.targets[indices])
+                        targets=None if self.targets is None else self.targets[indices], vote_names=self.vote_names)
 
     def class_counts(self):
         return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
@@ -326,21 +327,45 @@ def load_split(root, split, classes, size=48, channels=1, label_mode="majority",
     """
     kind = layout(root)
     root = Path(root)
-    if kind == "fer2013_csv":
-        result = _load_csv_split(root, split, classes, size, channels)
-    elif kind in ("ferplus", "ferplus_csv"):
-        loader = _load_ferplus_folder if kind == "ferplus" else _load_ferplus_csv
-        result = _select_votes(loader(root, split, size, channels), classes, label_mode)
-    else:
+    if kind == "folders":
         result = _load_folder_split(root, split, classes, size, channels, class_map or {})
+    else:
+        # The CSVs name their own classes: each of the model's classes is read as the data's name for it.
+        named = _data_names(classes, class_map or {}, root)
+        if kind == "fer2013_csv":
+            result = _load_csv_split(root, split, named, size, channels)
+        else:
+            unknown = [c for c in named if c.lower() not in ferplus.EMOTIONS]
+            if unknown:
+                raise DataError(f"{root}: FER+ has no emotion {', '.join(unknown)}; it has "
+                                f"{', '.join(ferplus.EMOTIONS)} (test.py --class-map anger=Angry,... reads them as "
+                                "the model's names)")
+            loader = _load_ferplus_folder if kind == "ferplus" else _load_ferplus_csv
+            result = _select_votes(loader(root, split, size, channels), named, label_mode)
+            result.vote_names = named if named != list(classes) else None
+        result.classes = list(classes)
     empty = [c for c, n in zip(classes, result.class_counts()) if n == 0]
     if len(result) == 0:
-        raise DataError(f"{root}: no usable images in its {split} split for classes {', '.join(classes)}")
+        hint = (f"; its class folders are {', '.join(result.ignored)} (test.py --class-map DATA=MODEL,... reads "
+                "them as the model's names)") if result.ignored else ""
+        raise DataError(f"{root}: no usable images in its {split} split for classes {', '.join(classes)}{hint}")
     if empty and not allow_missing:
         raise DataError(f"{root}: the {split} split has no readable images for class(es) {', '.join(empty)}")
     if empty:
         result.notes.append(f"no images of class(es) {', '.join(empty)}: they are scored without support")
     return result
+
+
+def _data_names(classes, class_map, root):
+    """The data's name for each of the model's classes under class_map ({data's name: model's name}); DataError
+    for a map that sends a name to no class of the model."""
+    wanted = {c.lower() for c in classes}
+    unknown = [v for v in class_map.values() if v.lower() not in wanted]
+    if unknown:
+        raise DataError(f"--class-map sends {root}'s classes to {', '.join(unknown)}, which is not a class of the "
+                        f"model ({', '.join(classes)})")
+    data_name = {v.lower(): k for k, v in class_map.items()}
+    return [data_name.get(c.lower(), c) for c in classes]
 
 
 def _load_folder_split(root, split, classes, size, channels, class_map):

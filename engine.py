@@ -174,7 +174,8 @@ def evaluate(decide, split, device, temperature=None):
     """
     rank, world = rank_and_world()
     logits = decide(split.images[rank::world])
-    votes = None if split.votes is None else vote_distribution(split.votes[rank::world], split.classes)
+    votes = (None if split.votes is None
+             else vote_distribution(split.votes[rank::world], split.vote_names or split.classes))
     return classification_scores(logits, split.labels[rank::world], split.classes, device, votes, temperature)
 
 
