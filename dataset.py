@@ -643,7 +643,8 @@ def _select_votes(split, classes, mode):
                       targets=None if targets is None else targets[index], notes=split.notes)
     if left_out:
         why = ", ".join(f"{n:,} {reason}" for reason, n in left_out.items())
-        purpose = "scored (majority protocol)" if mode == "majority" else f"trained on with --label-mode {mode}"
+        scored = mode == "majority" and split.name != "train"
+        purpose = "scored (majority protocol)" if scored else f"trained on with --label-mode {mode}"
         result.notes.append(f"{len(result):,} of {len(split):,} faces {purpose}; left out: {why}")
     return result
 

@@ -123,7 +123,9 @@ def get_args_parser():
     g = p.add_argument_group("data", "vote data (FER+) changes some defaults where the flags are not given: "
                              "--widths 32,64,128,256 --epochs 45 --patience 15 --monitor val_acc --logit-adjust 0")
     g.add_argument("--data", required=True,
-                   help="dataset folder (train/<Class>/..., test/<Class>/...), a FER2013 .csv, or 'demo'")
+                   help="dataset folder (train/<Class>/..., test/<Class>/...), a FER2013 .csv, FER+ (a folder of "
+                   "FER2013Train/, FER2013Valid/, FER2013Test/ with their label.csv, or fer2013new.csv with "
+                   "fer2013.csv beside it), or 'demo'")
     g.add_argument("--classes", type=class_list, help="comma list choosing and ordering classes, e.g. "
                    "Angry,Happy,Neutral,Sad,Surprise (case-insensitive); default: all in train/")
     g.add_argument("--test-split", default="test", choices=["test", "val"],
