@@ -481,13 +481,18 @@ def _label_csv_rows(folder):
     return names, votes, skipped, listed
 
 
+def _ferplus_folder(root, split):
+    """The folder of a split of Microsoft's FER+ layout; DataError when it or its label.csv is missing."""
+    folder = split_dir(root, split)
+    if folder is None or not (folder / "label.csv").is_file():
+        raise DataError(f"{root} has no {split} folder with a label.csv (FER2013Train, FER2013Valid, FER2013Test)")
+    return folder
+
+
 def _train_votes(root, kind):
     """The vote rows of a FER+ training split, without decoding a pixel (list of 10-float lists)."""
     if kind == "ferplus":
-        folder = split_dir(root, "train")
-        if folder is None or not (folder / "label.csv").is_file():
-            raise DataError(f"{root} has no train folder with a label.csv (FER2013Train)")
-        return _label_csv_rows(folder)[1]
+        return _label_csv_rows(_ferplus_folder(root, "train"))[1]
     votes = []
     for _, row in _csv_rows(root, FERPLUS_CSV_HEADER):
         if _usage_split(row) == "train" and row.get("image name", "").strip():
@@ -501,9 +506,7 @@ def _train_votes(root, kind):
 def _load_ferplus_folder(root, split, size, channels):
     """Microsoft's FER+ layout: split_dir/label.csv rows `name, box, 10 votes` and the images beside it.
     -> an unselected FERSplit (votes set, labels not yet)."""
-    folder = split_dir(root, split)
-    if folder is None or not (folder / "label.csv").is_file():
-        raise DataError(f"{root} has no {split} folder with a label.csv (FER2013Train, FER2013Valid, FER2013Test)")
+    folder = _ferplus_folder(root, split)
     names, votes, skipped, listed = _label_csv_rows(folder)
     present = {p.name for p in data_files(folder) if p.name != "label.csv" and p.parent == folder}
     missing = [n for n in names if n not in present]
@@ -540,11 +543,12 @@ def _load_ferplus_csv(path, split, size, channels):
             raise DataError(f"{path} and {pixels_csv} must hold the same rows in the same order, but {longer} has "
                             f"more (from line {line})")
         (line, vote_row), (pixel_line, pixel_row) = votes_line, pixels_line
-        if _usage_split(vote_row) != _usage_split(pixel_row):
+        row_split = _usage_split(vote_row, unknown)
+        if row_split != _usage_split(pixel_row):
             raise DataError(f"{path} and {pixels_csv} must hold the same rows in the same order, but line {line} is "
                             f"{vote_row.get('usage', '').strip()!r} in one and line {pixel_line} "
                             f"{pixel_row.get('usage', '').strip()!r} in the other")
-        if _usage_split(vote_row, unknown) != split:
+        if row_split != split:
             continue
         source = f"{path}:{line}"
         if not vote_row.get("image name", "").strip():
