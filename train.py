@@ -120,8 +120,9 @@ def get_args_parser():
     p.add_argument("--recipe", choices=RECIPES, default="default",
                    help="a named set of defaults: default, or the course assignment's recipe")
 
-    g = p.add_argument_group("data", "vote data (FER+) changes some defaults where the flags are not given: "
-                             "--widths 32,64,128,256 --epochs 45 --patience 15 --monitor val_acc --logit-adjust 0")
+    g = p.add_argument_group("data", "vote data (FER+) changes some defaults where the flags are not given: " +
+                             " ".join(f"--{dest.replace('_', '-')} {shown(value)}"
+                                      for dest, value in FERPLUS_DEFAULTS.items()))
     g.add_argument("--data", required=True,
                    help="dataset folder (train/<Class>/..., test/<Class>/...), a FER2013 .csv, FER+ (a folder of "
                    "FER2013Train/, FER2013Valid/, FER2013Test/ with their label.csv, or fer2013new.csv with "
