@@ -62,4 +62,5 @@ def summary(figures):
     """One line saying what a calibration (calibrate's figures) did."""
     before, after = figures["before"], figures["after"]
     return (f"temperature {figures['temperature']:.3f} fitted on {figures['images']} validation images: NLL "
-            f"{before['nll']:.4f} -> {after['nll']:.4f}, ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}%")
+            f"{before['nll']:.4f} -> {after['nll']:.4f}, ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}% "
+            f"(a calibrated model: {100 * after['ece_chance']:.2f}% by chance)")

@@ -82,7 +82,9 @@ def plot_reliability(calibration, out_path, title=""):
                bottom=accuracy, align="edge", color="tab:red", alpha=0.3, label="gap to confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         t = "" if name == "before" else f", temperature {calibration['temperature']:.2f}"
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=f"{name}{t}: ECE {100 * part['ece']:.1f}%")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence",
+               title=f"{name}{t}: ECE {100 * part['ece']:.1f}%\n(calibrated, by chance: {100 * part['ece_chance']:.1f}"
+                     f" ± {100 * part['ece_chance_sd']:.1f}%)")
         ax.legend(loc="upper left")
     axes[0].set_ylabel("accuracy")
     _save(fig, out_path, title)

@@ -287,6 +287,9 @@ class Run:
     root: Path = None
     classes: list = field(default_factory=list)
     arch_args: dict = field(default_factory=dict)  # the network's build arguments (model.build_model)
+    # What was said before the training log opened (data warnings, the splits, the model): it heads the log, so a
+    # log read later says what the run saw, not only what it scored.
+    preamble: list = field(default_factory=list)
 
     @property
     def is_main(self):
@@ -298,9 +301,11 @@ class Run:
         return {"size": self.args.input_size, "channels": channels, "mean": 0.5, "std": 0.5}
 
     def say(self, *text, **kwargs):
-        """print, on rank 0 only."""
+        """print, on rank 0 only; kept for the head of the training log until it opens (TrainingLog)."""
         if self.is_main:
             print(*text, **kwargs)
+            if self.preamble is not None:
+                self.preamble.append(" ".join(map(str, text)).strip())
 
 
 @dataclass
@@ -841,6 +846,9 @@ def train_process(args, given, rank, world, local_rank):
 
     # Fit.
     log = TrainingLog(log_dir, append=state is not None, enabled=run.is_main)
+    for line in run.preamble:
+        log.line(line, echo=False)
+    run.preamble = None
     try:
         status = fit(trainer, data, scoring, progress, args, run, log)
         if status == 0:

@@ -46,6 +46,25 @@ def test_expected_calibration_error_is_the_binned_gap_between_confidence_and_acc
     assert [b["count"] for b in figures["bins"] if b["count"]] == [4, 4]
 
 
+def test_the_ece_a_calibrated_model_shows_by_chance_is_exact_and_matches_sampling():
+    # Four faces at 0.75: right X ~ Binomial(4, 0.75) times; E|X - 3| = (1*3 + 12*2 + 54*1 + 81*1) / 256.
+    figures = calibration_from_sums(calibration_sums(np.array([[0.75, 0.25]] * 4), np.array([0, 0, 0, 1])))
+    assert figures["ece_chance"] == pytest.approx(162 / 256 / 4)
+    assert figures["ece_chance_sd"] == pytest.approx((4 * 0.75 * 0.25 - (162 / 256) ** 2) ** 0.5 / 4)
+    # A model whose labels are drawn from its own probabilities is calibrated: its measured ECE is noise alone.
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(300, 5)) * 2
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    measured = [calibration_from_sums(calibration_sums(probabilities, (probabilities.cumsum(1) > rng.random((300, 1)))
+                                                       .argmax(1)))["ece"] for _ in range(400)]
+    chance = calibration_from_sums(calibration_sums(probabilities, np.zeros(300, dtype=int)))
+    assert chance["ece_chance"] == pytest.approx(np.mean(measured), rel=0.05)
+    assert chance["ece_chance_sd"] == pytest.approx(np.std(measured), rel=0.15)
+    # and it shrinks as 1 / sqrt(faces): four times the faces, half the noise
+    four = calibration_from_sums(calibration_sums(np.tile(probabilities, (4, 1)), np.zeros(1200, dtype=int)))
+    assert four["ece_chance"] == pytest.approx(chance["ece_chance"] / 2, rel=0.1)
+
+
 @pytest.fixture()
 def overconfident(tiny_data, tmp_path):
     """A fixed-weight checkpoint, sharpened 30 times, that records tiny_data's held-out validation split."""

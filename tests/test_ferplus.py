@@ -234,6 +234,10 @@ def test_a_ferplus_run_records_its_mode_and_reports_against_the_votes(ferplus_mo
     assert state["scoring"]["classes"] == CLASSES and state["scoring"]["logit_bias"] is None
     report = json.loads((ferplus_model / "logs" / "test_report.json").read_text())
     assert report["vote_kl"] > 0 and report["vote_cross_entropy"] > report["vote_kl"]
+    # The faces each split left out (unknown, not a face, no majority) are counted in the log, not only on screen.
+    head = (ferplus_model / "logs" / "training_log.txt").read_text().split("Epoch [1/")[0]
+    assert "trained on with --label-mode crossentropy; left out: " in head
+    assert "scored (majority protocol); left out: " in head
     assert report["num_samples"] == 19  # PublicTest's faces with a majority emotion: the not-a-face row is out
 
 

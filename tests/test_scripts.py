@@ -36,6 +36,10 @@ def test_training_writes_checkpoints_logs_and_a_test_report(trained, tiny_data):
     for line in ("Epoch [1/2]", "Epoch [2/2]", "Train Loss: ", "Train Accuracy: ", "Validation Loss: ",
                  "Validation Accuracy: ", "Test Accuracy: "):
         assert line in log
+    # The log opens with what the run saw before its first epoch: the splits and the model.
+    head = log.split("Epoch [1/2]")[0].splitlines()
+    assert any(h.startswith("train: ") for h in head) and any(h.startswith("val: ") for h in head)
+    assert any(h.startswith("model ") and " parameters" in h for h in head)
     # Calibrated on validation: the images that are not copies of training ones, or all 12 if most look alike.
     fitted_on = int(log.split("Calibration: temperature ")[1].split(" fitted on ")[1].split()[0])
     assert 6 <= fitted_on <= 12
