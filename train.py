@@ -949,8 +949,11 @@ def load_test_split(args, run):
     before its first epoch; None if the data has none. A class it lacks is scored without support (a note)."""
     if args.test_split not in available_splits(run.root):
         return None
-    return load_split(run.root, args.test_split, run.classes, run.input["size"], run.input["channels"],
-                      allow_missing=True)
+    split = load_split(run.root, args.test_split, run.classes, run.input["size"], run.input["channels"],
+                       allow_missing=True)
+    if args.test_split != "test":  # --test-split val: validation is held out of train and also called "val"
+        split.name = f"test ({args.test_split} split)"
+    return split
 
 
 def check_splits(data, test_split, args):
