@@ -1,0 +1,80 @@
+"""How well checkpoints' confidences hold on a split: ECE (15 bins) before and after each one's temperature, the
+ECE a perfectly calibrated model would measure on that many faces, and the NLL; mean ± sd over the checkpoints.
+
+    python benchmarks/calibration.py runs/fer5_s{0,1,2}/checkpoints/best.pth
+    python benchmarks/calibration.py runs/fer5_s{0,1,2}/checkpoints/best.pth --data /path/to/fer2013 --split val \
+        --class-map angry=Angry,happy=Happy,neutral=Neutral,sad=Sad,surprise=Surprise --balance
+
+Without --data, each checkpoint's own test split (the one training scored). --balance keeps as many faces of
+every class as the rarest class has (the first by file name, so every checkpoint sees the same faces): models
+decided with logit adjustment (tau 1) are made for a class-balanced world, and their confidences are judged in
+one. The temperature is each checkpoint's own (fitted on validation by train.py or `test.py --calibrate`); this
+script fits nothing.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from recipes import mean_sd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: E402
+from cli import class_map  # noqa: E402
+from dataset import load_split  # noqa: E402
+from errors import exit_code  # noqa: E402
+from inference import ModelClassifier  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ckpt", nargs="+", help="checkpoints written by train.py")
+    p.add_argument("--data", help="dataset folder or FER2013 .csv (default: each checkpoint's own)")
+    p.add_argument("--split", default=None, help="split to score (default: the one each checkpoint's training scored)")
+    p.add_argument("--class-map", type=class_map, metavar="DATA=MODEL,...", help="data class names -> model's")
+    p.add_argument("--balance", action="store_true", help="as many faces of every class as the rarest class has")
+    return exit_code("calibration.py", run, p.parse_args(argv))
+
+
+def balanced(split):
+    """split with the first n faces (by source name) of every class, n the smallest class count."""
+    n = min(c for c in split.class_counts() if c)
+    keep = []
+    for k in range(len(split.classes)):
+        members = sorted((i for i in range(len(split)) if split.labels[i] == k), key=lambda i: split.sources[i])
+        keep += members[:n]
+    return split.subset(sorted(keep))
+
+
+def run(args):
+    device = torch.device("cpu")
+    rows = []
+    print(f"{'checkpoint':<48}{'faces':>7}{'T':>7}{'ECE before':>12}{'ECE after':>11}{'by chance':>15}"
+          f"{'NLL before':>12}{'NLL after':>11}")
+    for path in args.ckpt:
+        classifier = ModelClassifier.from_checkpoint(path)
+        record = classifier.record
+        root = args.data or record["split"]["root"]
+        split = args.split or record["args"].get("test_split", "test")
+        data = load_split(root, split, classifier.classes, classifier.input["size"], classifier.input["channels"],
+                          allow_missing=True, class_map=args.class_map)
+        if args.balance:
+            data = balanced(data)
+        _, report = engine.evaluate(classifier.decision_logits, data, device, classifier.temperature)
+        c = report["calibration"]
+        before, after = c["before"], c["after"]
+        row = (c["temperature"], 100 * before["ece"], 100 * after["ece"], 100 * after["ece_chance"],
+               before["nll"], after["nll"])
+        rows.append(row)
+        chance = f"{row[3]:.2f} ± {100 * after['ece_chance_sd']:.2f}"
+        print(f"{str(path)[-48:]:<48}{len(data):>7}{row[0]:>7.3f}{row[1]:>11.2f}%{row[2]:>10.2f}%{chance:>14}%"
+              f"{row[4]:>12.4f}{row[5]:>11.4f}")
+    if len(rows) > 1:
+        t, eb, ea, ch, nb, na = zip(*rows)
+        print(f"{'mean ± sd':<55}{mean_sd(t, 3).strip():>14}  ECE {mean_sd(eb).strip()}% -> {mean_sd(ea).strip()}% "
+              f"(by chance {mean_sd(ch).strip()}%), NLL {mean_sd(nb, 4).strip()} -> {mean_sd(na, 4).strip()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
