@@ -648,7 +648,7 @@ def _select_votes(split, classes, mode):
     if left_out:
         why = ", ".join(f"{n:,} {reason}" for reason, n in left_out.items())
         scored = mode == "majority" and split.name != "train"
-        purpose = "scored (majority protocol)" if scored else f"trained on with --label-mode {mode}"
+        purpose = "scored (majority protocol)" if scored else f"usable with --label-mode {mode}"
         result.notes.append(f"{len(result):,} of {len(split):,} faces {purpose}; left out: {why}")
     return result
 

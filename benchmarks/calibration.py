@@ -5,11 +5,13 @@ ECE a perfectly calibrated model would measure on that many faces, and the NLL; 
     python benchmarks/calibration.py runs/fer5_s{0,1,2}/checkpoints/best.pth --data /path/to/fer2013 --split val \
         --class-map angry=Angry,happy=Happy,neutral=Neutral,sad=Sad,surprise=Surprise --balance
 
-Without --data, each checkpoint's own test split (the one training scored). --balance keeps as many faces of
-every class as the rarest class has (the first by file name, so every checkpoint sees the same faces): models
-decided with logit adjustment (tau 1) are made for a class-balanced world, and their confidences are judged in
-one. The temperature is each checkpoint's own (fitted on validation by train.py or `test.py --calibrate`); this
-script fits nothing.
+Without --data, each checkpoint's own test split (the one training scored). --unseen leaves out the faces that are
+copies of the checkpoint's training faces (dataset.unseen, the leakage check; FER2013's splits share some).
+--balance then keeps as many faces of every class as the rarest class has (the first by file name, so every
+checkpoint sees the same faces): models decided with logit adjustment (tau 1) are made for a class-balanced world,
+and their confidences are judged in one. The temperature is each checkpoint's own (fitted on validation by
+train.py or `test.py --calibrate`); this script fits nothing. In a row, "by chance" is the ECE a perfectly
+calibrated model with the same confidences would measure there, ± its draw-to-draw spread.
 """
 import argparse
 import sys
@@ -21,7 +23,7 @@ from recipes import mean_sd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
 from cli import class_map  # noqa: E402
-from dataset import load_split  # noqa: E402
+from dataset import load_split, unseen  # noqa: E402
 from errors import exit_code  # noqa: E402
 from inference import ModelClassifier  # noqa: E402
 
@@ -30,8 +32,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("ckpt", nargs="+", help="checkpoints written by train.py")
     p.add_argument("--data", help="dataset folder or FER2013 .csv (default: each checkpoint's own)")
-    p.add_argument("--split", default=None, help="split to score (default: the one each checkpoint's training scored)")
+    p.add_argument("--split", choices=["test", "val"],
+                   help="split to score (default: the one each checkpoint's training scored)")
     p.add_argument("--class-map", type=class_map, metavar="DATA=MODEL,...", help="data class names -> model's")
+    p.add_argument("--unseen", action="store_true", help="leave out copies of the checkpoint's training faces")
     p.add_argument("--balance", action="store_true", help="as many faces of every class as the rarest class has")
     return exit_code("calibration.py", run, p.parse_args(argv))
 
@@ -49,8 +53,6 @@ def balanced(split):
 def run(args):
     device = torch.device("cpu")
     rows = []
-    print(f"{'checkpoint':<48}{'faces':>7}{'T':>7}{'ECE before':>12}{'ECE after':>11}{'by chance':>15}"
-          f"{'NLL before':>12}{'NLL after':>11}")
     for path in args.ckpt:
         classifier = ModelClassifier.from_checkpoint(path)
         record = classifier.record
@@ -58,21 +60,34 @@ def run(args):
         split = args.split or record["args"].get("test_split", "test")
         data = load_split(root, split, classifier.classes, classifier.input["size"], classifier.input["channels"],
                           allow_missing=True, class_map=args.class_map)
+        if args.unseen:
+            train = load_split(record["split"]["root"], "train", classifier.classes, classifier.input["size"],
+                               classifier.input["channels"], allow_missing=True)
+            new = unseen(data, train)
+            print(f"{path}: {len(data) - len(new)} of {len(data)} faces are copies of its training faces; left out",
+                  file=sys.stderr)
+            data = new
         if args.balance:
             data = balanced(data)
+            print(f"{path}: balanced to {min(data.class_counts())} faces of each class", file=sys.stderr)
+        if not rows:
+            print(f"{'checkpoint':<48}{'faces':>7}{'T':>7}{'ECE before':>12}{'ECE after':>11}{'by chance':>15}"
+                  f"{'NLL before':>12}{'NLL after':>11}{'Brier before':>14}{'Brier after':>13}")
         _, report = engine.evaluate(classifier.decision_logits, data, device, classifier.temperature)
         c = report["calibration"]
         before, after = c["before"], c["after"]
         row = (c["temperature"], 100 * before["ece"], 100 * after["ece"], 100 * after["ece_chance"],
-               before["nll"], after["nll"])
+               before["nll"], after["nll"], 100 * after["ece_chance_sd"], before["brier"], after["brier"])
         rows.append(row)
-        chance = f"{row[3]:.2f} ± {100 * after['ece_chance_sd']:.2f}"
+        chance = f"{row[3]:.2f} ± {row[6]:.2f}"
         print(f"{str(path)[-48:]:<48}{len(data):>7}{row[0]:>7.3f}{row[1]:>11.2f}%{row[2]:>10.2f}%{chance:>14}%"
-              f"{row[4]:>12.4f}{row[5]:>11.4f}")
+              f"{row[4]:>12.4f}{row[5]:>11.4f}{row[7]:>14.4f}{row[8]:>13.4f}")
     if len(rows) > 1:
-        t, eb, ea, ch, nb, na = zip(*rows)
-        print(f"{'mean ± sd':<55}{mean_sd(t, 3).strip():>14}  ECE {mean_sd(eb).strip()}% -> {mean_sd(ea).strip()}% "
-              f"(by chance {mean_sd(ch).strip()}%), NLL {mean_sd(nb, 4).strip()} -> {mean_sd(na, 4).strip()}")
+        t, eb, ea, ch, nb, na, spread, bb, ba = zip(*rows)
+        print(f"mean ± sd over the {len(rows)} checkpoints: T {mean_sd(t, 3).strip()}, ECE {mean_sd(eb).strip()}% -> "
+              f"{mean_sd(ea).strip()}%, NLL {mean_sd(nb, 4).strip()} -> {mean_sd(na, 4).strip()}, Brier "
+              f"{mean_sd(bb, 4).strip()} -> {mean_sd(ba, 4).strip()}; a calibrated model "
+              f"would measure {sum(ch) / len(ch):.2f} ± {sum(spread) / len(spread):.2f}% by chance")
     return 0
 
 

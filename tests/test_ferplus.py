@@ -236,7 +236,7 @@ def test_a_ferplus_run_records_its_mode_and_reports_against_the_votes(ferplus_mo
     assert report["vote_kl"] > 0 and report["vote_cross_entropy"] > report["vote_kl"]
     # The faces each split left out (unknown, not a face, no majority) are counted in the log, not only on screen.
     head = (ferplus_model / "logs" / "training_log.txt").read_text().split("Epoch [1/")[0]
-    assert "trained on with --label-mode crossentropy; left out: " in head
+    assert "usable with --label-mode crossentropy; left out: " in head
     assert "scored (majority protocol); left out: " in head
     # With --test-split val the validation faces held out of train and the data's val split are told apart.
     assert "warning: test (val split): " in head and any(h.startswith("val: ") for h in head.splitlines())
