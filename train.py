@@ -846,6 +846,8 @@ def train_process(args, given, rank, world, local_rank):
 
     # Fit.
     log = TrainingLog(log_dir, append=state is not None, enabled=run.is_main)
+    if state is not None:
+        log.line(f"Resumed after epoch {progress.epoch}:", echo=False)  # the resumed run's own head follows
     for line in run.preamble:
         log.line(line, echo=False)
     run.preamble = None

@@ -136,8 +136,11 @@ def test_resume_continues_from_last_epoch(trained, tiny_data, scripts, tmp_path)
     assert scripts["train"].main(args + ["--resume"]) == 0
     last = load_checkpoint(work / "checkpoints" / "last.pth")
     assert last["epoch"] == 3
-    assert "Epoch [3/3]" in (work / "logs" / "training_log.txt").read_text()
-    assert "Epoch [1/3]" not in (work / "logs" / "training_log.txt").read_text()
+    log = (work / "logs" / "training_log.txt").read_text()
+    assert "Epoch [3/3]" in log and "Epoch [1/3]" not in log
+    # The resumed run's head (what it said before its first epoch) is marked as such and precedes its epochs.
+    head = log.split("Epoch [3/3]")[0]
+    assert head.startswith("Resumed after epoch 2:\n") and "resuming from " in head
 
 
 def test_resume_with_nothing_to_resume_is_an_error(tiny_data, scripts, tmp_path, capsys):
