@@ -171,17 +171,21 @@ def summary_rows(results, min_side=48):
             after = 100 * np.mean([f[3] for f in found]) if found else float("nan")
             original = 100 * np.mean([f[4] for f in found]) if found else float("nan")
             end_to_end = 100 * np.mean([bool(f[3]) for f in mine]) if mine else float("nan")
-            rows.append((name, rotation, len(mine), recall, after, original, after - original, end_to_end))
+            # The gap is paired (the same faces both ways): its standard error is that of the per-face difference.
+            diff = [int(f[3]) - int(f[4]) for f in found]
+            se = 100 * np.std(diff, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            rows.append((name, rotation, len(mine), recall, after, original, after - original, se, end_to_end))
     return rows
 
 
 def print_table(results, min_side):
     print(f"\nfaces of {min_side} px and more; accuracy on the faces found, after detection and cutting, against "
           "their original crops; end to end counts a missed face as wrong")
-    print(f"{'setup':<16}{'rot':>5}{'faces':>7}{'recall %':>10}{'acc after':>11}{'acc orig':>10}{'gap':>7}"
+    print(f"{'setup':<16}{'rot':>5}{'faces':>7}{'recall %':>10}{'acc after':>11}{'acc orig':>10}{'gap ± SE':>15}"
           f"{'end-to-end':>12}")
-    for name, rotation, n, recall, after, original, gap, e2e in summary_rows(results, min_side):
-        print(f"{name:<16}{rotation:>5}{n:>7}{recall:>10.2f}{after:>11.2f}{original:>10.2f}{gap:>+7.2f}{e2e:>12.2f}")
+    for name, rotation, n, recall, after, original, gap, se, e2e in summary_rows(results, min_side):
+        print(f"{name:<16}{rotation:>5}{n:>7}{recall:>10.2f}{after:>11.2f}{original:>10.2f}{gap:>+8.2f} ± {se:4.2f}"
+              f"{e2e:>12.2f}")
     print(f"\n{'setup':<16}{'false detections per scene':>28}{'recall, faces under 48 px':>28}")
     for name, r in results.items():
         small = [f for f in r["faces"] if f[1] < 48]
