@@ -457,6 +457,15 @@ def _votes(values):
     return votes
 
 
+def _csv_row_votes(row):
+    """The ten vote counts of a fer2013new.csv row (a _csv_rows dict) -> list of float; ValueError naming what is
+    wrong, a short row included."""
+    values = [row.get(c) for c in FERPLUS_CSV_HEADER[2:]]
+    if None in values:
+        raise ValueError(f"expected {len(values)} vote counts, the row has {len(values) - values.count(None)}")
+    return _votes(values)
+
+
 def _is_header(line, row):
     """Whether a label.csv row is a header line (Microsoft's files have none; edited copies sometimes do)."""
     return line == 1 and any(v.strip().lower() in {c.lower() for c in ferplus.VOTE_COLUMNS} for v in row)
@@ -497,7 +506,7 @@ def _train_votes(root, kind):
     for _, row in _csv_rows(root, FERPLUS_CSV_HEADER):
         if _usage_split(row) == "train" and row.get("image name", "").strip():
             try:
-                votes.append(_votes([row.get(c) or "" for c in FERPLUS_CSV_HEADER[2:]]))
+                votes.append(_csv_row_votes(row))
             except ValueError:
                 continue  # named when the split is loaded
     return votes
@@ -555,10 +564,7 @@ def _load_ferplus_csv(path, split, size, channels):
             not_in_ferplus += 1  # FER+ left this FER2013 row out
             continue
         try:
-            values = [vote_row.get(c) for c in FERPLUS_CSV_HEADER[2:]]
-            if None in values:
-                raise ValueError(f"expected {len(values)} vote counts, the row has {len(values) - values.count(None)}")
-            face_votes = _votes(values)
+            face_votes = _csv_row_votes(vote_row)
             face = image_to_array(Image.fromarray(_pixels(pixel_row.get("pixels", "")), "L"), size, channels)
         except (ValueError, KeyError) as e:
             skipped.append((source, str(e)[:120]))

@@ -103,6 +103,8 @@ def _ece_of_a_calibrated_model(table):
     """-> (mean, sd) of sum over bins of |correct - summed confidence| when each bin's correct decisions are
     Binomial(faces, mean confidence), for calibration_from_sums. table: bins x (faces, summed confidence,
     correct). Bins are independent, so means and variances add; E|X - np|^2 is the binomial variance np(1-p)."""
+    # log(k!) for k up to the fullest bin, as cumulative sums of logs, shared by every bin's binomial pmf.
+    log_factorial = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, int(round(table[:, 0].max())) + 1)))])
     mean = variance = 0.0
     for faces, confidence, _ in table:
         faces = int(round(faces))
@@ -111,7 +113,7 @@ def _ece_of_a_calibrated_model(table):
         p = min(max(confidence / faces, 0.0), 1.0)
         k = np.arange(faces + 1)
         if 0.0 < p < 1.0:
-            log_pmf = (_log_factorial(faces) - _log_factorial(k) - _log_factorial(faces - k)
+            log_pmf = (log_factorial[faces] - log_factorial[k] - log_factorial[faces - k]
                        + k * np.log(p) + (faces - k) * np.log1p(-p))
             absolute = float((np.exp(log_pmf) * np.abs(k - faces * p)).sum())
         else:
@@ -119,13 +121,6 @@ def _ece_of_a_calibrated_model(table):
         mean += absolute
         variance += max(0.0, faces * p * (1 - p) - absolute ** 2)
     return mean, variance ** 0.5
-
-
-def _log_factorial(k):
-    """log(k!) for an int array k >= 0, as cumulative sums of logs (exact to float64 rounding)."""
-    k = np.asarray(k)
-    table = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, int(k.max()) + 1)))])
-    return table[k]
 
 
 def format_report(report):

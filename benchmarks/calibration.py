@@ -14,6 +14,7 @@ train.py or `test.py --calibrate`); this script fits nothing. In a row, "by chan
 calibrated model with the same confidences would measure there, ± its draw-to-draw spread.
 """
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -43,51 +44,67 @@ def main(argv=None):
 def balanced(split):
     """split with the first n faces (by source name) of every class, n the smallest class count."""
     n = min(c for c in split.class_counts() if c)
-    keep = []
-    for k in range(len(split.classes)):
-        members = sorted((i for i in range(len(split)) if split.labels[i] == k), key=lambda i: split.sources[i])
-        keep += members[:n]
+    labels, taken, keep = split.labels.tolist(), [0] * len(split.classes), []
+    for i in sorted(range(len(split)), key=lambda i: split.sources[i]):
+        if taken[labels[i]] < n:
+            taken[labels[i]] += 1
+            keep.append(i)
     return split.subset(sorted(keep))
+
+
+def scored_faces(classifier, root, split, args):
+    """The faces of root's split a checkpoint is scored on, after --unseen and --balance -> FERSplit."""
+    record, size, channels = classifier.record, classifier.input["size"], classifier.input["channels"]
+    data = load_split(root, split, classifier.classes, size, channels, allow_missing=True, class_map=args.class_map)
+    if args.unseen:
+        train = load_split(record["split"]["root"], "train", classifier.classes, size, channels, allow_missing=True)
+        new = unseen(data, train)
+        print(f"{classifier.source}: {len(data) - len(new)} of {len(data)} faces are copies of its training faces; "
+              "left out", file=sys.stderr)
+        data = new
+    if args.balance:
+        data = balanced(data)
+        print(f"{classifier.source}: balanced to {min(data.class_counts())} faces of each class", file=sys.stderr)
+    return data
 
 
 def run(args):
     device = torch.device("cpu")
-    rows = []
+    cache, rows = {}, []
     for path in args.ckpt:
         classifier = ModelClassifier.from_checkpoint(path)
         record = classifier.record
         root = args.data or record["split"]["root"]
         split = args.split or record["args"].get("test_split", "test")
-        data = load_split(root, split, classifier.classes, classifier.input["size"], classifier.input["channels"],
-                          allow_missing=True, class_map=args.class_map)
-        if args.unseen:
-            train = load_split(record["split"]["root"], "train", classifier.classes, classifier.input["size"],
-                               classifier.input["channels"], allow_missing=True)
-            new = unseen(data, train)
-            print(f"{path}: {len(data) - len(new)} of {len(data)} faces are copies of its training faces; left out",
-                  file=sys.stderr)
-            data = new
-        if args.balance:
-            data = balanced(data)
-            print(f"{path}: balanced to {min(data.class_counts())} faces of each class", file=sys.stderr)
+        # Seeds of one recipe score the same faces: read, de-duplicated and balanced once for all of them.
+        key = (root, split, record["split"]["root"] if args.unseen else None, tuple(classifier.classes),
+               classifier.input["size"], classifier.input["channels"])
+        if key not in cache:
+            cache[key] = scored_faces(classifier, root, split, args)
+        data = cache[key]
         if not rows:
             print(f"{'checkpoint':<48}{'faces':>7}{'T':>7}{'ECE before':>12}{'ECE after':>11}{'by chance':>15}"
                   f"{'NLL before':>12}{'NLL after':>11}{'Brier before':>14}{'Brier after':>13}")
         _, report = engine.evaluate(classifier.decision_logits, data, device, classifier.temperature)
         c = report["calibration"]
         before, after = c["before"], c["after"]
-        row = (c["temperature"], 100 * before["ece"], 100 * after["ece"], 100 * after["ece_chance"],
-               before["nll"], after["nll"], 100 * after["ece_chance_sd"], before["brier"], after["brier"])
+        row = {"t": c["temperature"], "ece_before": 100 * before["ece"], "ece_after": 100 * after["ece"],
+               "chance": 100 * after["ece_chance"], "chance_sd": 100 * after["ece_chance_sd"],
+               "nll_before": before["nll"], "nll_after": after["nll"],
+               "brier_before": before["brier"], "brier_after": after["brier"]}
         rows.append(row)
-        chance = f"{row[3]:.2f} ± {row[6]:.2f}"
-        print(f"{str(path)[-48:]:<48}{len(data):>7}{row[0]:>7.3f}{row[1]:>11.2f}%{row[2]:>10.2f}%{chance:>14}%"
-              f"{row[4]:>12.4f}{row[5]:>11.4f}{row[7]:>14.4f}{row[8]:>13.4f}")
+        chance = f"{row['chance']:.2f} ± {row['chance_sd']:.2f}"
+        print(f"{str(path)[-48:]:<48}{len(data):>7}{row['t']:>7.3f}{row['ece_before']:>11.2f}%"
+              f"{row['ece_after']:>10.2f}%{chance:>14}%{row['nll_before']:>12.4f}{row['nll_after']:>11.4f}"
+              f"{row['brier_before']:>14.4f}{row['brier_after']:>13.4f}")
     if len(rows) > 1:
-        t, eb, ea, ch, nb, na, spread, bb, ba = zip(*rows)
-        print(f"mean ± sd over the {len(rows)} checkpoints: T {mean_sd(t, 3).strip()}, ECE {mean_sd(eb).strip()}% -> "
-              f"{mean_sd(ea).strip()}%, NLL {mean_sd(nb, 4).strip()} -> {mean_sd(na, 4).strip()}, Brier "
-              f"{mean_sd(bb, 4).strip()} -> {mean_sd(ba, 4).strip()}; a calibrated model "
-              f"would measure {sum(ch) / len(ch):.2f} ± {sum(spread) / len(spread):.2f}% by chance")
+        col = {name: [r[name] for r in rows] for name in rows[0]}
+        print(f"mean ± sd over the {len(rows)} checkpoints: T {mean_sd(col['t'], 3).strip()}, ECE "
+              f"{mean_sd(col['ece_before']).strip()}% -> {mean_sd(col['ece_after']).strip()}%, NLL "
+              f"{mean_sd(col['nll_before'], 4).strip()} -> {mean_sd(col['nll_after'], 4).strip()}, Brier "
+              f"{mean_sd(col['brier_before'], 4).strip()} -> {mean_sd(col['brier_after'], 4).strip()}; a calibrated "
+              f"model would measure {statistics.mean(col['chance']):.2f} ± {statistics.mean(col['chance_sd']):.2f}% "
+              "by chance")
     return 0
 
 

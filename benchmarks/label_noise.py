@@ -94,11 +94,15 @@ def main(argv=None):
     plus_truth = np.array([FER2013.index(TO_FER2013[emotions[k]]) if emotions[k] in TO_FER2013 else -1
                            for k in plus.labels[torch.as_tensor(ok)].tolist()])
     decisions = {}  # model file -> its decision on each paired face, as a FER2013 class index (-1: none of them)
+    by_input = {(48, 1): plus}  # FER+'s PublicTest faces at each input size and channels a model takes
     for path in (args.fer2013_model, args.ferplus_model, args.five_class_model):
         if path:
             classifier = load_classifier(path)
             names = [TO_FER2013.get(c.lower(), c.lower()) for c in classifier.classes]
-            faces = load_split(args.ferplus, "val", emotions, classifier.input["size"], classifier.input["channels"])
+            shape = (classifier.input["size"], classifier.input["channels"])
+            if shape not in by_input:
+                by_input[shape] = load_split(args.ferplus, "val", emotions, *shape)
+            faces = by_input[shape]
             decided = classifier.probabilities(faces.images[torch.as_tensor(ok)]).argmax(1)
             decisions[Path(path).name] = np.array([FER2013.index(names[k]) if names[k] in FER2013 else -1
                                                    for k in decided])
