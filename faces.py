@@ -84,11 +84,7 @@ class YuNetDetector:
 
     def __call__(self, image):
         """PIL image ('L' or 'RGB') -> [Detection], largest first."""
-        scale = min(1.0, self.max_side / max(image.size))
-        if scale < 1:
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.BILINEAR)
-        rgb = np.asarray(image.convert("RGB"))
+        rgb, scale = shrink(np.asarray(image.convert("RGB")), self.max_side)
         found = self._detect(rgb)
         for degrees in self.turns:
             found += self._detect_turned(rgb, degrees)
@@ -124,6 +120,19 @@ class YuNetDetector:
         return out
 
 
+def shrink(pixels, max_side):
+    """A photo's pixels (uint8 H x W or H x W x 3) scaled down, by area averaging, so that the longer side is at
+    most max_side (None: as they are) -> (pixels, scale). OpenCV's area resampling takes 2.4 ms for a 1280x720
+    photo where PIL's antialiased bilinear takes 7 ms, a quarter of YuNet's own time at 960 px."""
+    cv2 = _cv2()
+    height, width = pixels.shape[:2]
+    scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+    if scale == 1.0:
+        return pixels, scale
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), scale
+
+
 def non_maximum_suppression(found, overlap=0.3):
     """Detections (box, score, landmarks) without those that overlap a better-scored one by IoU > overlap."""
     kept = []
@@ -151,12 +160,9 @@ class HaarDetector:
 
     def __call__(self, image):
         """PIL image -> [Detection], largest first."""
-        scale = min(1.0, self.max_side / max(image.size)) if self.max_side else 1.0
-        if scale < 1:
-            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
         # No histogram equalisation: on photos with large flat areas it stretches the background and
         # hides faces (it found 2 of 6 FER faces pasted on a gray canvas, against 6 of 6 without).
-        gray = np.asarray(image.convert("L"))
+        gray, scale = shrink(np.asarray(image.convert("L")), self.max_side)
         size = max(1, round(self.min_face * scale))
         boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(size, size))
         detections = [Detection(tuple(float(v) / scale for v in b)) for b in boxes]

@@ -65,6 +65,19 @@ def test_detectors_find_every_face_of_a_group_photo(group_photo, detector):
         assert sum(inside(b, x, y, size) for b in boxes) == 1
 
 
+
+@pytest.mark.parametrize("detector", [YuNetDetector, HaarDetector])
+def test_a_large_photo_is_detected_at_a_bounded_size_and_its_boxes_mapped_back(group_photo, detector):
+    # 2.5 times the group photo (1600x1200), detected at a longer side of 640: every face is found where it is
+    # in the large photo's pixels, and the landmarks come back with the boxes.
+    large = Image.open(group_photo).convert("RGB").resize((1600, 1200), Image.BICUBIC)
+    detections = detector(max_side=640)(large)
+    assert len(detections) == len(FACES)
+    for _, size, (x, y) in FACES:
+        assert sum(inside(d.box, 2.5 * x, 2.5 * y, 2.5 * size) for d in detections) == 1
+    for d in detections:
+        x, y, w, h = d.box
+        assert d.landmarks is None or all(x <= px <= x + w and y <= py <= y + h for px, py in d.landmarks)
 def test_predict_prints_a_line_per_face_and_writes_results(predict, trained, group_photo, tmp_path, capsys):
     ckpt = trained / "checkpoints" / "best.pth"
     assert predict.main([str(group_photo), "--ckpt", str(ckpt), "--out-dir", str(tmp_path)]) == 0
