@@ -14,7 +14,7 @@ import engine
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import load_split
 from errors import UserError
-from faces import Detection, HaarDetector, YuNetDetector
+from faces import YUNET_MODEL, Detection, HaarDetector, YuNetDetector
 from inference import grad_cam, load_classifier
 from synthetic import draw_face
 
@@ -343,6 +343,21 @@ def test_yunet_finds_faces_turned_30_degrees_and_returns_their_landmarks(group_p
         assert abs(np.degrees(np.arctan2(eyes[1], eyes[0])) + 30) < 12  # the eye line turned with the photo
     upright = YuNetDetector(turns=())(turned)
     assert len(upright) < len(detections)  # the turned passes are what find the tilted heads
+
+
+@pytest.mark.parametrize("size", [(640, 480), (333, 250), (1001, 731)])
+def test_yunet_in_onnx_runtime_finds_what_opencvs_face_detector_finds(group_photo, size):
+    # OpenCV's FaceDetectorYN is the reference for how YuNet's outputs are decoded: the same faces, boxes,
+    # landmarks and scores, on sizes that are and are not multiples of the network's stride of 32 (turned, so
+    # that the faces do not sit on whole pixels).
+    photo = Image.open(group_photo).convert("RGB").rotate(12, Image.BICUBIC, fillcolor=(90, 90, 90)).resize(size)
+    ours = YuNetDetector(turns=(), max_side=None, min_face=0, score_threshold=0.5)._detect(np.asarray(photo))
+    reference = cv2.FaceDetectorYN.create(str(YUNET_MODEL), "", size, 0.5, 0.3, 5000)
+    _, rows = reference.detect(cv2.cvtColor(np.asarray(photo), cv2.COLOR_RGB2BGR))
+    assert rows is not None and len(ours) == len(rows) >= len(FACES)
+    mine = np.array([[*box, *landmarks.ravel(), score] for box, score, landmarks in ours])
+    order = lambda a: a[np.lexsort(a[:, :2].T)]  # noqa: E731
+    assert np.abs(order(mine) - order(rows)).max() < 1e-2
 
 
 def test_an_aligned_crop_of_a_turned_face_matches_the_upright_one(group_photo):
