@@ -7,8 +7,8 @@ its region is cut from the photo (aligned by its landmarks, or its box plus a ma
 then normalises it as its scoring records.
 
 Detectors: YuNet (Wu, Peng, Yu, "YuNet: A Tiny Millisecond-level Face Detector", Machine Intelligence Research
-2023; models/yunet_s_640_640.onnx, run by OpenCV's FaceDetectorYN), which returns five landmarks per face, and
-OpenCV's Haar cascade (Viola and Jones, CVPR 2001), boxes only.
+2023; models/yunet_s_640_640.onnx, run by ONNX Runtime and decoded as OpenCV's FaceDetectorYN decodes it), which
+returns five landmarks per face, and OpenCV's Haar cascade (Viola and Jones, CVPR 2001), boxes only.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
