@@ -64,20 +64,24 @@ def _cv2():
 
 
 class YuNetDetector:
-    """YuNet, run by ONNX Runtime. score_threshold: the lowest detector score kept; min_face: the smallest face
-    kept (pixels of the photo); max_side: photos are detected at a size whose longer side is at most this, boxes
-    and landmarks mapped back (bounds the time on large photos); turns: angles (degrees) of turned copies of the
-    photo also searched, for tilted heads, their faces turned back and merged.
+    """YuNet, run by ONNX Runtime. score_threshold: the lowest detector score kept, in (0, 1]; min_face: the
+    smallest face kept (pixels of the photo); max_side: photos are detected at a size whose longer side is at most
+    this, boxes and landmarks mapped back (bounds the time on large photos); turns: angles (degrees) of turned
+    copies of the photo also searched, for tilted heads, their faces turned back and merged; nms_threshold: within
+    one pass, a face overlapping a better-scored one by more IoU than this is dropped (FaceDetectorYN's 0.3).
+    Raises UserError for a missing or non-YuNet model file or a score threshold outside (0, 1].
 
-    The network runs in ONNX Runtime, which takes half the time of OpenCV's DNN module on this project's CPU
-    (benchmarks/detection.py), and its outputs are decoded as OpenCV's FaceDetectorYN decodes them
-    (decode_yunet); a test checks that the two give the same faces.
+    The network runs in ONNX Runtime, which takes under half the time of OpenCV's DNN module on this project's
+    CPU (benchmarks/detection.py), and its outputs are decoded as OpenCV's FaceDetectorYN decodes them
+    (decode_yunet); a test checks that the two find the same faces.
     """
 
     def __init__(self, model=YUNET_MODEL, score_threshold=0.6, min_face=24, max_side=960, turns=(-30, 30),
                  nms_threshold=0.3):
         cv2 = _cv2()
         model = Path(model)
+        if not 0 < score_threshold <= 1:
+            raise UserError(f"the detector's score threshold must be in (0, 1], got {score_threshold}")
         if not model.is_file():
             raise UserError(f"detector model {model} does not exist")
         self.session = yunet_session(model)
@@ -98,7 +102,8 @@ class YuNetDetector:
         return sorted(detections, key=lambda d: -d.box[2] * d.box[3])
 
     def _detect(self, rgb):
-        """-> [(box, score, landmarks 5 x 2)] in rgb's pixels, after non-maximum suppression."""
+        """uint8 H x W x 3 RGB -> [(box (x, y, w, h), score, float landmarks 5 x 2)] in its pixels, after
+        FaceDetectorYN's non-maximum suppression."""
         h, w = rgb.shape[:2]
         # As FaceDetectorYN feeds it: BGR pixel values 0..255, zero-padded at the right and bottom to multiples of
         # the coarsest stride.
@@ -140,35 +145,52 @@ YUNET_OUTPUTS = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") fo
 def yunet_session(model):
     """An ONNX Runtime session of a YuNet ONNX file, with the input's height and width left free: the file
     declares 640x640, but the network is fully convolutional and its outputs are reshaped with -1, so any
-    multiple of 32 runs. Raises UserError for a file that is not a YuNet model."""
+    multiple of 32 runs. Raises UserError for a file that cannot be read or is not YuNet (its outputs are not
+    YUNET_OUTPUTS, or its input is not one 1 x 3 x H x W image)."""
     try:
         import onnx
         import onnxruntime
     except ImportError:
         raise UserError("YuNet runs in ONNX Runtime: pip install onnx onnxruntime (or pass --detector haar)") from None
     try:
-        graph = onnx.load(str(model))
-        if sorted(o.name for o in graph.graph.output) != sorted(YUNET_OUTPUTS) or len(graph.graph.input) != 1:
-            raise ValueError(f"outputs {', '.join(o.name for o in graph.graph.output)}, not YuNet's")
-        graph.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
-        graph.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "width"
-        for output in graph.graph.output:
-            output.type.tensor_type.shape.dim[1].dim_param = "anchors"
-        del graph.graph.value_info[:]  # the 640x640 shapes recorded inside would be checked, and warned about
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        return onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnx and onnxruntime raise their own types for a file they cannot read
-        message = (str(e).strip().splitlines() or [type(e).__name__])[-1][:100]
-        raise UserError(f"detector model {model} is not a readable YuNet ONNX file: {message}") from None
+        proto = onnx.load(str(model))
+    except Exception as e:  # onnx raises protobuf's DecodeError, or OSError, for a file it cannot parse
+        raise UserError(f"detector model {model} is not a readable ONNX file: {_last_line(e)}") from None
+    graph = proto.graph
+    outputs = [o.name for o in graph.output]
+    # Older exports also list the weights among the inputs; the image is the input that is not a weight.
+    weights = {w.name for w in graph.initializer}
+    images = [i for i in graph.input if i.name not in weights]
+    shape = [d.dim_value or d.dim_param for d in images[0].type.tensor_type.shape.dim] if len(images) == 1 else []
+    if sorted(outputs) != sorted(YUNET_OUTPUTS):
+        raise UserError(f"detector model {model} is not YuNet: its outputs are {', '.join(outputs)[:80]}")
+    if len(shape) != 4 or shape[:2] != [1, 3]:
+        raise UserError(f"detector model {model} is not YuNet: its input is not one 1 x 3 x H x W image")
+    dims = images[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    for output in graph.output:
+        output.type.tensor_type.shape.dim[1].dim_param = "anchors"
+    del graph.value_info[:]  # the 640x640 shapes recorded inside would be checked, and warned about
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own error types, for a graph it cannot build
+        raise UserError(f"detector model {model} is not a readable YuNet ONNX file: {_last_line(e)}") from None
+
+
+def _last_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[-1][:100]
 
 
 def decode_yunet(outputs, padded_width, score_threshold):
-    """YuNet's outputs (name -> float array 1 x anchors x k, YUNET_OUTPUTS) -> float32 N x 15 rows (x, y, w, h, five
-    landmarks x, y, score), in the input's pixels, of the anchors scoring at least score_threshold, decoded as
-    OpenCV's FaceDetectorYN decodes them (Wu, Peng, Yu, Machine Intelligence Research 2023): one anchor per cell of
-    each stride's grid, score sqrt(cls x obj), box centre at the cell plus its offset, size exp(.) strides,
-    landmarks at the cell plus their offsets."""
+    """YuNet's outputs for one image (name -> float32 1 x anchors x k, YUNET_OUTPUTS) -> float32 N x 15 rows (x, y,
+    w, h, five landmarks' x and y, score) in the pixels of the padded input (padded_width: its width, a multiple
+    of 32), one per anchor scoring at least score_threshold, before any suppression; boxes may reach into the
+    padding or past the image. Decoded as OpenCV's FaceDetectorYN decodes them (YuNet: Wu, Peng, Yu, Machine
+    Intelligence Research 2023): one anchor per cell of each stride's grid (8, 16, 32 pixels), score
+    sqrt(cls x obj) with both clipped to [0, 1], box centre at (cell + offset) x stride, width and height
+    exp(output) x stride, landmarks at (cell + offset) x stride."""
     rows = []
     for stride in (8, 16, 32):
         cls = np.clip(outputs[f"cls_{stride}"][0, :, 0], 0, 1)
@@ -190,18 +212,18 @@ def pixels(image, mode):
     return np.asarray(image if image.mode == mode else image.convert(mode))
 
 
-def shrink(pixels, max_side):
+def shrink(array, max_side):
     """A photo's pixels (uint8 H x W or H x W x 3) scaled down so that the longer side is at most max_side (None:
     as they are) -> (pixels, scale). Down to half size bilinear interpolation still reads every source pixel, and
     takes 0.5 ms for a 1280x720 photo where area averaging takes 4 (PIL's antialiased bilinear 7); below half it
     would skip pixels and alias, so area averaging does it."""
     cv2 = _cv2()
-    height, width = pixels.shape[:2]
+    height, width = array.shape[:2]
     scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
     if scale == 1.0:
-        return pixels, scale
+        return array, scale
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA), scale
+    return cv2.resize(array, size, interpolation=cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA), scale
 
 
 def non_maximum_suppression(found, overlap=0.3):

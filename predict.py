@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cli import angle_list, fraction_or_zero, positive_int
+from cli import angle_list, fraction_or_zero, positive_int, share
 from dataset import canonical_image
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, Detection, analyze_image, annotate, heatmap_overlay
@@ -49,8 +49,8 @@ def get_args_parser():
     g.add_argument("--detector", choices=["yunet", "haar"], default="yunet",
                    help="YuNet (a CNN, with landmarks) or OpenCV's Haar cascade (boxes only)")
     g.add_argument("--detector-model", default=str(YUNET_MODEL), help="the YuNet ONNX file")
-    g.add_argument("--score-threshold", type=fraction_or_zero, default=0.6,
-                   help="YuNet: the lowest detector score kept")
+    g.add_argument("--score-threshold", type=share, default=0.6,
+                   help="YuNet: the lowest detector score kept, in (0, 1]")
     g.add_argument("--min-face", type=positive_int, default=24, help="smallest face kept, in pixels of the photo")
     g.add_argument("--max-side", type=positive_int, default=960,
                    help="photos are detected at a size whose longer side is at most this (boxes mapped back)")

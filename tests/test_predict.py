@@ -65,19 +65,21 @@ def test_detectors_find_every_face_of_a_group_photo(group_photo, detector):
         assert sum(inside(b, x, y, size) for b in boxes) == 1
 
 
-
 @pytest.mark.parametrize("detector", [YuNetDetector, HaarDetector])
-def test_a_large_photo_is_detected_at_a_bounded_size_and_its_boxes_mapped_back(group_photo, detector):
-    # 2.5 times the group photo (1600x1200), detected at a longer side of 640: every face is found where it is
-    # in the large photo's pixels, and the landmarks come back with the boxes.
+@pytest.mark.parametrize("max_side", [640, 1200])
+def test_a_large_photo_is_detected_at_a_bounded_size_and_its_boxes_mapped_back(group_photo, detector, max_side):
+    # 2.5 times the group photo (1600x1200), detected at a longer side of 640 (shrunk by area averaging) or 1200
+    # (bilinear): every face is found where it is in the large photo's pixels, the landmarks with the boxes.
     large = Image.open(group_photo).convert("RGB").resize((1600, 1200), Image.BICUBIC)
-    detections = detector(max_side=640)(large)
+    detections = detector(max_side=max_side)(large)
     assert len(detections) == len(FACES)
     for _, size, (x, y) in FACES:
         assert sum(inside(d.box, 2.5 * x, 2.5 * y, 2.5 * size) for d in detections) == 1
     for d in detections:
         x, y, w, h = d.box
         assert d.landmarks is None or all(x <= px <= x + w and y <= py <= y + h for px, py in d.landmarks)
+
+
 def test_predict_prints_a_line_per_face_and_writes_results(predict, trained, group_photo, tmp_path, capsys):
     ckpt = trained / "checkpoints" / "best.pth"
     assert predict.main([str(group_photo), "--ckpt", str(ckpt), "--out-dir", str(tmp_path)]) == 0
@@ -356,8 +358,8 @@ def test_yunet_in_onnx_runtime_finds_what_opencvs_face_detector_finds(group_phot
     _, rows = reference.detect(cv2.cvtColor(np.asarray(photo), cv2.COLOR_RGB2BGR))
     assert rows is not None and len(ours) == len(rows) >= len(FACES)
     mine = np.array([[*box, *landmarks.ravel(), score] for box, score, landmarks in ours])
-    order = lambda a: a[np.lexsort(a[:, :2].T)]  # noqa: E731
-    assert np.abs(order(mine) - order(rows)).max() < 1e-2
+    mine, rows = (a[np.lexsort(a[:, :2].T)] for a in (mine, rows))  # the same order: by top, then left
+    assert np.abs(mine - rows).max() < 1e-2
 
 
 def test_an_aligned_crop_of_a_turned_face_matches_the_upright_one(group_photo):
@@ -400,16 +402,40 @@ def test_predictions_carry_landmarks_and_detector_scores(predict, trained, group
         assert ("right_eye_x" in rows[0]) == (flags[0] != "--detector")
 
 
-@pytest.mark.parametrize("content", [None, b"not an onnx model"])
+def yunet_altered(change):
+    """The shipped YuNet file's bytes with one thing changed: 'output' renames an output, 'input' makes the
+    input one-channel (a file that loads, but is not a model the detector can feed)."""
+    import onnx
+    model = onnx.load(str(YUNET_MODEL))
+    if change == "output":
+        model.graph.output[0].name = "scores"
+    else:
+        model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("content, says", [(None, "does not exist"), (b"not an onnx model", "not a readable ONNX"),
+                                           ("output", "is not YuNet: its outputs are"),
+                                           ("input", "is not YuNet: its input is not one 1 x 3 x H x W image")])
 def test_a_missing_or_unreadable_detector_is_a_one_line_error(predict, trained, group_photo, tmp_path, capsys,
-                                                              content):
+                                                              content, says):
     model = tmp_path / "yunet.onnx"
     if content is not None:
-        model.write_bytes(content)
+        model.write_bytes(yunet_altered(content) if isinstance(content, str) else content)
     args = [str(group_photo), "--ckpt", str(trained / "checkpoints" / "best.pth"), "--detector-model", str(model)]
     assert predict.main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert str(model) in err and "\n" not in err and ("does not exist" if content is None else "not a readable")
+    assert str(model) in err and "\n" not in err and says in err
+
+
+@pytest.mark.parametrize("threshold", ["0", "-0.2", "1.5"])
+def test_a_detector_score_threshold_outside_0_to_1_is_refused(predict, group_photo, threshold, capsys):
+    # 0 would keep every anchor of the grid (thousands of "faces" in a photo of noise).
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([str(group_photo), "--score-threshold", threshold])
+    assert exit_.value.code == 2 and "--score-threshold" in capsys.readouterr().err
+    with pytest.raises(UserError, match="score threshold must be in"):
+        YuNetDetector(score_threshold=float(threshold))
 
 
 def test_explain_draws_each_faces_grad_cam_where_the_face_is(predict, trained, group_photo, tmp_path,
