@@ -84,7 +84,7 @@ class YuNetDetector:
             raise UserError(f"the detector's score threshold must be in (0, 1], got {score_threshold}")
         if not model.is_file():
             raise UserError(f"detector model {model} does not exist")
-        self.session = yunet_session(model)
+        self.model, self.session = model, yunet_session(model)
         self.cv2, self.min_face, self.max_side, self.turns = cv2, min_face, max_side, tuple(turns)
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
 
@@ -110,7 +110,17 @@ class YuNetDetector:
         blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
         blob[0, :, :h, :w] = rgb[:, :, ::-1].transpose(2, 0, 1)
         names = [o.name for o in self.session.get_outputs()]
-        outputs = dict(zip(names, self.session.run(None, {self.session.get_inputs()[0].name: blob})))
+        try:
+            outputs = dict(zip(names, self.session.run(None, {self.session.get_inputs()[0].name: blob})))
+        except Exception as e:  # onnxruntime's own error types, for a graph that passed the checks at load
+            raise UserError(f"detector model {self.model} failed on a {w}x{h} photo: {_last_line(e)}") from None
+        for name, k in YUNET_OUTPUTS.items():  # a file can declare YuNet's shapes and give others
+            stride = int(name.rsplit("_", 1)[1])
+            cells = (blob.shape[2] // stride) * (blob.shape[3] // stride)
+            if outputs[name].shape != (1, cells, k):
+                shape = " x ".join(map(str, outputs[name].shape))
+                raise UserError(f"detector model {self.model} is not YuNet: its output {name} is {shape} for a "
+                                f"{w}x{h} photo, not 1 x {cells} x {k}")
         rows = decode_yunet(outputs, blob.shape[3], self.score_threshold)
         # FaceDetectorYN's suppression: OpenCV's NMSBoxes on the boxes truncated to whole pixels.
         keep = self.cv2.dnn.NMSBoxes([tuple(int(v) for v in row[:4]) for row in rows], rows[:, 14].tolist(),
@@ -139,14 +149,16 @@ class YuNetDetector:
         return out
 
 
-YUNET_OUTPUTS = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32)]
+# YuNet's outputs, each 1 x anchors x k: name -> k (class and object scores, box, five landmarks' x and y).
+YUNET_OUTPUTS = {f"{kind}_{stride}": k for kind, k in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10))
+                 for stride in (8, 16, 32)}
 
 
 def yunet_session(model):
     """An ONNX Runtime session of a YuNet ONNX file, with the input's height and width left free: the file
     declares 640x640, but the network is fully convolutional and its outputs are reshaped with -1, so any
     multiple of 32 runs. Raises UserError for a file that cannot be read or is not YuNet (its outputs are not
-    YUNET_OUTPUTS, or its input is not one 1 x 3 x H x W image)."""
+    YUNET_OUTPUTS' names and shapes, or its input is not one 3-channel image, N x 3 x H x W)."""
     try:
         import onnx
         import onnxruntime
@@ -162,14 +174,22 @@ def yunet_session(model):
     weights = {w.name for w in graph.initializer}
     images = [i for i in graph.input if i.name not in weights]
     shape = [d.dim_value or d.dim_param for d in images[0].type.tensor_type.shape.dim] if len(images) == 1 else []
-    if sorted(outputs) != sorted(YUNET_OUTPUTS):
-        raise UserError(f"detector model {model} is not YuNet: its outputs are {', '.join(outputs)[:80]}")
-    if len(shape) != 4 or shape[:2] != [1, 3]:
-        raise UserError(f"detector model {model} is not YuNet: its input is not one 1 x 3 x H x W image")
-    dims = images[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    missing = [name for name in YUNET_OUTPUTS if name not in outputs]
+    if missing:
+        raise UserError(f"detector model {model} is not YuNet: it has no output {', '.join(missing[:3])}"
+                        f"{' and more' if len(missing) > 3 else ''}")
     for output in graph.output:
-        output.type.tensor_type.shape.dim[1].dim_param = "anchors"
+        dims = [d.dim_value or d.dim_param for d in output.type.tensor_type.shape.dim]
+        if output.name in YUNET_OUTPUTS and (len(dims) != 3 or dims[2] != YUNET_OUTPUTS[output.name]):
+            raise UserError(f"detector model {model} is not YuNet: its output {output.name} is not 1 x anchors x "
+                            f"{YUNET_OUTPUTS[output.name]}")
+    if len(shape) != 4 or shape[1] != 3 or not (shape[0] == 1 or isinstance(shape[0], str)):
+        raise UserError(f"detector model {model} is not YuNet: its input is not one 3-channel image (N x 3 x H x W)")
+    dims = images[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"  # (a free batch size stays free: one image is fed)
+    for output in graph.output:
+        if output.name in YUNET_OUTPUTS:
+            output.type.tensor_type.shape.dim[1].dim_param = "anchors"
     del graph.value_info[:]  # the 640x640 shapes recorded inside would be checked, and warned about
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3

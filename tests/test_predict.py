@@ -403,20 +403,26 @@ def test_predictions_carry_landmarks_and_detector_scores(predict, trained, group
 
 
 def yunet_altered(change):
-    """The shipped YuNet file's bytes with one thing changed: 'output' renames an output, 'input' makes the
-    input one-channel (a file that loads, but is not a model the detector can feed)."""
+    """The shipped YuNet file's bytes with one thing changed: 'output' renames an output, 'shape' declares a box
+    output of 5 numbers, 'input' makes the input one-channel (files that load, but are not models the detector
+    can feed), 'batch' frees the batch size (as YuNet's dynamic exports do: still YuNet)."""
     import onnx
     model = onnx.load(str(YUNET_MODEL))
     if change == "output":
         model.graph.output[0].name = "scores"
-    else:
+    elif change == "shape":
+        next(o for o in model.graph.output if o.name == "bbox_8").type.tensor_type.shape.dim[2].dim_value = 5
+    elif change == "input":
         model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
+    else:
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     return model.SerializeToString()
 
 
 @pytest.mark.parametrize("content, says", [(None, "does not exist"), (b"not an onnx model", "not a readable ONNX"),
-                                           ("output", "is not YuNet: its outputs are"),
-                                           ("input", "is not YuNet: its input is not one 1 x 3 x H x W image")])
+                                           ("output", "is not YuNet: it has no output cls_8"),
+                                           ("shape", "is not YuNet: its output bbox_8 is not 1 x anchors x 4"),
+                                           ("input", "is not YuNet: its input is not one 3-channel image")])
 def test_a_missing_or_unreadable_detector_is_a_one_line_error(predict, trained, group_photo, tmp_path, capsys,
                                                               content, says):
     model = tmp_path / "yunet.onnx"
@@ -426,6 +432,13 @@ def test_a_missing_or_unreadable_detector_is_a_one_line_error(predict, trained, 
     assert predict.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert str(model) in err and "\n" not in err and says in err
+
+
+def test_a_yunet_export_with_a_free_batch_size_finds_the_same_faces(group_photo, tmp_path):
+    model = tmp_path / "yunet_dynamic.onnx"
+    model.write_bytes(yunet_altered("batch"))
+    photo = Image.open(group_photo)
+    assert [d.box for d in YuNetDetector(model)(photo)] == [d.box for d in YuNetDetector()(photo)]
 
 
 @pytest.mark.parametrize("threshold", ["0", "-0.2", "1.5"])
