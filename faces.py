@@ -85,6 +85,7 @@ class YuNetDetector:
         if not model.is_file():
             raise UserError(f"detector model {model} does not exist")
         self.model, self.session = model, yunet_session(model)
+        self.input_name = self.session.get_inputs()[0].name
         self.cv2, self.min_face, self.max_side, self.turns = cv2, min_face, max_side, tuple(turns)
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
 
@@ -107,15 +108,14 @@ class YuNetDetector:
         h, w = rgb.shape[:2]
         # As FaceDetectorYN feeds it: BGR pixel values 0..255, zero-padded at the right and bottom to multiples of
         # the coarsest stride.
-        blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
+        step = max(YUNET_STRIDES)
+        blob = np.zeros((1, 3, -(-h // step) * step, -(-w // step) * step), np.float32)
         blob[0, :, :h, :w] = rgb[:, :, ::-1].transpose(2, 0, 1)
-        names = [o.name for o in self.session.get_outputs()]
         try:
-            outputs = dict(zip(names, self.session.run(None, {self.session.get_inputs()[0].name: blob})))
+            outputs = dict(zip(YUNET_OUTPUTS, self.session.run(list(YUNET_OUTPUTS), {self.input_name: blob})))
         except Exception as e:  # onnxruntime's own error types, for a graph that passed the checks at load
             raise UserError(f"detector model {self.model} failed on a {w}x{h} photo: {_last_line(e)}") from None
-        for name, k in YUNET_OUTPUTS.items():  # a file can declare YuNet's shapes and give others
-            stride = int(name.rsplit("_", 1)[1])
+        for name, (stride, k) in YUNET_OUTPUTS.items():  # a file can declare YuNet's shapes and give others
             cells = (blob.shape[2] // stride) * (blob.shape[3] // stride)
             if outputs[name].shape != (1, cells, k):
                 shape = " x ".join(map(str, outputs[name].shape))
@@ -149,9 +149,11 @@ class YuNetDetector:
         return out
 
 
-# YuNet's outputs, each 1 x anchors x k: name -> k (class and object scores, box, five landmarks' x and y).
-YUNET_OUTPUTS = {f"{kind}_{stride}": k for kind, k in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10))
-                 for stride in (8, 16, 32)}
+# YuNet's anchor grids (pixels per cell) and its outputs, each 1 x anchors x k: name -> (stride, k), k for the
+# class and object scores, the box, and five landmarks' x and y.
+YUNET_STRIDES = (8, 16, 32)
+YUNET_OUTPUTS = {f"{kind}_{stride}": (stride, k) for kind, k in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10))
+                 for stride in YUNET_STRIDES}
 
 
 def yunet_session(model):
@@ -169,27 +171,22 @@ def yunet_session(model):
     except Exception as e:  # onnx raises protobuf's DecodeError, or OSError, for a file it cannot parse
         raise UserError(f"detector model {model} is not a readable ONNX file: {_last_line(e)}") from None
     graph = proto.graph
-    outputs = [o.name for o in graph.output]
-    # Older exports also list the weights among the inputs; the image is the input that is not a weight.
-    weights = {w.name for w in graph.initializer}
-    images = [i for i in graph.input if i.name not in weights]
-    shape = [d.dim_value or d.dim_param for d in images[0].type.tensor_type.shape.dim] if len(images) == 1 else []
-    missing = [name for name in YUNET_OUTPUTS if name not in outputs]
+    missing = [name for name in YUNET_OUTPUTS if name not in {o.name for o in graph.output}]
     if missing:
         raise UserError(f"detector model {model} is not YuNet: it has no output {', '.join(missing[:3])}"
                         f"{' and more' if len(missing) > 3 else ''}")
-    for output in graph.output:
-        dims = [d.dim_value or d.dim_param for d in output.type.tensor_type.shape.dim]
-        if output.name in YUNET_OUTPUTS and (len(dims) != 3 or dims[2] != YUNET_OUTPUTS[output.name]):
-            raise UserError(f"detector model {model} is not YuNet: its output {output.name} is not 1 x anchors x "
-                            f"{YUNET_OUTPUTS[output.name]}")
-    if len(shape) != 4 or shape[1] != 3 or not (shape[0] == 1 or isinstance(shape[0], str)):
+    for output in (o for o in graph.output if o.name in YUNET_OUTPUTS):
+        dims, k = output.type.tensor_type.shape.dim, YUNET_OUTPUTS[output.name][1]
+        if len(dims) != 3 or dims[2].dim_value != k:
+            raise UserError(f"detector model {model} is not YuNet: its output {output.name} is not 1 x anchors x {k}")
+        dims[1].dim_param = "anchors"
+    # Older exports also list the weights among the inputs; the image is the input that is not a weight.
+    weights = {w.name for w in graph.initializer}
+    images = [i for i in graph.input if i.name not in weights]
+    dims = images[0].type.tensor_type.shape.dim if len(images) == 1 else []
+    if len(dims) != 4 or dims[1].dim_value != 3 or dims[0].dim_value not in (0, 1):  # 0: a free batch size
         raise UserError(f"detector model {model} is not YuNet: its input is not one 3-channel image (N x 3 x H x W)")
-    dims = images[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "height", "width"  # (a free batch size stays free: one image is fed)
-    for output in graph.output:
-        if output.name in YUNET_OUTPUTS:
-            output.type.tensor_type.shape.dim[1].dim_param = "anchors"
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
     del graph.value_info[:]  # the 640x640 shapes recorded inside would be checked, and warned about
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
@@ -212,7 +209,7 @@ def decode_yunet(outputs, padded_width, score_threshold):
     sqrt(cls x obj) with both clipped to [0, 1], box centre at (cell + offset) x stride, width and height
     exp(output) x stride, landmarks at (cell + offset) x stride."""
     rows = []
-    for stride in (8, 16, 32):
+    for stride in YUNET_STRIDES:
         cls = np.clip(outputs[f"cls_{stride}"][0, :, 0], 0, 1)
         obj = np.clip(outputs[f"obj_{stride}"][0, :, 0], 0, 1)
         score = np.sqrt(cls * obj)
