@@ -9,6 +9,7 @@ from PIL import Image
 
 import app
 from checkpoint import load_checkpoint
+from photos import FaceSettings
 from synthetic import draw_face
 
 FACES = [("Happy", 160, (30, 40)), ("Sad", 120, (300, 60)), ("Surprise", 96, (480, 300)), ("Angry", 200, (200, 250))]
@@ -85,3 +86,19 @@ def test_the_page_answers_the_gradio_client(server, photos):
     with pytest.raises(Exception, match="model file /nope.pth does not exist"):
         client.predict([handle_file(str(photos / "group.jpg"))], None, "/nope.pth", "yunet", True, True, 0.6, 24, 960,
                        "-30,30", False, api_name="/analyze")
+
+
+def test_the_page_builds_a_detector_once_per_setting(photos, monkeypatch):
+    built = []
+    build = FaceSettings.detector_for
+    monkeypatch.setattr(FaceSettings, "detector_for", lambda settings: built.append(settings) or build(settings))
+    app.detector_for.cache_clear()
+
+    def click(score_threshold):
+        return app.analyze([str(photos / "group.jpg")], None, str(app.DEFAULT_MODEL), "yunet", True, True,
+                           score_threshold, 24, 960, "-30,30", False)[1]
+
+    first, again = click(0.6), click(0.6)
+    assert len(built) == 1 and first == again and len(first) == len(FACES)
+    click(0.7)  # other settings, another detector
+    assert len(built) == 2 and built[1].score_threshold == 0.7
