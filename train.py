@@ -229,13 +229,14 @@ def get_args_parser():
 
 
 def parse_args(argv=None):
-    """-> (args, the destinations of the flags argv gave explicitly). A recipe sets defaults; old names of
-    recipes and architectures are accepted with a warning."""
+    """-> (args, the destinations of the flags argv gave explicitly, warnings). A recipe sets defaults; old names
+    of recipes and architectures are accepted, with a warning that the training log keeps."""
     # A recipe changes the defaults, so it is read first and the full parse then sees them.
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", choices=[*RECIPES, *RECIPE_ALIASES], default="default")
     known, _ = pre.parse_known_args(argv)
-    recipe = renamed("--recipe", known.recipe, RECIPE_ALIASES)
+    warnings = []
+    recipe = renamed("--recipe", known.recipe, RECIPE_ALIASES, warnings)
 
     def make_parser():
         parser = get_args_parser()
@@ -245,16 +246,17 @@ def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [RECIPE_ALIASES.get(a, a) if i and argv[i - 1] == "--recipe" else a for i, a in enumerate(argv)]
     args = make_parser().parse_args(argv)
-    args.arch = renamed("--arch", args.arch, ARCH_ALIASES)
+    args.arch = renamed("--arch", args.arch, ARCH_ALIASES, warnings)
     if args.logit_adjust is None:
         balanced_already = args.class_weights == "balanced" or args.sampler == "balanced"
         args.logit_adjust = 0.0 if balanced_already else 1.0
-    return args, flags_given(make_parser, argv)
+    return args, flags_given(make_parser, argv), warnings
 
 
-def renamed(flag, value, aliases):
+def renamed(flag, value, aliases, warnings):
+    """The current name of a value of flag; an old one adds a warning to warnings."""
     if value in aliases:
-        print(f"train.py: warning: {flag} {value} is now {flag} {aliases[value]}", file=sys.stderr)
+        warnings.append(f"{flag} {value} is now {flag} {aliases[value]}")
     return aliases.get(value, value)
 
 
@@ -778,21 +780,24 @@ def carry_best(path, state, out_dir, write=True):
 
 def main(argv=None):
     """The command line: -> exit code (0 done, 1 non-finite loss, 2 bad input, 130 interrupted)."""
-    args, given = parse_args(argv)
-    return exit_code("train.py", train, args, given)
+    args, given, warnings = parse_args(argv)
+    return exit_code("train.py", train, args, given, warnings)
 
 
-def train(args, given=frozenset()):
+def train(args, given=frozenset(), warnings=()):
     with engine.distributed_process() as (rank, world, local_rank):
-        return train_process(args, given, rank, world, local_rank)
+        return train_process(args, given, warnings, rank, world, local_rank)
 
 
-def train_process(args, given, rank, world, local_rank):
-    """One process of training: the only one without torchrun, else one of `world` (rank 0 writes)."""
+def train_process(args, given, warnings, rank, world, local_rank):
+    """One process of training: the only one without torchrun, else one of `world` (rank 0 writes). warnings:
+    parse_args' own, said (and logged) by rank 0 like the data's."""
     # Build: the run's flags (a resumed run's own), its data and its model.
     state, resume_path, args = resume_point(args, given)
     device = engine.select_device(args.device, local_rank)
     run = Run(args, rank, world, device, engine.use_amp(args.amp, device))
+    for warning in warnings:
+        run.say(f"warning: {warning}", file=sys.stderr)
     out_dir, log_dir = Path(args.output_dir), Path(args.log_dir)
     if state is not None and finished(state, args):
         stopped = state["epoch"] < args.epochs

@@ -169,7 +169,7 @@ def test_resuming_a_finished_run_trains_and_tests_nothing(tiny_data, tmp_path, s
 
 
 def test_augmentation_names_are_parsed_once_into_what_training_uses(tiny_data, tmp_path, scripts, monkeypatch):
-    args, _ = scripts["train"].parse_args(["--data", "x", "--aug", " flip, Affine "])
+    args = scripts["train"].parse_args(["--data", "x", "--aug", " flip, Affine "])[0]
     assert args.aug == ("flip", "affine")
     used = []
     real = scripts["train"].augment_batch

@@ -251,10 +251,15 @@ def test_assignment_recipe_trains_the_assignments_network_in_rgb(scripts, tiny_d
 
 
 @pytest.mark.parametrize("flags", [["--recipe", "seed"], ["--arch", "seed"]])
-def test_the_assignments_old_name_seed_is_accepted_with_a_warning(scripts, flags, capsys):
-    args, _ = scripts["train"].parse_args(["--data", "x", *flags])
-    assert args.arch == "assignment"
-    assert f"warning: {flags[0]} seed is now {flags[0]} assignment" in capsys.readouterr().err
+def test_the_assignments_old_name_seed_is_accepted_with_a_warning_the_log_keeps(scripts, flags, tiny_data, tmp_path,
+                                                                                   capsys):
+    args, _, warnings = scripts["train"].parse_args(["--data", "x", *flags])
+    warning = f"warning: {flags[0]} seed is now {flags[0]} assignment"
+    assert args.arch == "assignment" and [f"warning: {w}" for w in warnings] == [warning]
+    assert capsys.readouterr().err == ""  # said once, by the training run, not while parsing
+    assert scripts["train"].main(fast_train_args(tiny_data, tmp_path, *flags, "--epochs", "1")) == 0
+    assert capsys.readouterr().err.count(warning) == 1
+    assert (tmp_path / "logs" / "training_log.txt").read_text().count(warning) == 1
 
 
 def test_command_line_entry_points_run(tiny_data, tmp_path):
