@@ -29,6 +29,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faces as face_lib  # noqa: E402
+from cli import positive_int  # noqa: E402
 from dataset import ASSIGNMENT_CLASSES, data_files, read_image, recorded_validation  # noqa: E402
 from faces import analyze_image, box_iou, make_detector  # noqa: E402
 from inference import load_classifier  # noqa: E402
@@ -36,6 +37,7 @@ from synthetic import draw_face  # noqa: E402
 
 ROTATIONS = (0, 15, 30, 45)
 CANVASES = ((640, 480), (1280, 720))
+MIN_SIDE = 48  # the table's faces: this many pixels and more (the smaller ones are summed up apart)
 
 
 def load_faces(folder, classes, per_class, seed):
@@ -147,7 +149,7 @@ def found_alone(detector, crop, side, size):
 def evaluate(scenes, classifier, detectors, setups):
     """scenes: [(image, truth, rotation)]. setups: name -> (detector name, align). -> per setup the rows of
     every true face (rotation, side, found, correct after detection or None, correct on its original crop, found
-    alone (found_alone)) and the false detections per scene."""
+    alone (found_alone; None under MIN_SIDE)) and the false detections per scene."""
     results = {name: {"faces": [], "false": []} for name in setups}
     cache, alone = {}, {}
     # The same faces scored on their original crops, as test.py scores a split.
@@ -166,8 +168,9 @@ def evaluate(scenes, classifier, detectors, setups):
             decisions = iter(int(f.probabilities.argmax()) for f in decided)
             for i, ((_, side, _, label, crop), j) in enumerate(zip(truth, matched)):
                 correct = None if j is None else next(decisions) == label
-                if (detector_name, k + i) not in alone:
-                    alone[(detector_name, k + i)] = found_alone(detectors[detector_name], crop, side, image.size)
+                if (detector_name, k + i) not in alone:  # only the table's faces: each is a whole detector pass
+                    alone[(detector_name, k + i)] = (found_alone(detectors[detector_name], crop, side, image.size)
+                                                     if side >= MIN_SIDE else None)
                 results[name]["faces"].append((rotation, side, j is not None, correct, right_on_original[k + i],
                                                alone[(detector_name, k + i)]))
             results[name]["false"].append(false)
@@ -175,17 +178,17 @@ def evaluate(scenes, classifier, detectors, setups):
     return results
 
 
-def summary_rows(results, min_side=48):
+def summary_rows(results, min_side=MIN_SIDE):
     rows = []
     for name, r in results.items():
         faces = [f for f in r["faces"] if f[1] >= min_side]
         for rotation in ROTATIONS:
             mine = [f for f in faces if f[0] == rotation]
             found = [f for f in mine if f[2]]
-            recall = 100 * len(found) / max(1, len(mine))
             alone = [f for f in mine if f[5]]
-            found_alone = 100 * len(alone) / max(1, len(mine))
-            recall_of_alone = 100 * sum(f[2] for f in alone) / max(1, len(alone))
+            recall = 100 * len(found) / len(mine) if mine else float("nan")
+            found_alone = 100 * len(alone) / len(mine) if mine else float("nan")
+            recall_of_alone = 100 * sum(f[2] for f in alone) / len(alone) if alone else float("nan")
             after = 100 * np.mean([f[3] for f in found]) if found else float("nan")
             original = 100 * np.mean([f[4] for f in found]) if found else float("nan")
             end_to_end = 100 * np.mean([bool(f[3]) for f in mine]) if mine else float("nan")
@@ -202,13 +205,13 @@ def print_table(results, min_side):
           "of the scene's size; recall | alone: recall of those in the scenes; accuracy on the faces found, after "
           "detection and cutting, against their original crops; end to end counts a missed face as wrong")
     print(f"{'setup':<20}{'rot':>4}{'faces':>6}{'alone %':>9}{'recall %':>10}{'| alone':>8}{'acc after':>11}"
-          f"{'acc orig':>10}{'gap ± SE':>15}{'end-to-end':>12}")
+          f"{'acc orig':>10}{'gap ± SE':>16}{'end-to-end':>12}")
     for name, rotation, n, alone, recall, of_alone, after, original, gap, se, e2e in summary_rows(results, min_side):
         print(f"{name:<20}{rotation:>4}{n:>6}{alone:>9.2f}{recall:>10.2f}{of_alone:>8.2f}{after:>11.2f}"
-              f"{original:>10.2f}{gap:>+8.2f} ± {se:4.2f}{e2e:>12.2f}")
-    print(f"\n{'setup':<20}{'false detections per scene':>28}{'recall, faces under 48 px':>28}")
+              f"{original:>10.2f}{gap:>+8.2f} ± {se:5.2f}{e2e:>12.2f}")
+    print(f"\n{'setup':<20}{'false detections per scene':>28}{f'recall, faces under {min_side} px':>28}")
     for name, r in results.items():
-        small = [f for f in r["faces"] if f[1] < 48]
+        small = [f for f in r["faces"] if f[1] < min_side]
         print(f"{name:<20}{np.mean(r['false']):>28.3f}{100 * np.mean([f[2] for f in small]) if small else 0:>27.2f}%")
 
 
@@ -231,7 +234,7 @@ def time_detectors(detectors, pool, rng, repeats):
     """Median and fastest ms per detection of each detector on 5 scenes per canvas size, repeats passes. The
     detectors take turns scene by scene, so that a slow spell of a shared machine falls on all of them alike; the
     fastest pass is what the code costs when no other work slows the machine (as timeit reads its minimum)."""
-    print(f"\n{'detector':<16}" + "".join(f"{f'ms per {w}x{h}, median / fastest':>34}" for w, h in CANVASES))
+    print(f"\n{'detector':<16}" + "".join(f"{f'ms per {w}x{h}, median / fastest':>36}" for w, h in CANVASES))
     cells = {name: [] for name in detectors}
     for size in CANVASES:
         scenes = [make_scene(pool, size, 0, rng)[0] for _ in range(5)]
@@ -247,7 +250,7 @@ def time_detectors(detectors, pool, rng, repeats):
         for name in detectors:
             cells[name].append(f"{1000 * np.median(times[name]):.1f} / {1000 * np.min(times[name]):.1f}")
     for name, row in cells.items():
-        print(f"{name:<16}" + "".join(f"{c:>34}" for c in row))
+        print(f"{name:<16}" + "".join(f"{c:>36}" for c in row))
 
 
 CHOICES = {"max side 640": dict(max_side=640, turns=()), "max side 960": dict(max_side=960, turns=()),
@@ -261,8 +264,8 @@ def choose(pool, classifier, rng, scenes_per_rotation):
     """Detector settings, score thresholds and alignment framings, on faces a choice may look at."""
     scenes = [(*make_scene(pool, CANVASES[s % 2], r, rng), r) for r in ROTATIONS for s in range(scenes_per_rotation)]
     print(f"{len(scenes)} scenes, {sum(len(t) for _, t, _ in scenes)} faces")
-    print("\nYuNet settings: recall % of faces >= 48 px per rotation, false detections per scene, by score threshold;"
-          " median ms per 1280x720 scene, found at the lowest threshold")
+    print(f"\nYuNet settings: recall % of faces >= {MIN_SIDE} px per rotation, false detections per scene, by score "
+          "threshold; median ms per 1280x720 scene, found at the lowest threshold")
     thresholds = (0.3, 0.5, 0.6, 0.7, 0.8)
     for name, settings in CHOICES.items():
         detector, found, ms = make_detector("yunet", score_threshold=min(thresholds), **settings), [], []
@@ -278,19 +281,20 @@ def choose(pool, classifier, rng, scenes_per_rotation):
                 matched, f = match([d for d in detections if d.score >= threshold], truth)
                 false.append(f)
                 for (_, side, *_), j in zip(truth, matched):
-                    if side >= 48:
+                    if side >= MIN_SIDE:
                         recall[rotation][0] += j is not None
                         recall[rotation][1] += 1
             cells = ", ".join(f"{r}: {100 * a / max(1, b):.1f}" for r, (a, b) in recall.items())
             print(f"  {name:<26} {threshold:.1f}  {cells}; false {np.mean(false):.3f}")
     print("\nalignment framings (side SCALE eye-to-mouth distances, centre CENTER of the way from the eyes to the "
-          "mouth) on the faces >= 48 px the default detector finds: accuracy after cutting minus on the original "
-          "crops, over all and per rotation, and the difference from the default framing on the same faces ± SE")
+          f"mouth) on the faces >= {MIN_SIDE} px the default detector finds: accuracy after cutting minus on the "
+          "original crops, over all and per rotation, and the difference from the default framing on the same "
+          "faces ± SE")
     detector, found = make_detector("yunet"), []  # (image, detections, labels, rotation, original crops)
     for image, truth, rotation in scenes:
         detections = detector(image)
         kept = [(detections[j], label, crop) for (_, side, _, label, crop), j in zip(truth, match(detections, truth)[0])
-                if j is not None and side >= 48]
+                if j is not None and side >= MIN_SIDE]
         if kept:
             found.append((image, [k[0] for k in kept], [k[1] for k in kept], rotation, [k[2] for k in kept]))
     labels = np.array([label for _, _, ls, _, _ in found for label in ls])
@@ -325,12 +329,12 @@ def main(argv=None):
                    "validation (for --choose: what a choice may look at)")
     p.add_argument("--synthetic", action="store_true", help="the toolkit's drawn faces instead (or as well)")
     p.add_argument("--ckpt", default="models/fer2013_5class_vgg.pth", help="the model that scores expressions")
-    p.add_argument("--per-class", type=int, default=200, help="faces drawn from each class folder")
-    p.add_argument("--scenes", type=int, default=25, help="scenes per rotation and canvas size")
+    p.add_argument("--per-class", type=positive_int, default=200, help="faces drawn from each class folder")
+    p.add_argument("--scenes", type=positive_int, default=25, help="scenes per rotation and canvas size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--choose", action="store_true", help="score framings and thresholds (use a training split)")
     p.add_argument("--no-timing", action="store_true")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes over 5 scenes per canvas size")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed passes over 5 scenes per canvas size")
     args = p.parse_args(argv)
     classifier = load_classifier(args.ckpt)
     rng = np.random.default_rng(args.seed)
@@ -352,7 +356,7 @@ def main(argv=None):
               "yunet upright, al.": ("yunet upright", True)}
     results = evaluate(scenes, classifier, detectors, setups)
     print(f"{len(scenes)} scenes, {sum(len(t) for _, t, _ in scenes)} faces")
-    print_table(results, 48)
+    print_table(results, MIN_SIDE)
     if not args.no_timing:
         time_detectors({**detectors, "upright, OpenCV": OpenCVYuNet()}, pool, rng, args.repeats)
     return 0
