@@ -268,10 +268,12 @@ def resolve_classes(root, classes=None):
     own: the sorted class folders of train, FER2013's seven for its CSV, FER+'s eight emotions for its votes.
 
     A class of the data's own list with no training image is dropped, and a note says so; one named in
-    `classes` is refused. DataError names the path and the classes.
+    `classes` is refused. Class folders whose names differ only in case are one class (a note says so). DataError
+    names the path and the classes.
     """
     kind = layout(root)
     root = Path(root)
+    notes = []
     if kind == "fer2013_csv":
         found = FER2013_CLASSES
         counts = {}
@@ -290,18 +292,23 @@ def resolve_classes(root, classes=None):
         train = split_dir(root, "train")
         if train is None:
             raise DataError(f"{root} has no train/ folder (expected {root}/train/<Class>/*.jpg)")
-        folders = _subdirs(train)
-        found = [p.name for p in folders]
+        # Folders whose names differ only in case are one class, as every split's loader reads them.
+        folders = {}
+        for p in _subdirs(train):
+            folders.setdefault(p.name.lower(), []).append(p)
+        found = [same[0].name for same in folders.values()]
         if not found:
             raise DataError(f"{train} has no class folders (expected {train}/<Class>/*.jpg)")
-        empty = [p.name for p in folders if not data_files(p)]
+        empty = [same[0].name for same in folders.values() if not any(data_files(p) for p in same)]
+        notes = [f"class folders {' and '.join(p.name for p in same)} in {train} differ only in case: one class, "
+                 f"{same[0].name}" for same in folders.values() if len(same) > 1]
     if classes is None:
         kept = [c for c in found if c not in empty]
         if len(kept) < 2:
             raise DataError(f"{root} has training images for {len(kept)} class(es) ({', '.join(kept) or 'none'}); "
                             "a classifier needs two or more")
-        notes = [f"class(es) {', '.join(empty)} have no training images and are left out; "
-                 f"the classes are {', '.join(kept)}"] if empty else []
+        notes += [f"class(es) {', '.join(empty)} have no training images and are left out; "
+                  f"the classes are {', '.join(kept)}"] if empty else []
         return kept, notes
     lower = {c.lower(): c for c in found}
     unknown = [c for c in classes if c.lower() not in lower]
@@ -313,7 +320,7 @@ def resolve_classes(root, classes=None):
     if empty_asked:
         raise DataError(f"--classes names {', '.join(empty_asked)}, which have no training images in {root}; "
                         f"leave them out of --classes")
-    return list(classes), []
+    return list(classes), notes
 
 
 def load_split(root, split, classes, size=48, channels=1, label_mode="majority", allow_missing=False,

@@ -46,6 +46,19 @@ def test_folders_with_different_case_are_the_same_class(tmp_path):
     assert test.images.shape == (3, 1, 48, 48) and test.images.dtype == torch.uint8
 
 
+def test_class_folders_differing_only_in_case_within_train_are_one_class(tmp_path):
+    # train/Angry and train/angry were two classes, and test/Angry's images were scored once under each.
+    root = make_tree(tmp_path, {"train": {"Angry": 3, "Happy": 2}, "test": {"Angry": 2, "Happy": 1}})
+    for i in range(2):
+        write_image(root / "train" / "angry" / f"more{i}.png", value=10 + i)
+    classes, notes = resolve_classes(root)
+    assert classes == ["Angry", "Happy"]
+    assert notes == [f"class folders Angry and angry in {root / 'train'} differ only in case: one class, Angry"]
+    assert load_split(root, "train", classes).class_counts() == [5, 2]
+    assert load_split(root, "test", classes).class_counts() == [2, 1]
+    assert resolve_classes(root, ["Happy", "angry"])[1] == notes
+
+
 def test_classes_flag_chooses_and_orders_classes(tmp_path):
     root = make_tree(tmp_path, {"train": {"angry": 2, "disgust": 2, "happy": 3}})
     classes, _ = resolve_classes(root, ["Happy", "Angry"])
