@@ -5,6 +5,8 @@ so no later code splits or strips the text again, and a bad value is an argparse
 """
 import argparse
 import math
+import os
+from pathlib import Path
 
 from dataset import AFFINE_RANGES, AUGMENTATIONS
 
@@ -14,6 +16,20 @@ def positive_int(text):
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def output_folder(text):
+    """A folder a script writes into, checked (not made) when the flag is parsed, so that a run fails before its
+    work rather than after it: it is a folder, or the nearest path above it that exists is a folder this process
+    may write in. -> the text as given."""
+    path = Path(text)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder" if existing == path
+                                         else f"{text} cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: no permission to write in {existing}")
+    return text
 
 
 def non_negative_int(text):

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cli import angle_list, fraction_or_zero, positive_int, share
+from cli import angle_list, fraction_or_zero, output_folder, positive_int, share
 from dataset import canonical_image
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, Detection, analyze_image, annotate, heatmap_overlay
@@ -41,7 +41,7 @@ def get_args_parser():
     p.add_argument("--video", help="a video file: writes an annotated video and a per-frame CSV")
     p.add_argument("--explain", action="store_true",
                    help="Grad-CAM of every face: a heat-map PNG per face, and drawn where the face is")
-    p.add_argument("--out-dir", default="predictions")
+    p.add_argument("--out-dir", type=output_folder, default="predictions")
     g = p.add_argument_group("faces")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--no-detect", action="store_true", help="treat each image as one face crop")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import engine
 from calibration import calibrate, summary
-from cli import add_runtime_args, class_map, non_negative_float, positive_int, scale_list
+from cli import add_runtime_args, class_map, non_negative_float, output_folder, positive_int, scale_list
 from dataset import DataError, available_splits, held_out_of_train, load_split, recorded_splits, recorded_validation
 from errors import UserError, exit_code
 from inference import ModelClassifier, load_classifier
@@ -51,7 +51,8 @@ def get_args_parser():
     g = p.add_argument_group("runtime")
     add_runtime_args(g, amp="off")
     g.add_argument("--batch-size", type=positive_int, default=256)
-    g.add_argument("--out-dir", default="logs", help="where the JSON report and confusion-matrix PNG go")
+    g.add_argument("--out-dir", type=output_folder, default="logs",
+                   help="where the JSON report and confusion-matrix PNG go")
     return p
 
 

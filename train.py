@@ -46,6 +46,7 @@ from cli import (
     fraction_or_zero,
     non_negative_float,
     non_negative_int,
+    output_folder,
     positive_float,
     positive_int,
     scale_list,
@@ -189,8 +190,8 @@ def get_args_parser():
     g = p.add_argument_group("runtime")
     add_runtime_args(g)
     g.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    g.add_argument("--output-dir", default="checkpoints", help="where best.pth and last.pth go")
-    g.add_argument("--log-dir", default="logs", help="where training_log.txt/.jsonl and reports go")
+    g.add_argument("--output-dir", type=output_folder, default="checkpoints", help="where best.pth and last.pth go")
+    g.add_argument("--log-dir", type=output_folder, default="logs", help="where training_log.txt/.jsonl and reports go")
     g.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
                    help="continue the run CKPT (default: OUTPUT_DIR/last.pth) holds, with its own flags: flags "
                    "not given are the checkpoint's, and only --epochs, --patience, --data and the runtime flags "

@@ -19,7 +19,7 @@ def load_script(name):
 
 @pytest.fixture(scope="session")
 def scripts():
-    return {name: load_script(name) for name in ("train", "test", "plot_curves")}
+    return {name: load_script(name) for name in ("train", "test", "predict", "plot_curves")}
 
 
 @pytest.fixture(scope="session")

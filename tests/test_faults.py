@@ -188,3 +188,20 @@ def test_resuming_into_another_output_dir_without_a_log_dir_is_refused(tiny_data
     assert "give its --log-dir too" in capsys.readouterr().err
     assert scripts["train"].main([*args, "--log-dir", str(tmp_path / "y" / "logs")]) == 0
     assert (tmp_path / "y" / "logs" / "test_report.json").exists()
+
+
+@pytest.mark.parametrize("script, flag, first", [("train", "--output-dir", ["--data", "x"]),
+                                                 ("train", "--log-dir", ["--data", "x"]),
+                                                 ("test", "--out-dir", ["--ckpt", "x"]),
+                                                 ("predict", "--out-dir", ["x.jpg"])])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(scripts, tmp_path, capsys, script, flag,
+                                                                         first):
+    # A file where the folder should go ended a whole training in a traceback at its first checkpoint.
+    (tmp_path / "taken").write_text("a file")
+    for path, why in ((tmp_path / "taken", "is a file, not a folder"),
+                      (tmp_path / "taken" / "sub", f"cannot be made: {tmp_path / 'taken'} is a file")):
+        with pytest.raises(SystemExit) as exit_info:
+            scripts[script].main([*first, flag, str(path)])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: {path} {why}" in capsys.readouterr().err
+    assert scripts[script].get_args_parser().parse_args([*first, flag, str(tmp_path / "new" / "deeper")])
