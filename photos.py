@@ -5,6 +5,7 @@ predict.py and app.py write (predictions.csv / .json).
 """
 import csv
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from faces import LANDMARKS, Detection, analyze_image, clip_box, make_detector
 # FER+'s, the most accurate on the same faces against ten annotators' majority (docs/report.md section 12).
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "ferplus_vgg.pth"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 @dataclass(frozen=True)
@@ -82,67 +83,87 @@ def analyze_photo(path, classifier, settings, detector=None, explain=False):
     result.faces = analyze_image(image, classifier, detections, align=settings.align,
                                  margin=0 if settings.no_detect else settings.margin, explain=explain)
     if not result.faces:
-        result.status = "no face found" if settings.boxes is None else "no box inside the image"
+        result.status = ("no face found" if settings.boxes is None else
+                         "no box inside the image" if boxes_of(settings.boxes, path) else "no --boxes row names it")
     return result
 
 
 def find_images(inputs):
-    """The image files of the inputs (files as given, folders searched, hidden files left out), in order."""
+    """The files to classify: files as given, and every file in the folders given (hidden files and system junk
+    left out), in order, each file once however often and by whatever path it was given. A file that is not an
+    image is not skipped in silence: it gets its row saying so (analyze_photo). UserError for an input that does
+    not exist or inputs with no file at all."""
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += [p for p in data_files(item) if p.suffix.lower() in IMAGE_SUFFIXES]
+            files += data_files(item)
         elif item.is_file():
             files.append(item)
         else:
             raise UserError(f"input {item} does not exist")
     if not files:
         raise UserError(f"no images found in {', '.join(inputs)}")
-    return list(dict.fromkeys(files))
+    unique = {}
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
 
 
 def output_names(files):
     """A distinct name for each input's outputs: its stem, or where stems clash (a/face.png, b/face.png,
-    a/face.jpg) its path below the inputs' common folder with its suffix, '/' written as '_'."""
+    a/face.jpg) its path below the inputs' common folder with its suffix, '/' written as '_'; a name that still
+    clashes (a/b/face.jpg and a_b/face.jpg), also without regard to case, gets a number."""
     stems = [f.stem for f in files]
-    clashing = {s for s in stems if stems.count(s) > 1}
-    if not clashing:
-        return stems
+    clashing = {s.lower() for s in stems if [t.lower() for t in stems].count(s.lower()) > 1}
     resolved = [f.resolve() for f in files]
-    common = Path(*[parts[0] for parts in zip(*(p.parent.parts for p in resolved)) if len(set(parts)) == 1]) \
-        if len(resolved) > 1 else resolved[0].parent
-    names = []
-    for f, r, stem in zip(files, resolved, stems):
-        names.append("_".join(r.relative_to(common).parts) if stem in clashing else stem)
+    common = Path(os.path.commonpath([r.parent for r in resolved]))
+    names, taken = [], set()
+    for r, stem in zip(resolved, stems):
+        name = "_".join(r.relative_to(common).parts) if stem.lower() in clashing else stem
+        unique, k = name, 1
+        while unique.lower() in taken:
+            k += 1
+            unique = f"{name}_{k}"
+        taken.add(unique.lower())
+        names.append(unique)
     return names
 
 
 def read_boxes(path):
-    """A boxes CSV (file,x,y,w,h) -> {file: [(x, y, w, h, "FILE:line")]}; UserError naming the file or line for
-    bad input."""
+    """A boxes CSV (file,x,y,w,h) -> ({file: [(x, y, w, h, "FILE:line")]}, warnings). A row without a file name or
+    with x,y,w,h that are not numbers is left out with a warning naming its line; UserError for a missing file or
+    missing columns."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--boxes file {path} does not exist")
-    boxes = defaultdict(list)
+    boxes, warnings = defaultdict(list), []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         names = {(n or "").strip().lower(): n for n in reader.fieldnames or []}
         if not {"file", "x", "y", "w", "h"} <= set(names):
             raise UserError(f"--boxes file {path} needs the columns file,x,y,w,h")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            where = f"{path}:{reader.line_num}"  # the line in the file, blank lines counted
             try:
                 box = tuple(float(row[names[k]]) for k in ("x", "y", "w", "h"))
-            except (TypeError, ValueError):
-                raise UserError(f"{path}:{line}: x,y,w,h must be numbers") from None
-            boxes[row[names["file"]].strip()].append((*box, f"{path}:{line}"))
-    return boxes
+                file = row[names["file"]].strip()
+            except (AttributeError, TypeError, ValueError):
+                warnings.append(f"{where}: needs a file name and numbers x,y,w,h; row left out")
+                continue
+            boxes[file].append((*box, where))
+    return boxes, warnings
+
+
+def boxes_of(known_boxes, path):
+    """The rows of read_boxes that name this photo: by its path as given, or else by its name."""
+    return known_boxes.get(str(path), known_boxes.get(Path(path).name, []))
 
 
 def given_boxes(known_boxes, path, image, warnings):
-    """The boxes (read_boxes) of one image (by its path as given, or its name), clipped to it; a box with nothing
-    inside the image is skipped, with a warning naming its row appended to warnings."""
+    """The boxes (read_boxes) of one image (boxes_of), clipped to it; a box with nothing inside the image is
+    skipped, with a warning naming its row appended to warnings."""
     detections = []
-    for *box, row in known_boxes.get(str(path), known_boxes.get(path.name, [])):
+    for *box, row in boxes_of(known_boxes, path):
         clipped = clip_box(box, image.width, image.height)
         if clipped is None:
             warnings.append(f"{row}: box {','.join(f'{v:g}' for v in box)} has nothing inside {path} "

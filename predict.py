@@ -77,12 +77,16 @@ def run(args):
     if args.video and args.boxes:
         raise UserError("--boxes names faces in photos; a --video's faces are detected (or, with --no-detect, "
                         "each frame is one face)")
+    if args.video and args.inputs:
+        raise UserError(f"--video takes no photos (got {', '.join(args.inputs)}); classify them in a run of their own")
     if args.ckpt == [str(DEFAULT_MODEL)] and not DEFAULT_MODEL.exists():
         raise UserError(f"the shipped model {DEFAULT_MODEL} is missing; pass --ckpt checkpoints/best.pth")
     classifier = load_classifier(args.ckpt, args.device)
+    boxes, box_warnings = read_boxes(args.boxes) if args.boxes else (None, [])
+    for warning in box_warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     settings = FaceSettings(args.detector, args.detector_model, args.score_threshold, args.min_face, args.max_side,
-                            args.turns, args.no_detect, read_boxes(args.boxes) if args.boxes else None,
-                            not args.no_align, args.margin)
+                            args.turns, args.no_detect, boxes, not args.no_align, args.margin)
     detector = settings.detector_for()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +94,12 @@ def run(args):
         return predict_video(args, classifier, detector, settings, out_dir)
 
     files = find_images(args.inputs)
+    if boxes:
+        named = {str(f) for f in files} | {f.name for f in files}
+        unused = [name for name in boxes if name not in named]
+        if unused:
+            print(f"warning: --boxes rows name file(s) not among the inputs: {', '.join(unused[:5])}"
+                  f"{' and more' if len(unused) > 5 else ''}", file=sys.stderr)
     results, written = Results(classifier.classes), defaultdict(int)
     for path, name in tqdm(list(zip(files, output_names(files))), desc="images", unit="image",
                            disable=len(files) < 32):
@@ -113,7 +123,7 @@ def run(args):
     csv_path = results.write(out_dir)
     faces_found = sum(1 for r in results.rows if r["status"] == "ok")
     also = "".join(f", {n} {what}{'s' if n > 1 else ''}" for what, n in written.items())
-    print(f"{faces_found} face(s) in {len(files)} image(s); wrote {csv_path}, {csv_path.with_suffix('.json').name}"
+    print(f"{faces_found} face(s) in {len(files)} file(s); wrote {csv_path}, {csv_path.with_suffix('.json').name}"
           f"{also} to {out_dir}")
     return 0
 

@@ -92,6 +92,46 @@ def test_boxes_outside_the_image_are_clipped_or_skipped_and_the_rest_goes_on(pre
     assert [(r["x"], r["y"], r["w"], r["h"]) for r in rows] == [("200", "180", "56", "76"), ("10", "10", "60", "60")]
 
 
+def test_bad_boxes_rows_are_left_out_by_their_line_and_a_photo_no_row_names_says_so(predict, model, tmp_path, capsys):
+    # One malformed row stopped the whole batch, and blank lines shifted the line named.
+    for name in ("p.png", "q.png"):
+        Image.new("L", (256, 256), 120).save(tmp_path / name)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("file,x,y,w,h\n\n\np.png,ten,10,60,60\np.png,10,10,60,60\np.png,5\n,,,,\ngone.png,1,1,9,9\n")
+    assert predict.main([str(tmp_path / "p.png"), str(tmp_path / "q.png"), "--boxes", str(boxes), "--ckpt", str(model),
+                         "--out-dir", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    for line in (4, 6, 7):
+        assert f"{boxes}:{line}: needs a file name and numbers x,y,w,h; row left out" in err
+    assert "--boxes rows name file(s) not among the inputs: gone.png" in err
+    rows = rows_of(tmp_path / "out" / "predictions.csv")
+    status = {r["file"].rsplit("/", 1)[-1]: (r["status"], r["x"]) for r in rows}
+    assert status == {"p.png": ("ok", "10"), "q.png": ("no --boxes row names it", "")}
+
+
+def test_each_file_is_classified_once_and_clashing_output_names_get_numbers(predict, model, tmp_path, capsys):
+    photo = Image.new("L", (96, 96), 90)
+    for name in ("in/a/b/face.jpg", "in/a_b/face.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        photo.save(tmp_path / name)
+    (tmp_path / "in" / "a" / "notes.txt").write_text("not a photo")
+    given = [str(tmp_path / "in"), str(tmp_path / "in" / "a" / "b" / "face.jpg"), "in/a_b/face.jpg"]
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(tmp_path)
+        assert predict.main([*given, "--no-detect", "--explain", "--ckpt", str(model), "--out-dir", str(out)]) == 0
+    assert "2 face(s) in 3 file(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*_gradcam.png")) == ["a_b_face.jpg_2_face0_gradcam.png",
+                                                                 "a_b_face.jpg_face0_gradcam.png"]
+    status = sorted(r["status"].split(":")[0] for r in rows_of(out / "predictions.csv"))
+    assert status == ["ok", "ok", "unreadable"]
+
+
+def test_photos_given_with_a_video_are_refused(predict, model, tmp_path, capsys):
+    assert predict.main(["p.jpg", "--video", "v.mp4", "--ckpt", str(model)]) == 2
+    assert "--video takes no photos (got p.jpg)" in capsys.readouterr().err
+
+
 def test_a_bad_file_in_a_folder_is_a_row_and_a_warning_and_the_run_goes_on(predict, model, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
