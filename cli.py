@@ -53,6 +53,23 @@ def positive_float(text):
     return value
 
 
+def seed(text):
+    """A random seed: an integer in [0, 2**32 - 1], what every generator the toolkit seeds (NumPy's, torch's) takes."""
+    value = int(text)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {2 ** 32 - 1}, got {text}")
+    return value
+
+
+def logit_adjust_tau(text):
+    """The logit adjustment's TAU (Menon et al., ICLR 2021, use 1): a number in [0, 10]; beyond 10 the class prior
+    alone would decide and the probabilities overflow."""
+    value = float(text)
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be in [0, 10], got {text}")
+    return value
+
+
 def fraction(text):
     """A number strictly between 0 and 1."""
     value = float(text)

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import engine
 from calibration import calibrate, summary
-from cli import add_runtime_args, class_map, non_negative_float, output_folder, positive_int, scale_list
+from cli import (
+    add_runtime_args,
+    class_map,
+    logit_adjust_tau,
+    output_folder,
+    positive_int,
+    scale_list,
+)
 from dataset import DataError, available_splits, held_out_of_train, load_split, recorded_splits, recorded_validation
 from errors import UserError, exit_code
 from inference import ModelClassifier, load_classifier
@@ -42,7 +49,7 @@ def get_args_parser():
                    help="average the logits of each image and its mirror")
     g.add_argument("--tta-scales", type=scale_list, metavar="S1,S2",
                    help="also average the logits of each image zoomed by these factors, or none")
-    g.add_argument("--logit-adjust", type=non_negative_float, metavar="TAU",
+    g.add_argument("--logit-adjust", type=logit_adjust_tau, metavar="TAU",
                    help="subtract TAU x log(training class frequency) from the logits; 0 is the plain argmax")
     g.add_argument("--calibrate", action="store_true",
                    help="fit the checkpoint's temperature afresh on the validation split its training used and store "

@@ -44,12 +44,14 @@ from cli import (
     flags_given,
     fraction,
     fraction_or_zero,
+    logit_adjust_tau,
     non_negative_float,
     non_negative_int,
     output_folder,
     positive_float,
     positive_int,
     scale_list,
+    seed,
     share,
     width_list,
 )
@@ -159,12 +161,12 @@ def get_args_parser():
     g.add_argument("--sched", choices=["cosine", "none"], default="cosine",
                    help="per-step cosine decay to 0 over --epochs after a linear warm-up, or constant")
     g.add_argument("--warmup-epochs", type=non_negative_int, default=2)
-    g.add_argument("--label-smoothing", type=non_negative_float, default=0.1)
+    g.add_argument("--label-smoothing", type=fraction_or_zero, default=0.1)
     g.add_argument("--patience", type=positive_int, default=10,
                    help="stop after this many epochs without a better --monitor value")
     g.add_argument("--monitor", choices=MONITORS, default="val_macro_f1",
                    help="validation figure that picks best.pth and drives early stopping")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the split, initial weights and batches")
+    g.add_argument("--seed", type=seed, default=0, help="random seed of the split, initial weights and batches")
 
     g = p.add_argument_group("augmentation")
     g.add_argument("--aug", type=augmentation_list, default=("flip", "affine", "jitter", "erase"),
@@ -181,7 +183,7 @@ def get_args_parser():
     g.add_argument("--tta-scales", type=scale_list, default=(0.9, 1.1), metavar="S1,S2",
                    help="also score each image zoomed about the centre by each factor (above 1 zooms in; each "
                    "view mirrored too under --tta), logits averaged; none: the image alone")
-    g.add_argument("--logit-adjust", type=non_negative_float, metavar="TAU",
+    g.add_argument("--logit-adjust", type=logit_adjust_tau, metavar="TAU",
                    help="decide on logits minus TAU x log(training class frequency): 1 makes an imbalanced "
                    "training set decide as if classes were equally common, as a class-balanced test and "
                    "Macro-F1 reward; 0 is the plain argmax, for data distributed like train. Default 1, or 0 "

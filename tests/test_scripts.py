@@ -346,6 +346,18 @@ def test_zoomed_views_are_scored_by_training_and_test_script_alike(scripts, tiny
     assert torch.allclose(got, torch.stack(views).mean(0), atol=1e-5)
 
 
+@pytest.mark.parametrize("script, flag, text", [("train", "--label-smoothing", "1.5"), ("train", "--seed", "-1"),
+                                                 ("train", "--seed", "99999999999999999999"),
+                                                 ("train", "--logit-adjust", "1e308"),
+                                                 ("test", "--logit-adjust", "11")])
+def test_values_that_would_fail_later_are_refused_by_their_flag(scripts, capsys, script, flag, text):
+    # Each was accepted and then ended in a traceback: in the first step, at seeding, or after scoring.
+    first = ["--data", "x"] if script == "train" else ["--ckpt", "x"]
+    with pytest.raises(SystemExit) as exit_info:
+        scripts[script].get_args_parser().parse_args([*first, flag, text])
+    assert exit_info.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text", ["0", "-1,1", "a", "1.1,", "inf"])
 def test_bad_tta_scales_are_refused(scripts, text):
     with pytest.raises(SystemExit) as exit_info:
