@@ -100,17 +100,20 @@ def canonical_image(im):
     """Any PIL image -> the same picture as an 8-bit 'L' or 'RGB' image, the form every path works on.
 
     EXIF orientation is applied (a phone photo stored sideways is turned upright); 16-bit, 32-bit and float
-    images are scaled by their range (PIL would clip them to white); transparent pixels become white, as a viewer
-    shows them; palette, CMYK and other colour modes become RGB, bilevel images L.
+    images are scaled from their range (PIL would clip them to white): 16-bit samples (0..65535) and floats in
+    0..1 or -1..1 by that scale, other values beyond 0..255 from their own minimum and maximum; transparent pixels
+    become white, as a viewer shows them; palette, CMYK and other colour modes become RGB, bilevel images L.
     """
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        peak = arr.max() if arr.size else 0
-        if im.mode.startswith("I;16") or peak > 255:
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        low, high = (arr.min(), arr.max()) if arr.size else (0.0, 0.0)
+        if im.mode.startswith("I;16") or (im.mode == "I" and low >= 0 and 255 < high <= 65535):
             arr = arr / 257.0
-        elif im.mode == "F" and peak <= 1.0:
-            arr = arr * 255.0
+        elif im.mode == "F" and low >= -1.0 and high <= 1.0:
+            arr = (arr + 1.0) * 127.5 if low < 0 else arr * 255.0
+        elif low < 0 or high > 255:
+            arr = (arr - low) * (255.0 / (high - low))
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")

@@ -81,6 +81,15 @@ def test_every_mode_becomes_the_same_uint8_gray(mode, value):
     assert abs(int(arr.mean()) - 200) <= 1
 
 
+@pytest.mark.parametrize("mode, scale, offset", [("I", 1 << 20, 0), ("I", 1000, -5000), ("F", 2 / 255, -1.0),
+                                                 ("F", 1 / 255, 0.0), ("F", 10.0, 3.5)])
+def test_wide_and_signed_samples_are_scaled_from_their_range_not_clipped(mode, scale, offset):
+    # 32-bit samples above 65535 came out 98% white and floats in -1..1 had their negative half black.
+    ramp = np.tile(np.linspace(0, 255, 48), (48, 1))
+    wide = Image.fromarray((ramp * scale + offset).astype(np.int32 if mode == "I" else np.float32), mode)
+    assert np.abs(image_to_array(wide, 48, 1)[0].astype(int) - np.rint(ramp)).max() <= 1
+
+
 def test_palette_and_three_channel_output():
     im = Image.new("RGB", (8, 8), (255, 0, 0)).convert("P")
     arr = image_to_array(im, 16, 3)
