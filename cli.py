@@ -175,6 +175,10 @@ def class_map(text):
     pairs = [item.split("=") for item in text.split(",") if item.strip()]
     if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
         raise argparse.ArgumentTypeError(f"must be comma-separated DATA_NAME=MODEL_NAME pairs, got {text!r}")
+    names = [k.strip().lower() for k, _ in pairs]
+    twice = sorted({k.strip() for k, _ in pairs if names.count(k.strip().lower()) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"maps {', '.join(twice)} more than once, got {text!r}")
     return {k.strip(): v.strip() for k, v in pairs}
 
 

@@ -403,9 +403,13 @@ def _load_folder_split(root, split, classes, size, channels, class_map):
     skipped = [(str(paths[i]), decoded[i][1]) for i in range(len(paths)) if decoded[i][0] is None]
     images = (torch.from_numpy(np.stack([decoded[i][0] for i in keep])) if keep
               else torch.zeros(0, channels, size, size, dtype=torch.uint8))
+    folder_names = {p.name.lower() for ps in by_class.values() for p in ps}
+    unmatched = [k for k in class_map if k.lower() not in folder_names]
     return FERSplit(split, images, torch.tensor([labels[i] for i in keep], dtype=torch.long), list(classes),
                     [str(paths[i]) for i in keep], skipped,
-                    ignored=[p.name for n, ps in by_class.items() if n not in wanted for p in ps])
+                    ignored=[p.name for n, ps in by_class.items() if n not in wanted for p in ps],
+                    notes=[f"--class-map names {', '.join(unmatched)}, which {folder} has no folder of"]
+                    if unmatched else [])
 
 
 def _pixels(text):

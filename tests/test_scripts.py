@@ -168,6 +168,12 @@ def test_a_test_split_without_some_classes_is_scored_on_those_it_has(trained, ti
     assert "no images of class(es) Angry, Happy, Neutral" in capsys.readouterr().err
     assert scripts["test"].main([*args, "--class-map", "anger=Fury"]) == 2
     assert "sends folders to fury, which is not a class of the model" in capsys.readouterr().err
+    # A name mapped twice was settled by the last pair in silence; a name no folder has was ignored in silence.
+    with pytest.raises(SystemExit):
+        scripts["test"].main([*args, "--class-map", "anger=Angry,Anger=Sad"])
+    assert "--class-map: maps Anger, anger more than once" in capsys.readouterr().err
+    assert scripts["test"].main([*args, "--class-map", "anger=Angry,happiness=Happy,fury=Angry"]) == 0
+    assert f"--class-map names fury, which {other / 'test'} has no folder of" in capsys.readouterr().err
 
 
 def test_a_file_that_is_not_a_checkpoint_is_an_error(scripts, tmp_path, capsys):
