@@ -18,6 +18,7 @@ import csv
 import hashlib
 import itertools
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,9 +128,13 @@ def canonical_image(im):
 def read_image(path):
     """Open and decode an image file -> canonical_image of it. Raises OSError (or PIL's errors, which are
     subclasses of it or ValueError) for a file that is not a readable image."""
-    with Image.open(path) as im:
-        im.load()
-        return canonical_image(im)
+    # Photos of 89-179 megapixels are decoded with a warning of PIL's that names no file; the detectors shrink them,
+    # and larger ones raise DecompressionBombError, which callers report by file.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.load()
+            return canonical_image(im)
 
 
 def image_to_array(im, size, channels):

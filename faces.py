@@ -83,7 +83,8 @@ class YuNetDetector:
         if not 0 < score_threshold <= 1:
             raise UserError(f"the detector's score threshold must be in (0, 1], got {score_threshold}")
         if not model.is_file():
-            raise UserError(f"detector model {model} does not exist")
+            raise UserError(f"detector model {model} " + ("is a folder, not an ONNX file" if model.is_dir()
+                                                          else "does not exist"))
         self.model, self.session = model, yunet_session(model)
         self.input_name = self.session.get_inputs()[0].name
         self.cv2, self.min_face, self.max_side, self.turns = cv2, min_face, max_side, tuple(turns)

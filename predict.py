@@ -79,6 +79,13 @@ def run(args):
                         "each frame is one face)")
     if args.video and args.inputs:
         raise UserError(f"--video takes no photos (got {', '.join(args.inputs)}); classify them in a run of their own")
+    if args.detector == "haar" and not (args.no_detect or args.boxes):
+        defaults = get_args_parser()
+        yunet_only = [f"--{dest.replace('_', '-')}" for dest in ("detector_model", "score_threshold", "turns")
+                      if getattr(args, dest) != defaults.get_default(dest)]
+        if yunet_only:
+            print(f"warning: {', '.join(yunet_only)} apply to YuNet only; --detector haar leaves them unused",
+                  file=sys.stderr)
     if args.ckpt == [str(DEFAULT_MODEL)] and not DEFAULT_MODEL.exists():
         raise UserError(f"the shipped model {DEFAULT_MODEL} is missing; pass --ckpt checkpoints/best.pth")
     classifier = load_classifier(args.ckpt, args.device)

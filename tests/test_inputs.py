@@ -127,6 +127,17 @@ def test_each_file_is_classified_once_and_clashing_output_names_get_numbers(pred
     assert status == ["ok", "ok", "unreadable"]
 
 
+def test_large_photos_decode_without_pils_stray_warning(tmp_path, monkeypatch, recwarn):
+    # PIL warns (naming no file) of photos between MAX_IMAGE_PIXELS and twice that; read_image decodes them quietly.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("L", (40, 40), 99).save(tmp_path / "big.png")
+    assert read_image(tmp_path / "big.png").size == (40, 40)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    Image.new("L", (50, 50), 99).save(tmp_path / "bigger.png")
+    with pytest.raises(Image.DecompressionBombError):
+        read_image(tmp_path / "bigger.png")
+
+
 def test_photos_given_with_a_video_are_refused(predict, model, tmp_path, capsys):
     assert predict.main(["p.jpg", "--video", "v.mp4", "--ckpt", str(model)]) == 2
     assert "--video takes no photos (got p.jpg)" in capsys.readouterr().err

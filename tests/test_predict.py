@@ -380,7 +380,7 @@ def test_an_aligned_crop_of_a_turned_face_matches_the_upright_one(group_photo):
         assert np.abs(box_crop.astype(float) - upright.astype(float)).mean() > 15  # what alignment saves
 
 
-def test_predictions_carry_landmarks_and_detector_scores(predict, trained, group_photo, tmp_path):
+def test_predictions_carry_landmarks_and_detector_scores(predict, trained, group_photo, tmp_path, capsys):
     ckpt = str(trained / "checkpoints" / "best.pth")
     assert predict.main([str(group_photo), "--ckpt", ckpt, "--out-dir", str(tmp_path / "yunet")]) == 0
     rows = read_rows(tmp_path / "yunet" / "predictions.csv")
@@ -400,6 +400,11 @@ def test_predictions_carry_landmarks_and_detector_scores(predict, trained, group
         rows = read_rows(out / "predictions.csv")
         assert len(rows) == len(FACES) and all(r["aligned"] == aligned for r in rows)
         assert ("right_eye_x" in rows[0]) == (flags[0] != "--detector")
+    # YuNet's settings given with Haar were left unused in silence.
+    assert predict.main([str(group_photo), "--ckpt", ckpt, "--out-dir", str(tmp_path / "h"), "--detector", "haar",
+                         "--turns", "none", "--score-threshold", "0.5"]) == 0
+    assert ("warning: --score-threshold, --turns apply to YuNet only; --detector haar leaves them unused"
+            in capsys.readouterr().err)
 
 
 def yunet_altered(change):
@@ -419,14 +424,17 @@ def yunet_altered(change):
     return model.SerializeToString()
 
 
-@pytest.mark.parametrize("content, says", [(None, "does not exist"), (b"not an onnx model", "not a readable ONNX"),
+@pytest.mark.parametrize("content, says", [(None, "does not exist"), ("folder", "is a folder, not an ONNX file"),
+                                           (b"not an onnx model", "not a readable ONNX"),
                                            ("output", "is not YuNet: it has no output cls_8"),
                                            ("shape", "is not YuNet: its output bbox_8 is not 1 x anchors x 4"),
                                            ("input", "is not YuNet: its input is not one 3-channel image")])
 def test_a_missing_or_unreadable_detector_is_a_one_line_error(predict, trained, group_photo, tmp_path, capsys,
                                                               content, says):
     model = tmp_path / "yunet.onnx"
-    if content is not None:
+    if content == "folder":
+        model.mkdir()
+    elif content is not None:
         model.write_bytes(yunet_altered(content) if isinstance(content, str) else content)
     args = [str(group_photo), "--ckpt", str(trained / "checkpoints" / "best.pth"), "--detector-model", str(model)]
     assert predict.main(args) == 2
