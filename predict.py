@@ -138,13 +138,15 @@ def run(args):
 def predict_video(args, classifier, detector, settings, out_dir):
     import cv2
 
-    capture = cv2.VideoCapture(args.video)
+    source = Path(args.video)
+    if not source.is_file():
+        raise UserError(f"--video {source} " + ("is a folder, not a video" if source.is_dir() else "does not exist"))
+    capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
-        raise UserError(f"--video {args.video} cannot be opened as a video")
+        raise UserError(f"--video {source} cannot be opened as a video")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    video_path = out_dir / f"{Path(args.video).stem}_annotated.mp4"
-    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    video_path = out_dir / f"{source.stem}_annotated.mp4"
+    writer = None  # made at the first frame, at that frame's size
     results = Results(classifier.classes)
     frame_index, faceless = 0, 0
     with tqdm(total=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc="frames") as bar:
@@ -163,16 +165,31 @@ def predict_video(args, classifier, detector, settings, out_dir):
                 results.add_failure(args.video, "no face found", **stamp)
             for i, face in enumerate(faces):
                 results.add(args.video, i, face, **stamp)
-            writer.write(cv2.cvtColor(np.asarray(annotate(image, faces, classifier.classes)), cv2.COLOR_RGB2BGR))
+            if writer is None:
+                level = cv2.utils.logging.getLogLevel()
+                cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its failure is said below
+                try:
+                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, image.size)
+                finally:
+                    cv2.utils.logging.setLogLevel(level)
+                if not writer.isOpened():  # the codec refuses some sizes (1x1): the frames' rows still come
+                    print(f"warning: {video_path} cannot be written (a {image.width}x{image.height} video); only "
+                          "the rows are", file=sys.stderr)
+            if writer.isOpened():
+                writer.write(cv2.cvtColor(np.asarray(annotate(image, faces, classifier.classes)), cv2.COLOR_RGB2BGR))
             frame_index += 1
             bar.update(1)
     capture.release()
+    if frame_index == 0:
+        raise UserError(f"--video {source}: no frame could be read")
+    wrote_video = writer.isOpened()
     writer.release()
     if faceless:
         print(f"warning: {args.video}: no face found in {faceless} of {frame_index} frames", file=sys.stderr)
-    csv_path = results.write(out_dir, f"{Path(args.video).stem}_frames")
+    csv_path = results.write(out_dir, f"{source.stem}_frames")
     found = sum(1 for r in results.rows if r["status"] == "ok")
-    print(f"{frame_index} frames, {found} face detections; wrote {video_path} and {csv_path}")
+    print(f"{frame_index} frames, {found} face detections; wrote {f'{video_path} and ' if wrote_video else ''}"
+          f"{csv_path}")
     return 0
 
 

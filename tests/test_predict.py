@@ -203,6 +203,24 @@ def test_video_gives_an_annotated_video_and_a_row_per_frame_and_face(predict, tr
     assert int(out.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
 
 
+def test_a_video_without_frames_or_too_small_to_write_is_said_and_its_rows_kept(predict, trained, tmp_path, capsys):
+    for name, size, frames in (("empty.avi", (64, 64), 0), ("dot.avi", (1, 1), 3)):
+        writer = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+        for _ in range(frames):
+            writer.write(np.full((*size[::-1], 3), 90, np.uint8))
+        writer.release()
+    args = ["--no-detect", "--ckpt", str(trained / "checkpoints" / "best.pth"), "--out-dir", str(tmp_path / "out")]
+    for video, says in ((tmp_path / "empty.avi", "no frame could be read"), (tmp_path / "none.avi", "does not exist"),
+                        (tmp_path, "is a folder, not a video")):
+        assert predict.main(["--video", str(video), *args]) == 2
+        assert f"--video {video}" in (err := capsys.readouterr().err) and says in err
+    # A 1x1 video: the codec cannot write it (the summary named a file that was never written); its rows come.
+    assert predict.main(["--video", str(tmp_path / "dot.avi"), *args]) == 0
+    out, err = capsys.readouterr()
+    assert "cannot be written (a 1x1 video); only the rows are" in err and "WARN" not in err
+    assert "dot_annotated.mp4" not in out and len(read_rows(tmp_path / "out" / "dot_frames.csv")) == 3
+
+
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     export = load_script("export")
