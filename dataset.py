@@ -240,21 +240,21 @@ def _csv_rows(path, required):
                 yield line, dict(zip(header, values))
 
 
-def _usage_split(row, unknown=None):
+def _usage_split(row, unknown=None, line=None):
     """A CSV row's Usage -> train, val or test (case and surrounding spaces ignored), or None; a value that names
-    no split is counted in unknown ({value: rows}) when given."""
-    value = row.get("usage", "").strip()
+    no split is counted in unknown ({value: [rows, first line]}) when given."""
+    value = (row.get("usage") or "").strip()
     split = CSV_USAGE.get(value.lower())
     if split is None and unknown is not None:
-        unknown[value] = unknown.get(value, 0) + 1
+        unknown.setdefault(value, [0, line])[0] += 1
     return split
 
 
 def _csv_usages(path):
-    """-> (the splits present, {unknown Usage value: row count})."""
+    """-> (the splits present, {unknown Usage value: [rows, first line]})."""
     found, unknown = set(), {}
-    for _, row in _csv_rows(path, ("usage",)):
-        found.add(_usage_split(row, unknown))
+    for line, row in _csv_rows(path, ("usage",)):
+        found.add(_usage_split(row, unknown, line))
     return found - {None}, unknown
 
 
@@ -284,10 +284,12 @@ def resolve_classes(root, classes=None):
     notes = []
     if kind == "fer2013_csv":
         found = FER2013_CLASSES
-        counts = {}
-        for _, row in _csv_rows(root, ("emotion", "usage")):
-            if _usage_split(row) == "train":
+        counts, unknown = {}, {}
+        for line, row in _csv_rows(root, ("emotion", "usage")):
+            if _usage_split(row, unknown, line) == "train":
                 counts[row["emotion"].strip()] = counts.get(row["emotion"].strip(), 0) + 1
+        if unknown and not counts:  # what the error below would leave unsaid
+            raise DataError(f"{root} has no training rows: {_unknown_usage_note(unknown)}")
         empty = [c for i, c in enumerate(found) if not counts.get(str(i))]
     elif kind in ("ferplus", "ferplus_csv"):
         found = list(ferplus.EMOTIONS)
@@ -363,6 +365,9 @@ def load_split(root, split, classes, size=48, channels=1, label_mode="majority",
     if len(result) == 0:
         hint = (f"; its class folders are {', '.join(result.ignored)} (test.py --class-map DATA=MODEL,... reads "
                 "them as the model's names)") if result.ignored else ""
+        if result.skipped:
+            source, why = result.skipped[0]
+            hint += f"; {len(result.skipped)} were skipped, the first ({source}) because {why}"
         raise DataError(f"{root}: no usable images in its {split} split for classes {', '.join(classes)}{hint}")
     if empty and not allow_missing:
         raise DataError(f"{root}: the {split} split has no readable images for class(es) {', '.join(empty)}")
@@ -434,7 +439,10 @@ def _pixels(text):
 
 
 def _unknown_usage_note(unknown):
-    shown = ", ".join(f"{u!r} ({n} row{'s' if n > 1 else ''})" for u, n in sorted(unknown.items()))
+    """unknown ({Usage value: [rows, first line]}, _usage_split) -> one line naming each value (cut short: a row
+    whose pixels hold a comma shifts them into Usage) with its count and first line."""
+    shown = ", ".join(f"{u if len(u) <= 24 else u[:20] + '...'!r} ({n} row{'s' if n > 1 else ''}, first on line "
+                      f"{line})" for u, (n, line) in sorted(unknown.items()))
     return f"rows with an unknown Usage were left out: {shown}; Usage is Training, PublicTest or PrivateTest"
 
 
@@ -443,7 +451,7 @@ def _load_csv_split(path, split, classes, size, channels):
     label_of = {index_of[c.lower()]: label for label, c in enumerate(classes)}
     arrays, labels, sources, skipped, unknown = [], [], [], [], {}
     for line, row in _csv_rows(path, ("emotion", "pixels", "usage")):
-        if _usage_split(row, unknown) != split:
+        if _usage_split(row, unknown, line) != split:
             continue
         source = f"{path}:{line}"
         try:
@@ -571,7 +579,7 @@ def _load_ferplus_csv(path, split, size, channels):
             raise DataError(f"{path} and {pixels_csv} must hold the same rows in the same order, but {longer} has "
                             f"more (from line {line})")
         (line, vote_row), (pixel_line, pixel_row) = votes_line, pixels_line
-        row_split = _usage_split(vote_row, unknown)
+        row_split = _usage_split(vote_row, unknown, line)
         if row_split != _usage_split(pixel_row):
             raise DataError(f"{path} and {pixels_csv} must hold the same rows in the same order, but line {line} is "
                             f"{vote_row.get('usage', '').strip()!r} in one and line {pixel_line} "

@@ -89,14 +89,15 @@ def analyze_photo(path, classifier, settings, detector=None, explain=False):
 
 
 def find_images(inputs):
-    """The files to classify: files as given, and every file in the folders given (hidden files and system junk
-    left out), in order, each file once however often and by whatever path it was given. A file that is not an
-    image is not skipped in silence: it gets its row saying so (analyze_photo). UserError for an input that does
-    not exist or inputs with no file at all."""
-    files = []
+    """The files to classify -> (files, skipped): files as given, and the files of the folders given whose suffix
+    is an image's (IMAGE_SUFFIXES; hidden files and system junk left out), in order, each file once however often
+    and by whatever path it was given; skipped: the folders' other files, for the caller to name. UserError for an
+    input that does not exist or inputs with no image at all."""
+    files, skipped = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += data_files(item)
+            for f in data_files(item):
+                (files if f.suffix.lower() in IMAGE_SUFFIXES else skipped).append(f)
         elif item.is_file():
             files.append(item)
         else:
@@ -106,7 +107,7 @@ def find_images(inputs):
     unique = {}
     for f in files:
         unique.setdefault(f.resolve(), f)
-    return list(unique.values())
+    return list(unique.values()), skipped
 
 
 def output_names(files):

@@ -100,7 +100,10 @@ def run(args):
     if args.video:
         return predict_video(args, classifier, detector, settings, out_dir)
 
-    files = find_images(args.inputs)
+    files, skipped = find_images(args.inputs)
+    if skipped:
+        print(f"warning: skipped {len(skipped)} file(s) of the folders that are not images by their suffix: "
+              f"{', '.join(map(str, skipped[:5]))}{' and more' if len(skipped) > 5 else ''}", file=sys.stderr)
     if boxes:
         named = {str(f) for f in files} | {f.name for f in files}
         unused = [name for name in boxes if name not in named]
@@ -130,7 +133,7 @@ def run(args):
     csv_path = results.write(out_dir)
     faces_found = sum(1 for r in results.rows if r["status"] == "ok")
     also = "".join(f", {n} {what}{'s' if n > 1 else ''}" for what, n in written.items())
-    print(f"{faces_found} face(s) in {len(files)} file(s); wrote {csv_path}, {csv_path.with_suffix('.json').name}"
+    print(f"{faces_found} face(s) in {len(files)} image(s); wrote {csv_path}, {csv_path.with_suffix('.json').name}"
           f"{also} to {out_dir}")
     return 0
 

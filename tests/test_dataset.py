@@ -192,6 +192,25 @@ def test_fer2013_csv_splits_classes_and_bad_rows(tmp_path):
     assert len(load_split(path, "test", classes, allow_missing=True)) == 1
 
 
+def test_a_fer2013_csv_with_no_usable_training_row_says_why(tmp_path):
+    px = " ".join(["100"] * 2304)
+    # A misspelt Usage left "training images for 0 class(es)" unexplained.
+    typo = write_fer_csv(tmp_path / "typo.csv", [[3, px, "Train"], [4, px, "Train"]])
+    with pytest.raises(DataError, match=r"has no training rows: .*'Train' \(2 rows, first on line 2\)"):
+        resolve_classes(typo)
+    # Rows of the wrong size: the reason of the first, not only "no usable images".
+    short = write_fer_csv(tmp_path / "short.csv", [[3, "1 2 3", "Training"], [4, "1 2 3", "Training"]])
+    classes, _ = resolve_classes(short)
+    with pytest.raises(DataError, match=r"2 were skipped, the first \(.*short.csv:2\) because 3 pixel values"):
+        load_split(short, "train", classes)
+    # A comma inside the pixels shifts them into Usage: the value is shown cut short, with its line.
+    shifted = tmp_path / "shifted.csv"
+    shifted.write_text(f"emotion,pixels,Usage\n3,{px},Training\n4,{px},Training\n"
+                       f"3,{px.replace(' ', ',', 1)},Training\n")
+    note = load_split(shifted, "train", resolve_classes(shifted)[0]).notes[0]
+    assert "'100 100 100 100 100 ...' (1 row, first on line 4)" in note and len(note) < 200
+
+
 def test_stratified_split_is_seeded_and_keeps_class_shares():
     labels = torch.tensor([0] * 500 + [1] * 1500 + [2] * 1000)
     train_idx, val_idx = stratified_split(labels, 0.2, seed=3)
