@@ -13,14 +13,15 @@ input and class frequencies at the top and the scoring policy in the training fl
 them through `_upgrade_v1` into the version-2 layout, so nothing else knows there was a version 1.
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk and renamed over the old
-one, so a crash or a full disk leaves the previous checkpoint whole.
+one, so a crash or a full disk leaves the previous checkpoint whole; the file gets the mode any new file gets
+(0666 less the umask), as if written in place.
 """
 import dataclasses
 import math
 import os
 import pickle
 import re
-import tempfile
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,12 @@ from pathlib import Path
 import torch
 
 from errors import UserError
-from model import ARCH_ALIASES, build_model
+from model import ARCH_ALIASES, ARCHS, build_model
 
 FORMAT = "fer-toolkit-checkpoint"
 VERSION = 2
 REQUIRED_KEYS = ("arch", "arch_args", "model", "scoring")
+INPUT_KEYS = ("size", "channels", "mean", "std")  # a scoring block's "input"
 # Architecture arguments a version-1 checkpoint made before they were recorded was built with: vgg checkpoints
 # without "widths" (models/fer2013_5class_vgg.pth among them) predate the change of default to 24..192.
 UNRECORDED_ARCH_ARGS = {"vgg": {"widths": (32, 64, 128, 256)}}
@@ -70,6 +72,11 @@ class Scoring:
     VERSION = 1
 
     def __post_init__(self):
+        if not self.classes:
+            raise ValueError("has no classes in its scoring block")
+        missing = [k for k in INPUT_KEYS if k not in self.input]
+        if missing:
+            raise ValueError(f"has no {', '.join(missing)} in its scoring input")
         if not self.temperature > 0:
             raise ValueError(f"has temperature {self.temperature}; it must be positive")
         if self.logit_adjust and self.class_prior is None:
@@ -103,8 +110,11 @@ class Scoring:
 
     @classmethod
     def from_dict(cls, block):
-        """A scoring block (to_dict's) -> Scoring. ValueError for a block of a later version; KeyError or
-        TypeError for one that lacks a field or has the wrong kind of value."""
+        """A scoring block (to_dict's) -> Scoring. ValueError for a block of a later version, without classes or
+        with an input that lacks one of INPUT_KEYS; KeyError or TypeError for one that lacks a field or has the
+        wrong kind of value (or is not a dict)."""
+        if not isinstance(block, dict):
+            raise TypeError(f"it is {type(block).__name__}, not a dict")
         if block.get("version", 1) > cls.VERSION:
             raise ValueError(f"has a version-{block['version']} scoring block; this toolkit reads version "
                              f"{cls.VERSION}")
@@ -122,16 +132,19 @@ def scoring_of(state, path="checkpoint"):
     except ValueError as e:
         raise CheckpointError(f"{path} {e}") from None
     except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: its scoring block is incomplete ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: its scoring block is incomplete or malformed ({type(e).__name__}: {e})") \
+            from None
 
 
 def save_checkpoint(state, path):
     """Write state (the version-2 layout above) to path atomically: the old file stays whole until the new one
-    is complete."""
+    is complete. The file's mode is a new file's (0666 less the umask). OSError if it cannot be written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, "format": FORMAT, "version": VERSION}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not tempfile.mkstemp, which makes the file 0600 whatever the umask; O_EXCL keeps a name already taken.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -146,10 +159,16 @@ def save_checkpoint(state, path):
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint written by save_checkpoint (either version) -> a dict in the version-2 layout.
 
-    Raises CheckpointError, naming path, for a missing, truncated or foreign file or one that lacks a key."""
+    Raises CheckpointError, naming path, for a missing, truncated or foreign file (a TorchScript export among
+    them), one that lacks a key, or one whose arch this toolkit does not build or whose scoring block cannot be
+    read (model_from_checkpoint checks that the model builds from them)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if is_torchscript(path):
+        raise CheckpointError(f"{path} is a TorchScript export, which is for LibTorch (C++), not a checkpoint; give "
+                              "the .pth checkpoint it was exported from (predict.py and test.py also take an .onnx "
+                              "or .pt2 export)")
     try:
         # weights_only=False: our checkpoints hold plain Python values (args, metrics) beside tensors.
         state = torch.load(path, map_location=map_location, weights_only=False)
@@ -169,8 +188,23 @@ def load_checkpoint(path, map_location="cpu"):
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    state["arch"] = ARCH_ALIASES.get(state["arch"], state["arch"])
+    arch = state["arch"]
+    if not (isinstance(arch, str) and ARCH_ALIASES.get(arch, arch) in ARCHS):
+        raise CheckpointError(f"{path} has arch {arch!r}, which this toolkit does not build; it builds "
+                              f"{', '.join(ARCHS)}")
+    state["arch"] = ARCH_ALIASES.get(arch, arch)
+    scoring_of(state, path)  # CheckpointError for a block that cannot be read
     return state
+
+
+def is_torchscript(path):
+    """Whether path is a TorchScript archive (torch.jit.save's zip, which holds <name>/constants.pkl; a
+    torch.save zip does not)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.count("/") == 1 and name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _upgrade_v1(state):
@@ -192,10 +226,16 @@ def _upgrade_v1(state):
 
 def model_from_checkpoint(state, path="checkpoint"):
     """Rebuild the model a loaded checkpoint describes and load its weights (fp16 release weights are cast to
-    the model's fp32). CheckpointError, naming path and the keys, if the weights do not fit."""
-    scoring = state["scoring"]
-    model = build_model(state["arch"], len(scoring["classes"]), in_channels=scoring["input"]["channels"],
-                        input_size=scoring["input"]["size"], **state["arch_args"])
+    the model's fp32). CheckpointError, naming path, if the scoring block cannot be read, if the arch cannot be
+    built from its arch_args and scoring input (an unknown arch, an input too small for it), or, naming the keys,
+    if the weights do not fit."""
+    scoring = scoring_of(state, path)
+    try:
+        model = build_model(state["arch"], len(scoring.classes), in_channels=scoring.input["channels"],
+                            input_size=scoring.input["size"], **state["arch_args"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: arch {state['arch']!r} cannot be built from its arch_args "
+                              f"{state['arch_args']!r} and scoring input {scoring.input!r}: {e}") from None
     weights = strip_wrapper_prefixes(state["model"])
     expected = model.state_dict()
     problems = []

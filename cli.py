@@ -32,6 +32,15 @@ def output_folder(text):
     return text
 
 
+def output_file(text):
+    """A file a script writes, checked when the flag is parsed: not a folder, and in a folder that is or can be
+    made (output_folder). -> the text as given."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give the name of the file to write")
+    output_folder(str(Path(text).parent))
+    return text
+
+
 def non_negative_int(text):
     value = int(text)
     if value < 0:

@@ -19,10 +19,28 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint, save_checkpoint, scoring_of
-from cli import positive_int
+from checkpoint import load_checkpoint, save_checkpoint
+from cli import output_file
 from errors import UserError, exit_code
 from inference import EXPORT_METADATA_FILE, ONNX_METADATA_KEY, ModelClassifier, export_metadata
+
+# The opset torch.onnx's exporter writes a model in; it converts that up to a later opset, but converting down
+# fails for these networks and then leaves the model at this one.
+ONNX_BASE_OPSET = 18
+
+
+def onnx_opset(text):
+    """--opset: an ONNX opset the model can be exported at, ONNX_BASE_OPSET up to the latest the installed onnx
+    package knows (unchecked without onnx, which exporting to ONNX then asks for)."""
+    value = int(text)
+    try:
+        import onnx
+        latest = onnx.defs.onnx_opset_version()
+    except ImportError:
+        latest = max(value, ONNX_BASE_OPSET)
+    if not ONNX_BASE_OPSET <= value <= latest:
+        raise argparse.ArgumentTypeError(f"torch.onnx exports at opsets {ONNX_BASE_OPSET} to {latest}, got {text}")
+    return value
 
 
 def get_args_parser():
@@ -31,8 +49,8 @@ def get_args_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/best.pth")
     p.add_argument("--format", choices=["onnx", "pt2", "torchscript", "release"], default="onnx")
-    p.add_argument("--out", help="output file (default: beside the checkpoint)")
-    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset version")
+    p.add_argument("--out", type=output_file, help="output file (default: beside the checkpoint)")
+    p.add_argument("--opset", type=onnx_opset, default=ONNX_BASE_OPSET, help="ONNX opset version")
     return p
 
 
@@ -41,8 +59,9 @@ DYNAMIC_BATCH = {"x": {0: torch.export.Dim("batch")}}
 
 
 def export_onnx(model, example, info, out, opset):
-    """model (fp32, eval) -> an ONNX file at out for any batch size of example's shape, with info (the scoring
-    block and arch) in its metadata under ONNX_METADATA_KEY. UserError when the onnx package is missing."""
+    """model (fp32, eval) -> an ONNX file at out for any batch size of example's shape, at opset, with info (the
+    scoring block and arch) in its metadata under ONNX_METADATA_KEY. UserError when the onnx package is missing
+    or the exporter could not write that opset (no file is left then)."""
     try:
         import onnx
     except ImportError:
@@ -51,6 +70,13 @@ def export_onnx(model, example, info, out, opset):
     torch.onnx.export(model, (example,), str(out), input_names=["image"], output_names=["logits"],
                       dynamic_shapes=DYNAMIC_BATCH, opset_version=opset)
     proto = onnx.load(str(out))  # with the weights the exporter may have put in a side file
+    # A conversion to the opset asked for that fails is only logged, and the model keeps the exporter's own.
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        for path in (out, Path(str(out) + ".data")):
+            path.unlink(missing_ok=True)
+        raise UserError(f"--opset {opset}: torch.onnx could not convert the model to opset {opset} (it stays at "
+                        f"{written}); nothing was written")
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(info)
     onnx.save(proto, str(out))  # one file, weights inside (a model this small is far from ONNX's 2 GB limit)
@@ -86,15 +112,16 @@ def main(argv=None):
 def run(args):
     suffix = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt", "release": ".release.pth"}[args.format]
     out = Path(args.out) if args.out else Path(args.ckpt).with_suffix(suffix)
+    state = load_checkpoint(args.ckpt)
+    # The network and scoring exactly as the checkpoint's classifier runs them: a checkpoint whose model cannot be
+    # built is refused (CheckpointError) before anything is written, a release among them.
+    classifier = ModelClassifier.from_checkpoint(args.ckpt, state=state)
+    scoring = classifier.scoring
     if args.format == "release":
-        state = load_checkpoint(args.ckpt)
         export_release(state, out)
-        scoring = scoring_of(state, args.ckpt)
     else:
-        # The network and scoring exactly as the checkpoint's classifier runs them, in fp32 and the default layout.
-        classifier = ModelClassifier.from_checkpoint(args.ckpt)
-        model = classifier.model.to(memory_format=torch.contiguous_format).eval()
-        scoring, cfg = classifier.scoring, classifier.input
+        model = classifier.model.to(memory_format=torch.contiguous_format).eval()  # fp32, the default layout
+        cfg = classifier.input
         example = torch.zeros(2, cfg["channels"], cfg["size"], cfg["size"])
         info = export_metadata(classifier)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ export.py and the benchmarks. Kinds:
 - EnsembleClassifier: several of them deciding on the mean of their decision logits.
 `load_classifier(paths)` picks the kind by file suffix.
 """
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +148,12 @@ class ExportedProgramClassifier(Classifier):
     toolkit's model code; its scoring travels in the file."""
 
     def __init__(self, path, batch_size=256):
+        """UserError naming path for a file that is not a readable program or was not exported by this toolkit
+        (torch's own logged traceback of the failure is kept quiet)."""
         extra = {EXPORT_METADATA_FILE: ""}
         try:
-            program = torch.export.load(str(path), extra_files=extra)
+            with quiet_logger(torch.export.__name__):  # it logs a traceback of the failure before raising
+                program = torch.export.load(str(path), extra_files=extra)
         except Exception as e:
             raise UserError(f"{path} is not a readable torch.export program: {str(e).splitlines()[0][:100]}") \
                 from None
@@ -160,6 +165,19 @@ class ExportedProgramClassifier(Classifier):
 
     def view_logits(self, x):
         return self.module(x)
+
+
+@contextlib.contextmanager
+def quiet_logger(name):
+    """Within the block, the logger called name (and those below it that have no level of their own) logs
+    nothing; its level is restored after."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def export_metadata(classifier):

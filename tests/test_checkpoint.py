@@ -1,12 +1,18 @@
+import logging
 import math
+import os
+import stat
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 import checkpoint
 from checkpoint import CheckpointError, Scoring, load_checkpoint, model_from_checkpoint, save_checkpoint
-from inference import ModelClassifier
+from errors import UserError
+from inference import ModelClassifier, load_classifier
 from model import VGG_WIDTHS, build_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -180,3 +186,136 @@ def test_logit_adjustment_without_the_class_frequencies_is_refused_naming_the_fi
     assert Scoring.from_dict(state["scoring"]).logit_bias is None
     with pytest.raises(CheckpointError, match="old.pth records no training class frequencies"):
         ModelClassifier.from_checkpoint("old.pth", state=state).rescored(logit_adjust=1.0)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask-022", "umask-027"])
+def test_a_saved_checkpoint_has_the_mode_a_new_file_gets(tmp_path, umask):
+    # It is written to a temporary file and renamed: mkstemp made that file, and so every checkpoint, 0600.
+    state, _ = make_state()
+    old = os.umask(umask)
+    try:
+        save_checkpoint(state, tmp_path / "best.pth")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "best.pth").stat().st_mode) == 0o666 & ~umask
+
+
+def with_field(state, keys, value):
+    """state with the field at keys ("scoring", "input", "size") set to value."""
+    *outer, last = keys
+    block = state
+    for key in outer:
+        block = block[key]
+    block[last] = value
+    return state
+
+
+@pytest.mark.parametrize("keys, value, message", [
+    (("arch",), "resnet", r"c.pth has arch 'resnet', which this toolkit does not build; it builds vgg"),
+    (("arch",), ["vgg"], r"c.pth has arch \['vgg'\]"),
+    (("scoring",), None, r"c.pth: its scoring block is incomplete or malformed \(TypeError: it is NoneType"),
+    (("scoring", "classes"), [], r"c.pth has no classes in its scoring block"),
+    (("scoring", "input"), {"channels": 1, "std": 0.5}, r"c.pth has no size, mean in its scoring input")])
+def test_a_checkpoint_with_a_bad_field_is_refused_when_read_naming_the_file_and_field(tmp_path, keys, value,
+                                                                                        message):
+    save_checkpoint(with_field(make_state()[0], keys, value), tmp_path / "c.pth")
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(tmp_path / "c.pth")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("keys, value, message", [
+    (("scoring", "input", "size"), 0, "input_size 0 is too small for 4 stages"),
+    (("arch_args", "depth"), 50, "unexpected keyword argument 'depth'"),
+    (("arch",), "resnet", "unknown arch 'resnet'")])
+def test_a_model_that_cannot_be_built_from_its_checkpoint_is_refused_naming_the_file(keys, value, message):
+    state = with_field(make_state()[0], keys, value)
+    with pytest.raises(CheckpointError, match=f"c.pth: arch '.*' cannot be built from its arch_args .*{message}"):
+        model_from_checkpoint(state, "c.pth")
+
+
+def test_a_checkpoint_whose_input_is_too_small_for_its_arch_is_refused_by_the_scripts_loader(tmp_path):
+    save_checkpoint(with_field(make_state()[0], ("scoring", "input", "size"), 0), tmp_path / "c.pth")
+    with pytest.raises(CheckpointError, match="c.pth: arch 'vgg' cannot be built .* too small"):
+        load_classifier(tmp_path / "c.pth")
+
+
+def test_a_torchscript_export_is_named_as_such_without_torchs_warnings(tmp_path):
+    path = tmp_path / "model.torchscript.pt"
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=r"model.torchscript.pt is a TorchScript export, which is for "
+                                                  r"LibTorch \(C\+\+\).*the .pth checkpoint.*\.onnx or \.pt2"):
+            load_checkpoint(path)
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("content", [b"junk\n", b"PK\x03\x04 truncated"])
+def test_an_unreadable_pt2_file_is_one_line_without_torchs_logged_traceback(tmp_path, content):
+    path = tmp_path / "x.pt2"
+    path.write_bytes(content)
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(UserError, match="x.pt2 is not a readable torch.export program"):
+            load_classifier(path)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    assert logger.level == level  # torch's logging is as it was
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--opset", "99"], "argument --opset: torch.onnx exports at opsets 18 to "),
+    (["--opset", "7"], "argument --opset: torch.onnx exports at opsets 18 to "),
+    (["--out", "{tmp}"], "argument --out: {tmp} is a folder"),
+    (["--out", "{tmp}/file/x.onnx"], "argument --out: {tmp}/file is a file, not a folder")])
+def test_export_refuses_an_opset_it_cannot_write_and_an_out_that_is_no_file_when_parsed(tmp_path, capsys, flags,
+                                                                                         message):
+    pytest.importorskip("onnx")
+    (tmp_path / "file").write_text("x")
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    with pytest.raises(SystemExit) as info:
+        load_script("export").get_args_parser().parse_args(["--ckpt", str(MODELS / "fer2013_5class_vgg.pth")] + flags)
+    assert info.value.code == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_an_onnx_file_the_exporter_left_at_another_opset_is_refused_and_removed(tmp_path, monkeypatch):
+    # torch.onnx only logs a failed conversion to the opset asked for, and writes the model at its own opset.
+    pytest.importorskip("onnx")
+    export = load_script("export")
+    real_export = torch.onnx.export
+
+    def exporter_keeping_its_own_opset(*args, opset_version, **kwargs):
+        return real_export(*args, opset_version=export.ONNX_BASE_OPSET, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", exporter_keeping_its_own_opset)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UserError, match="--opset 19: torch.onnx could not convert the model to opset 19 "
+                                        r"\(it stays at 18\); nothing was written"):
+        export.export_onnx(TinyNet().eval(), torch.zeros(2, 1, 2, 2), {}, out, 19)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_release_is_made_of_a_checkpoint_whose_model_cannot_be_built(tmp_path, capsys):
+    save_checkpoint(with_field(make_state()[0], ("scoring", "input", "size"), 0), tmp_path / "c.pth")
+    out = tmp_path / "r.pth"
+    assert load_script("export").main(["--ckpt", str(tmp_path / "c.pth"), "--format", "release", "--out", str(out)]) \
+        == 2
+    assert "c.pth: arch 'vgg' cannot be built" in capsys.readouterr().err
+    assert not out.exists()

@@ -197,7 +197,7 @@ def test_missing_data_folder_is_a_one_line_error(scripts, tmp_path, capsys):
     (["--aug", "flip,warp"], "unknown augmentation warp"),
     (["--val-fraction", "1.5"], "between 0 and 1"),
     (["--lr", "nan"], "finite number"),
-    (["--logit-adjust", "-1"], "must be a finite number >= 0"),
+    (["--logit-adjust", "-1"], "must be in [0, 10]"),
     (["--affine", "10,0.1"], "must be DEG,SCALE,SHIFT"),
     (["--affine", "10,1.5,0.1"], "SCALE and SHIFT below 1"),
 ])
