@@ -302,16 +302,17 @@ def resolve_classes(root, classes=None):
         train = split_dir(root, "train")
         if train is None:
             raise DataError(f"{root} has no train/ folder (expected {root}/train/<Class>/*.jpg)")
-        # Folders whose names differ only in case are one class, as every split's loader reads them.
+        # Folders whose names differ only in case (or surrounding spaces) are one class, as every split's loader
+        # reads them.
         folders = {}
         for p in _subdirs(train):
-            folders.setdefault(p.name.lower(), []).append(p)
-        found = [same[0].name for same in folders.values()]
+            folders.setdefault(p.name.strip().lower(), []).append(p)
+        found = [same[0].name.strip() for same in folders.values()]
         if not found:
             raise DataError(f"{train} has no class folders (expected {train}/<Class>/*.jpg)")
-        empty = [same[0].name for same in folders.values() if not any(data_files(p) for p in same)]
-        notes = [f"class folders {' and '.join(p.name for p in same)} in {train} differ only in case: one class, "
-                 f"{same[0].name}" for same in folders.values() if len(same) > 1]
+        empty = [same[0].name.strip() for same in folders.values() if not any(data_files(p) for p in same)]
+        notes = [f"class folders {' and '.join(repr(p.name) for p in same)} in {train} differ only in case or "
+                 f"spaces: one class, {same[0].name.strip()}" for same in folders.values() if len(same) > 1]
     if classes is None:
         kept = [c for c in found if c not in empty]
         if len(kept) < 2:
@@ -396,7 +397,7 @@ def _load_folder_split(root, split, classes, size, channels, class_map):
     target_of = {k.lower(): v.lower() for k, v in class_map.items()}
     by_class = {}
     for p in _subdirs(folder):
-        name = target_of.get(p.name.lower(), p.name.lower())
+        name = target_of.get(p.name.strip().lower(), p.name.strip().lower())
         by_class.setdefault(name, []).append(p)
     wanted = {c.lower() for c in classes}
     unknown_map = [v for v in target_of.values() if v not in wanted]
@@ -413,7 +414,7 @@ def _load_folder_split(root, split, classes, size, channels, class_map):
     skipped = [(str(paths[i]), decoded[i][1]) for i in range(len(paths)) if decoded[i][0] is None]
     images = (torch.from_numpy(np.stack([decoded[i][0] for i in keep])) if keep
               else torch.zeros(0, channels, size, size, dtype=torch.uint8))
-    folder_names = {p.name.lower() for ps in by_class.values() for p in ps}
+    folder_names = {p.name.strip().lower() for ps in by_class.values() for p in ps}
     unmatched = [k for k in class_map if k.lower() not in folder_names]
     return FERSplit(split, images, torch.tensor([labels[i] for i in keep], dtype=torch.long), list(classes),
                     [str(paths[i]) for i in keep], skipped,

@@ -53,10 +53,16 @@ def test_class_folders_differing_only_in_case_within_train_are_one_class(tmp_pat
         write_image(root / "train" / "angry" / f"more{i}.png", value=10 + i)
     classes, notes = resolve_classes(root)
     assert classes == ["Angry", "Happy"]
-    assert notes == [f"class folders Angry and angry in {root / 'train'} differ only in case: one class, Angry"]
+    assert notes == [f"class folders 'Angry' and 'angry' in {root / 'train'} differ only in case or spaces: one "
+                     "class, Angry"]
     assert load_split(root, "train", classes).class_counts() == [5, 2]
     assert load_split(root, "test", classes).class_counts() == [2, 1]
     assert resolve_classes(root, ["Happy", "angry"])[1] == notes
+    # A folder name with a trailing space ('Happy ', as some unzippers leave it) is the class Happy, and test/Happy
+    # is its test folder.
+    (root / "train" / "Happy").rename(root / "train" / "Happy ")
+    classes, _ = resolve_classes(root)
+    assert classes == ["Angry", "Happy"] and load_split(root, "test", classes).class_counts() == [2, 1]
 
 
 def test_classes_flag_chooses_and_orders_classes(tmp_path):
