@@ -23,6 +23,9 @@ def output_folder(text):
     work rather than after it: it is a folder, or the nearest path above it that exists is a folder this process
     may write in. -> the text as given."""
     path = Path(text)
+    broken = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
+    if broken is not None:  # mkdir would stop at it with FileExistsError, after the run's work
+        raise argparse.ArgumentTypeError(f"{text} cannot be made: {broken} is a broken link (to {os.readlink(broken)})")
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder" if existing == path

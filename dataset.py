@@ -192,9 +192,28 @@ def _check_root(root):
     return root
 
 
-def _csv_header(path):
+def text_lines(path):
+    """The lines of a UTF-8 text file (a byte-order mark dropped, line ends kept, as csv.reader wants them);
+    DataError naming the file and the line of the first byte that is not UTF-8 (a file saved as Latin-1)."""
     with open(path, newline="", encoding="utf-8-sig") as f:
-        return tuple(name.strip().lower() for name in next(csv.reader(f), []))
+        try:
+            yield from f
+        except UnicodeDecodeError:
+            pass
+        else:
+            return
+    # The decoder reads ahead by blocks, so the place is found in the bytes.
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8") \
+            from None
+
+
+def _csv_header(path):
+    return tuple(name.strip().lower() for name in next(csv.reader(text_lines(path)), []))
 
 
 def layout(root):
@@ -228,16 +247,14 @@ def split_dir(root, split):
 def _csv_rows(path, required):
     """(line number, {column: value}) of a CSV whose header names (stripped, case-insensitive) include
     `required`; DataError naming the file otherwise."""
-    f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed when the generator ends
-    with f:
-        reader = csv.reader(f)
-        header = [name.strip().lower() for name in next(reader, [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DataError(f"{path} is not a FER2013 CSV: it lacks the column(s) {', '.join(missing)}")
-        for line, values in enumerate(reader, start=2):
-            if values:
-                yield line, dict(zip(header, values))
+    reader = csv.reader(text_lines(path))
+    header = [name.strip().lower() for name in next(reader, [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{path} is not a FER2013 CSV: it lacks the column(s) {', '.join(missing)}")
+    for line, values in enumerate(reader, start=2):
+        if values:
+            yield line, dict(zip(header, values))
 
 
 def _usage_split(row, unknown=None, line=None):
@@ -503,16 +520,15 @@ def _label_csv_rows(folder):
     """-> (names, votes, skipped, every name the file lists) of a FER+ folder's label.csv; DataError if empty."""
     path = folder / "label.csv"
     names, votes, skipped, listed = [], [], [], set()
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row or _is_header(line, row):
-                continue
-            listed.add(row[0].strip())  # listed even when its votes are bad: not "unlisted"
-            try:
-                votes.append(_votes([v.strip() for v in row[2:]]))
-                names.append(row[0].strip())
-            except (ValueError, IndexError) as e:
-                skipped.append((f"{path}:{line}", str(e)[:120]))
+    for line, row in enumerate(csv.reader(text_lines(path)), start=1):
+        if not row or _is_header(line, row):
+            continue
+        listed.add(row[0].strip())  # listed even when its votes are bad: not "unlisted"
+        try:
+            votes.append(_votes([v.strip() for v in row[2:]]))
+            names.append(row[0].strip())
+        except (ValueError, IndexError) as e:
+            skipped.append((f"{path}:{line}", str(e)[:120]))
     if not listed:
         raise DataError(f"{path} is empty: it should list each image with its face box and ten vote counts")
     return names, votes, skipped, listed

@@ -112,6 +112,10 @@ def main(argv=None):
 def run(args):
     suffix = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt", "release": ".release.pth"}[args.format]
     out = Path(args.out) if args.out else Path(args.ckpt).with_suffix(suffix)
+    # predict.py and test.py tell the kinds apart by their last suffix: another one would be read as another kind.
+    known_by = "." + suffix.rsplit(".", 1)[-1]
+    if out.suffix.lower() != known_by:
+        raise UserError(f"--out {out}: a {args.format} file is known by its suffix; name it *{known_by}")
     state = load_checkpoint(args.ckpt)
     # The network and scoring exactly as the checkpoint's classifier runs them: a checkpoint whose model cannot be
     # built is refused (CheckpointError) before anything is written, a release among them.

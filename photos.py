@@ -5,6 +5,7 @@ predict.py and app.py write (predictions.csv / .json).
 """
 import csv
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dataset import data_files, read_image
+from dataset import data_files, read_image, text_lines
 from errors import UserError
 from faces import LANDMARKS, Detection, analyze_image, clip_box, make_detector
 
@@ -136,22 +137,23 @@ def read_boxes(path):
     missing columns."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--boxes file {path} does not exist")
+        raise UserError(f"--boxes file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
     boxes, warnings = defaultdict(list), []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        names = {(n or "").strip().lower(): n for n in reader.fieldnames or []}
-        if not {"file", "x", "y", "w", "h"} <= set(names):
-            raise UserError(f"--boxes file {path} needs the columns file,x,y,w,h")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"  # the line in the file, blank lines counted
-            try:
-                box = tuple(float(row[names[k]]) for k in ("x", "y", "w", "h"))
-                file = row[names["file"]].strip()
-            except (AttributeError, TypeError, ValueError):
-                warnings.append(f"{where}: needs a file name and numbers x,y,w,h; row left out")
-                continue
-            boxes[file].append((*box, where))
+    reader = csv.DictReader(text_lines(path))
+    names = {(n or "").strip().lower(): n for n in reader.fieldnames or []}
+    if not {"file", "x", "y", "w", "h"} <= set(names):
+        raise UserError(f"--boxes file {path} needs the columns file,x,y,w,h")
+    for row in reader:
+        where = f"{path}:{reader.line_num}"  # the line in the file, blank lines counted
+        try:
+            box = tuple(float(row[names[k]]) for k in ("x", "y", "w", "h"))
+            file = row[names["file"]].strip()
+            if not file or not all(map(math.isfinite, box)):
+                raise ValueError
+        except (AttributeError, TypeError, ValueError):
+            warnings.append(f"{where}: needs a file name and finite numbers x,y,w,h; row left out")
+            continue
+        boxes[file].append((*box, where))
     return boxes, warnings
 
 

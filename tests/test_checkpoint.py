@@ -286,6 +286,16 @@ def test_export_refuses_an_opset_it_cannot_write_and_an_out_that_is_no_file_when
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fmt, out", [("onnx", "model"), ("onnx", "model.pt2"), ("pt2", "model.onnx"),
+                                      ("release", "model.onnx")])
+def test_export_refuses_an_out_that_would_be_read_as_another_kind(tmp_path, capsys, fmt, out):
+    # An ONNX file named model.pt2 was written and reported; predict.py then read it as a torch.export program.
+    export = load_script("export")
+    args = ["--ckpt", str(MODELS / "fer2013_5class_vgg.pth"), "--format", fmt, "--out", str(tmp_path / out)]
+    assert export.main(args) == 2
+    assert "is known by its suffix; name it *." in capsys.readouterr().err and not (tmp_path / out).exists()
+
+
 class TinyNet(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -217,6 +217,13 @@ def test_a_fer2013_csv_with_no_usable_training_row_says_why(tmp_path):
     assert "'100 100 100 100 100 ...' (1 row, first on line 4)" in note and len(note) < 200
 
 
+def test_a_fer2013_csv_that_is_not_utf8_is_named(tmp_path):
+    latin = tmp_path / "fer.csv"
+    latin.write_bytes("emotion,pixels,Usage\n3,\xe9\xe9,Training\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"fer.csv is not UTF-8 text \(byte 0xe9 on line 2\)"):
+        resolve_classes(latin)
+
+
 def test_stratified_split_is_seeded_and_keeps_class_shares():
     labels = torch.tensor([0] * 500 + [1] * 1500 + [2] * 1000)
     train_idx, val_idx = stratified_split(labels, 0.2, seed=3)

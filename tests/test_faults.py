@@ -198,8 +198,11 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(scripts
                                                                          first):
     # A file where the folder should go ended a whole training in a traceback at its first checkpoint.
     (tmp_path / "taken").write_text("a file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     for path, why in ((tmp_path / "taken", "is a file, not a folder"),
-                      (tmp_path / "taken" / "sub", f"cannot be made: {tmp_path / 'taken'} is a file")):
+                      (tmp_path / "taken" / "sub", f"cannot be made: {tmp_path / 'taken'} is a file"),
+                      (tmp_path / "dangling" / "sub", f"cannot be made: {tmp_path / 'dangling'} is a broken link "
+                                                      f"(to {tmp_path / 'nowhere'})")):
         with pytest.raises(SystemExit) as exit_info:
             scripts[script].main([*first, flag, str(path)])
         assert exit_info.value.code == 2

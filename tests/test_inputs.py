@@ -97,16 +97,25 @@ def test_bad_boxes_rows_are_left_out_by_their_line_and_a_photo_no_row_names_says
     for name in ("p.png", "q.png"):
         Image.new("L", (256, 256), 120).save(tmp_path / name)
     boxes = tmp_path / "boxes.csv"
-    boxes.write_text("file,x,y,w,h\n\n\np.png,ten,10,60,60\np.png,10,10,60,60\np.png,5\n,,,,\ngone.png,1,1,9,9\n")
+    boxes.write_text("file,x,y,w,h\n\n\np.png,ten,10,60,60\np.png,10,10,60,60\np.png,5\n,,,,\ngone.png,1,1,9,9\n"
+                     ",1,1,9,9\np.png,1,1,inf,5\n")
     assert predict.main([str(tmp_path / "p.png"), str(tmp_path / "q.png"), "--boxes", str(boxes), "--ckpt", str(model),
                          "--out-dir", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
-    for line in (4, 6, 7):
-        assert f"{boxes}:{line}: needs a file name and numbers x,y,w,h; row left out" in err
+    for line in (4, 6, 7, 9, 10):
+        assert f"{boxes}:{line}: needs a file name and finite numbers x,y,w,h; row left out" in err
     assert "--boxes rows name file(s) not among the inputs: gone.png" in err
     rows = rows_of(tmp_path / "out" / "predictions.csv")
     status = {r["file"].rsplit("/", 1)[-1]: (r["status"], r["x"]) for r in rows}
     assert status == {"p.png": ("ok", "10"), "q.png": ("no --boxes row names it", "")}
+
+
+def test_a_csv_that_is_not_utf8_is_one_line_naming_it(predict, model, tmp_path, capsys):
+    Image.new("L", (64, 64), 120).save(tmp_path / "p.png")
+    latin = tmp_path / "boxes.csv"
+    latin.write_bytes("file,x,y,w,h\np.png,1,1,9,9\nété.png,1,1,5,5\n".encode("latin-1"))
+    assert predict.main([str(tmp_path / "p.png"), "--boxes", str(latin), "--ckpt", str(model)]) == 2
+    assert f"{latin} is not UTF-8 text (byte 0xe9 on line 3); save it as UTF-8" in capsys.readouterr().err
 
 
 def test_each_file_is_classified_once_and_clashing_output_names_get_numbers(predict, model, tmp_path, capsys):
