@@ -170,9 +170,11 @@ def is_hidden(path, below):
 
 
 def data_files(folder):
-    """Every file below folder that may be data, sorted (is_hidden files and folders left out)."""
+    """Every file below folder that may be data, sorted (is_hidden files and folders left out); a broken link is
+    one, so that reading it fails by name rather than its being left out in silence."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not is_hidden(p, folder))
+    return sorted(p for p in folder.rglob("*")
+                  if (p.is_file() or (p.is_symlink() and not p.exists())) and not is_hidden(p, folder))
 
 
 # ---------------------------------------------------------------------------------------------------------

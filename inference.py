@@ -155,7 +155,9 @@ class ExportedProgramClassifier(Classifier):
             with quiet_logger(torch.export.__name__):  # it logs a traceback of the failure before raising
                 program = torch.export.load(str(path), extra_files=extra)
         except Exception as e:
-            raise UserError(f"{path} is not a readable torch.export program: {str(e).splitlines()[0][:100]}") \
+            # The first sentence of torch's message: the rest points to its log, which is kept quiet above.
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:100]
+            raise UserError(f"{path} is not a readable torch.export program: {why}") \
                 from None
         if not extra[EXPORT_METADATA_FILE]:
             raise UserError(f"{path} was not exported by this toolkit (no {EXPORT_METADATA_FILE} inside)")

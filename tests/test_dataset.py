@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,14 @@ def test_class_folders_differing_only_in_case_within_train_are_one_class(tmp_pat
     (root / "train" / "Happy").rename(root / "train" / "Happy ")
     classes, _ = resolve_classes(root)
     assert classes == ["Angry", "Happy"] and load_split(root, "test", classes).class_counts() == [2, 1]
+
+
+def test_a_broken_link_among_the_images_is_skipped_by_name(tmp_path):
+    root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}})
+    (root / "train" / "Happy" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    split = load_split(root, "train", resolve_classes(root)[0])
+    assert split.class_counts() == [2, 2] and [Path(src).name for src, _ in split.skipped] == ["gone.png"]
+    assert any("gone.png" in w for w in split.warnings())
 
 
 def test_classes_flag_chooses_and_orders_classes(tmp_path):
