@@ -133,8 +133,8 @@ def output_names(files):
 
 def read_boxes(path):
     """A boxes CSV (file,x,y,w,h) -> ({file: [(x, y, w, h, "FILE:line")]}, warnings). A row without a file name or
-    with x,y,w,h that are not numbers is left out with a warning naming its line; UserError for a missing file or
-    missing columns."""
+    with x,y,w,h that are not finite numbers is left out with a warning naming its line; UserError for a missing
+    file, a folder, missing columns or text that is not UTF-8."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--boxes file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
@@ -160,6 +160,12 @@ def read_boxes(path):
 def boxes_of(known_boxes, path):
     """The rows of read_boxes that name this photo: by its path as given, or else by its name."""
     return known_boxes.get(str(path), known_boxes.get(Path(path).name, []))
+
+
+def names_of_no_photo(known_boxes, paths):
+    """The file names of read_boxes rows that name none of the photos (boxes_of's rule the other way round)."""
+    named = {str(p) for p in paths} | {Path(p).name for p in paths}
+    return [name for name in known_boxes if name not in named]
 
 
 def given_boxes(known_boxes, path, image, warnings):

@@ -28,7 +28,16 @@ from dataset import canonical_image
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, Detection, analyze_image, annotate, heatmap_overlay
 from inference import load_classifier
-from photos import DEFAULT_MODEL, FaceSettings, Results, analyze_photo, find_images, output_names, read_boxes
+from photos import (
+    DEFAULT_MODEL,
+    FaceSettings,
+    Results,
+    analyze_photo,
+    find_images,
+    names_of_no_photo,
+    output_names,
+    read_boxes,
+)
 
 
 def get_args_parser():
@@ -105,8 +114,7 @@ def run(args):
         print(f"warning: skipped {len(skipped)} file(s) of the folders that are not images by their suffix: "
               f"{', '.join(map(str, skipped[:5]))}{' and more' if len(skipped) > 5 else ''}", file=sys.stderr)
     if boxes:
-        named = {str(f) for f in files} | {f.name for f in files}
-        unused = [name for name in boxes if name not in named]
+        unused = names_of_no_photo(boxes, files)
         if unused:
             print(f"warning: --boxes rows name file(s) not among the inputs: {', '.join(unused[:5])}"
                   f"{' and more' if len(unused) > 5 else ''}", file=sys.stderr)
