@@ -295,7 +295,8 @@ def resolve_classes(root, classes=None):
     own: the sorted class folders of train, FER2013's seven for its CSV, FER+'s eight emotions for its votes.
 
     A class of the data's own list with no training image is dropped, and a note says so; one named in
-    `classes` is refused. Class folders whose names differ only in case are one class (a note says so). DataError
+    `classes` is refused. Class folders whose names differ only in case or surrounding spaces are one class (a note
+    says so). DataError
     names the path and the classes.
     """
     kind = layout(root)
