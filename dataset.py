@@ -296,8 +296,7 @@ def resolve_classes(root, classes=None):
 
     A class of the data's own list with no training image is dropped, and a note says so; one named in
     `classes` is refused. Class folders whose names differ only in case or surrounding spaces are one class (a note
-    says so). DataError
-    names the path and the classes.
+    says so). DataError names the path and the classes.
     """
     kind = layout(root)
     root = Path(root)
