@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from errors import UserError
+from errors import UserError, not_a_file
 from model import ARCH_ALIASES, ARCHS, build_model
 
 FORMAT = "fer-toolkit-checkpoint"
@@ -163,8 +163,9 @@ def load_checkpoint(path, map_location="cpu"):
     them), one that lacks a key, or one whose arch this toolkit does not build or whose scoring block cannot be
     read (model_from_checkpoint checks that the model builds from them)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    why = not_a_file(path, "a checkpoint")
+    if why:
+        raise CheckpointError(f"checkpoint {path} {why}")
     if is_torchscript(path):
         raise CheckpointError(f"{path} is a TorchScript export, which is for LibTorch (C++), not a checkpoint; give "
                               "the .pth checkpoint it was exported from (predict.py and test.py also take an .onnx "

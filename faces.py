@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dataset import image_to_array
-from errors import UserError
+from errors import UserError, not_a_file
 
 YUNET_MODEL = Path(__file__).resolve().parent / "models" / "yunet_s_640_640.onnx"
 LANDMARKS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # YuNet's order (the person's right)
@@ -82,9 +82,9 @@ class YuNetDetector:
         model = Path(model)
         if not 0 < score_threshold <= 1:
             raise UserError(f"the detector's score threshold must be in (0, 1], got {score_threshold}")
-        if not model.is_file():
-            raise UserError(f"detector model {model} " + ("is a folder, not an ONNX file" if model.is_dir()
-                                                          else "does not exist"))
+        why = not_a_file(model, "an ONNX file")
+        if why:
+            raise UserError(f"detector model {model} {why}")
         self.model, self.session = model, yunet_session(model)
         self.input_name = self.session.get_inputs()[0].name
         self.cv2, self.min_face, self.max_side, self.turns = cv2, min_face, max_side, tuple(turns)

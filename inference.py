@@ -18,7 +18,7 @@ import torch
 
 import engine
 from checkpoint import PRIOR_FLOOR, CheckpointError, Scoring, load_checkpoint, model_from_checkpoint, scoring_of
-from errors import UserError
+from errors import UserError, not_a_file
 
 ONNX_METADATA_KEY = "fer_toolkit"
 EXPORT_METADATA_FILE = f"{ONNX_METADATA_KEY}.json"  # inside .pt2 and TorchScript files
@@ -263,8 +263,9 @@ def load_classifier(paths, device="cpu", amp=False, batch_size=256, **overrides)
 
 
 def _load_one(path, device, amp, batch_size):
-    if not path.is_file():
-        raise UserError(f"model file {path} does not exist")
+    why = not_a_file(path, "a checkpoint or export")
+    if why:
+        raise UserError(f"model file {path} {why}")
     if path.suffix.lower() == ".onnx":
         return OnnxClassifier(path, batch_size)
     if path.suffix.lower() == ".pt2":

@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from dataset import data_files, read_image, text_lines
-from errors import UserError
+from errors import UserError, not_a_file
 from faces import LANDMARKS, Detection, analyze_image, clip_box, make_detector
 
 # The shipped models (model cards in models/README.md), and the one predict.py and the page use without --ckpt:
@@ -136,8 +136,9 @@ def read_boxes(path):
     with x,y,w,h that are not finite numbers is left out with a warning naming its line; UserError for a missing
     file, a folder, missing columns or text that is not UTF-8."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--boxes file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
+    why = not_a_file(path, "a CSV file")
+    if why:
+        raise UserError(f"--boxes file {path} {why}")
     boxes, warnings = defaultdict(list), []
     reader = csv.DictReader(text_lines(path))
     names = {(n or "").strip().lower(): n for n in reader.fieldnames or []}

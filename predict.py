@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from cli import angle_list, fraction_or_zero, output_folder, positive_int, share
 from dataset import canonical_image
-from errors import UserError, exit_code
+from errors import UserError, exit_code, not_a_file
 from faces import YUNET_MODEL, Detection, analyze_image, annotate, heatmap_overlay
 from inference import load_classifier
 from photos import (
@@ -110,14 +110,8 @@ def run(args):
         return predict_video(args, classifier, detector, settings, out_dir)
 
     files, skipped = find_images(args.inputs)
-    if skipped:
-        print(f"warning: skipped {len(skipped)} file(s) of the folders that are not images by their suffix: "
-              f"{', '.join(map(str, skipped[:5]))}{' and more' if len(skipped) > 5 else ''}", file=sys.stderr)
-    if boxes:
-        unused = names_of_no_photo(boxes, files)
-        if unused:
-            print(f"warning: --boxes rows name file(s) not among the inputs: {', '.join(unused[:5])}"
-                  f"{' and more' if len(unused) > 5 else ''}", file=sys.stderr)
+    warn_of(skipped, f"skipped {len(skipped)} file(s) of the folders that are not images by their suffix")
+    warn_of(names_of_no_photo(boxes, files) if boxes else [], "--boxes rows name file(s) not among the inputs")
     results, written = Results(classifier.classes), defaultdict(int)
     for path, name in tqdm(list(zip(files, output_names(files))), desc="images", unit="image",
                            disable=len(files) < 32):
@@ -146,12 +140,20 @@ def run(args):
     return 0
 
 
+def warn_of(names, what):
+    """One warning line naming the first five of names (paths or strings) after what; nothing when names is empty."""
+    if names:
+        print(f"warning: {what}: {', '.join(map(str, names[:5]))}{' and more' if len(names) > 5 else ''}",
+              file=sys.stderr)
+
+
 def predict_video(args, classifier, detector, settings, out_dir):
     import cv2
 
     source = Path(args.video)
-    if not source.is_file():
-        raise UserError(f"--video {source} " + ("is a folder, not a video" if source.is_dir() else "does not exist"))
+    why = not_a_file(source, "a video")
+    if why:
+        raise UserError(f"--video {source} {why}")
     capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
         raise UserError(f"--video {source} cannot be opened as a video")

@@ -184,6 +184,11 @@ def test_a_file_that_is_not_a_checkpoint_is_an_error(scripts, tmp_path, capsys):
     assert "best.pth" in err and "Traceback" not in err
 
 
+def test_a_folder_given_as_a_model_says_so(scripts, tmp_path, capsys):
+    assert scripts["test"].main(["--ckpt", str(tmp_path)]) == 2
+    assert f"model file {tmp_path} is a folder, not a checkpoint or export" in capsys.readouterr().err
+
+
 def test_missing_data_folder_is_a_one_line_error(scripts, tmp_path, capsys):
     assert scripts["train"].main(fast_train_args(tmp_path / "missing", tmp_path)) == 2
     err = capsys.readouterr().err.strip()
