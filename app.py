@@ -3,7 +3,7 @@
     python app.py                          # http://127.0.0.1:7860, the shipped model
     python app.py --host 0.0.0.0 --port 8080 --ckpt checkpoints/best.pth
 
-The page runs the path predict.py runs (photos.analyze_photo): the annotated image (boxes, landmarks, labels),
+The page runs the path predict.py runs (recognizer.Recognizer): the annotated image (boxes, landmarks, labels),
 one row per face with every class's probability as a bar, Grad-CAM on request, and the same predictions.csv
 and .json to download. It also answers Gradio's client API (api_name "/analyze"; see README).
 """
@@ -18,18 +18,10 @@ from PIL import Image
 
 from cli import angle_list, positive_int
 from errors import UserError, exit_code
-from faces import YUNET_MODEL, annotate
+from faces import annotate
 from inference import load_classifier
-from photos import (
-    DEFAULT_MODEL,
-    IMAGE_SUFFIXES,
-    MODELS_DIR,
-    FaceSettings,
-    PhotoResult,
-    Results,
-    analyze_photo,
-    output_names,
-)
+from photos import DEFAULT_MODEL, IMAGE_SUFFIXES, MODELS_DIR, PhotoResult, Results, output_names
+from recognizer import Recognizer
 
 MAX_PIXELS = 40_000_000  # larger photos are refused with a message (a 40-megapixel photo is 7,700 x 5,200)
 BAR_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
@@ -55,15 +47,16 @@ def classifier_for(path):
 
 
 @lru_cache(maxsize=4)
-def detector_for(settings):
-    """Detectors are built once per FaceSettings, as models are once per path: building YuNet's session takes 8 ms
-    on this project's CPU, a quarter of the search of a 1280x720 photo."""
-    return settings.detector_for()
+def recognizer_for(model, detector, align, score_threshold, min_face, max_side, turns):
+    """A Recognizer per model and face settings, built once, as models are loaded once per path: building YuNet's
+    session takes 8 ms on this project's CPU, a quarter of the search of a 1280x720 photo."""
+    return Recognizer(classifier_for(model), detector=detector, turns=turns, align=align,
+                      score_threshold=score_threshold, min_face=min_face, max_side=max_side)
 
 
 def analyze(files, snapshot, model, detector, find_faces, align, score_threshold, min_face, max_side, turns,
             explain):
-    """The page's one action: every uploaded photo (and the webcam snapshot) through photos.analyze_photo.
+    """The page's one action: every uploaded photo (and the webcam snapshot) through a Recognizer.
 
     -> (annotated images [(path, caption)], face table rows, probability bars as HTML, [CSV, JSON] to download,
     a message saying what happened). A bad model path, unparsable settings or no input raise gradio.Error, a
@@ -75,20 +68,22 @@ def analyze(files, snapshot, model, detector, find_faces, align, score_threshold
     if not paths:
         raise gr.Error("Add a photo (or take a webcam snapshot) first.")
     try:
-        classifier = classifier_for(str(model).strip())
-        settings = FaceSettings(detector, str(YUNET_MODEL), float(score_threshold),
-                                positive_int(str(int(min_face or 0))), positive_int(str(int(max_side or 0))),
-                                angle_list(turns or "none"), no_detect=not find_faces, align=align)
-        face_detector = detector_for(settings)
+        recognizer = recognizer_for(str(model).strip(), detector, bool(align), float(score_threshold),
+                                    positive_int(str(int(min_face or 0))), positive_int(str(int(max_side or 0))),
+                                    angle_list(turns or "none"))
     except argparse.ArgumentTypeError as e:
         raise gr.Error(f"The smallest face, the detection size and the turns: {e}") from None
     except (UserError, ValueError) as e:
         raise gr.Error(str(e)) from None
     out_dir = Path(tempfile.mkdtemp(prefix="fer_app_"))
-    results, gallery, notes = Results(classifier.classes), [], []
+    classes = recognizer.classes
+    results, gallery, notes = Results(classes), [], []
+    refused = {path: too_large(path) for path in paths}
+    taken = [path for path in paths if refused[path] is None]
+    analyzed = dict(zip(taken, recognizer.photos(taken, faces=find_faces, explain=explain)))
     for path, name in zip(paths, output_names(paths)):
         shown = original_name(path)
-        photo = too_large(path) or analyze_photo(path, classifier, settings, face_detector, explain=explain)
+        photo = refused[path] or analyzed[path]
         if photo.status != "ok":
             status = photo.status.replace(str(path), shown)  # the user's file name, not the upload's temporary path
             notes.append(f"{shown}: {status}")
@@ -97,7 +92,7 @@ def analyze(files, snapshot, model, detector, find_faces, align, score_threshold
         for i, face in enumerate(photo.faces):
             results.add(shown, i, face)
         annotated = out_dir / f"{name}_annotated.jpg"
-        annotate(photo.image, photo.faces, classifier.classes).save(annotated, quality=92)
+        annotate(photo.image, photo.faces, classes).save(annotated, quality=92)
         gallery.append((str(annotated), f"{shown}: {len(photo.faces)} face(s)"))
     csv_path = results.write(out_dir)
     faces = [r for r in results.rows if r["status"] == "ok"]
@@ -107,7 +102,7 @@ def analyze(files, snapshot, model, detector, find_faces, align, score_threshold
     if notes:
         message += " Not analysed: " + "; ".join(notes) + "."
         gr.Warning(message)
-    return gallery, table, probability_bars(faces, classifier.classes), [str(csv_path), str(csv_path.with_suffix(
+    return gallery, table, probability_bars(faces, classes), [str(csv_path), str(csv_path.with_suffix(
         ".json"))], message
 
 

@@ -137,6 +137,29 @@ def read_image(path):
             return canonical_image(im)
 
 
+def image_from_array(array, bgr=False):
+    """A photo held as a numpy array -> canonical_image of it. array: H x W (gray), H x W x 1, H x W x 3 (RGB, or
+    BGR as OpenCV holds it when bgr) or H x W x 4 (RGBA, or BGRA); uint8, uint16 (0..65535) or float (0..1, or
+    0..255 when larger values occur). Raises UserError naming the shape or dtype for anything else."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape:
+        raise UserError(f"an image array must be H x W, H x W x 3 or H x W x 4, got shape {array.shape}")
+    if array.dtype == np.uint16 and array.ndim == 2:
+        return canonical_image(Image.fromarray(np.ascontiguousarray(array)))  # mode I;16, scaled as 16-bit files are
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.nan_to_num(array.astype(np.float64))
+        array = np.clip(np.rint(finite * (255.0 if finite.max(initial=0) <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+    elif array.dtype == np.uint16:
+        array = (array // 257).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise UserError(f"an image array must be uint8, uint16 or float, got {array.dtype}")
+    if array.ndim == 3 and bgr:
+        array = array[:, :, [2, 1, 0, 3][:array.shape[2]]]
+    return canonical_image(Image.fromarray(np.ascontiguousarray(array)))
+
+
 def image_to_array(im, size, channels):
     """A PIL image of any mode and size -> uint8 array (channels, size, size): canonical_image, then gray (1) or
     RGB (3), resized with PIL's bilinear filter (which low-passes when shrinking)."""

@@ -19,6 +19,7 @@ import torch
 import engine
 from checkpoint import PRIOR_FLOOR, CheckpointError, Scoring, load_checkpoint, model_from_checkpoint, scoring_of
 from errors import UserError, not_a_file
+from model import fuse_batch_norms
 
 ONNX_METADATA_KEY = "fer_toolkit"
 EXPORT_METADATA_FILE = f"{ONNX_METADATA_KEY}.json"  # inside .pt2 and TorchScript files
@@ -103,7 +104,8 @@ class ModelClassifier(Classifier):
     def from_checkpoint(cls, path, device="cpu", amp=False, batch_size=256, state=None):
         """The network a checkpoint file holds (state: the file already loaded), in fp32 on device."""
         state = state if state is not None else load_checkpoint(path)
-        model = engine.prepare_model(model_from_checkpoint(state, path).float(), torch.device(device))
+        model = fuse_batch_norms(model_from_checkpoint(state, path).float())
+        model = engine.prepare_model(model, torch.device(device))
         record = {k: v for k, v in state.items() if k not in ("model", "optimizer", "online_model")}
         return cls(model, scoring_of(state, path), path, record, device, amp, batch_size)
 

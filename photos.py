@@ -1,7 +1,8 @@
 """From photo files to per-face records: reading, finding faces, classifying them, and the rows that
 predict.py and app.py write (predictions.csv / .json).
 
-`analyze_photo` is the one path from a photo file to its faces; both front ends render what it returns.
+`analyze_photos` is the one path from photos (files, PIL images, arrays) to their classified faces;
+recognizer.Recognizer (the Python API), predict.py and app.py all go through it.
 """
 import csv
 import json
@@ -11,11 +12,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from dataset import data_files, read_image, text_lines
+from dataset import canonical_image, data_files, image_from_array, read_image, text_lines
 from errors import UserError, not_a_file
-from faces import LANDMARKS, Detection, analyze_image, clip_box, make_detector
+from faces import LANDMARKS, Detection, classify_faces, clip_box, cut_faces, make_detector
 
 # The shipped models (model cards in models/README.md), and the one predict.py and the page use without --ckpt:
 # FER+'s, the most accurate on the same faces against ten annotators' majority (docs/report.md section 12).
@@ -52,41 +54,86 @@ class FaceSettings:
 @dataclass
 class PhotoResult:
     """One photo's outcome: its decoded image and faces, or why it gave none (status "ok" when it did), and the
-    warnings met on the way (a box outside the image)."""
+    warnings met on the way (a box outside the image). readable: whether the photo could be read at all."""
     source: str
     image: Image.Image = None
     faces: list = field(default_factory=list)
     status: str = "ok"
     warnings: list = field(default_factory=list)
 
+    @property
+    def readable(self):
+        return self.image is not None
 
-def analyze_photo(path, classifier, settings, detector=None, explain=False):
-    """Read one photo file, find its faces (detector: settings.detector_for(), made once by the caller) and
-    classify them (faces.analyze_image) -> PhotoResult. A file that cannot be read, is too large or shows no
-    face is a result with that status, never an exception."""
-    path = Path(path)
-    result = PhotoResult(str(path))
+
+def load_photo(source, bgr=False):
+    """A photo file's path, a PIL image or a numpy array (dataset.image_from_array; bgr: OpenCV's channel
+    order) -> (name for messages, canonical PIL image). Raises OSError, ValueError or SyntaxError (PIL's) for a
+    file that is not a readable image, Image.DecompressionBombError for one too large, UserError for an array
+    of another shape or dtype or a source of another type."""
+    if isinstance(source, (str, Path)):
+        return str(source), read_image(source)
+    if isinstance(source, Image.Image):
+        return "image", canonical_image(source)
+    if isinstance(source, np.ndarray):
+        return "array", image_from_array(source, bgr)
+    raise UserError(f"a photo is a file path, a PIL image or a numpy array, not {type(source).__name__}")
+
+
+def locate_faces(source, settings, detector, input_cfg, bgr=False):
+    """Read one photo (load_photo) and cut out its faces as the model sees them (faces.cut_faces), unclassified:
+    detected by detector (settings.detector_for(), made once by the caller), or the whole image with
+    settings.no_detect, or the --boxes rows naming it -> PhotoResult. A photo that cannot be read, is too large or
+    shows no face is a result with that status, never an exception."""
     try:
-        result.image = read_image(path)
+        name, image = load_photo(source, bgr)
     except Image.DecompressionBombError as e:
-        result.status = f"too large: {str(e).split('.')[0]}"
-        return result
-    except (OSError, ValueError, SyntaxError) as e:
-        result.status = f"unreadable: {type(e).__name__}: {str(e)[:80]}"
-        return result
-    image = result.image
+        return PhotoResult(str(source), status=f"too large: {str(e).split('.')[0]}")
+    except (OSError, ValueError, SyntaxError, UserError) as e:
+        return PhotoResult(str(source) if isinstance(source, (str, Path)) else type(source).__name__,
+                           status=f"unreadable: {type(e).__name__}: {str(e)[:80]}")
+    result = PhotoResult(name, image)
     if settings.no_detect:
         detections = [Detection((0, 0, image.width, image.height))]
     elif settings.boxes is not None:
-        detections = given_boxes(settings.boxes, path, image, result.warnings)
+        detections = given_boxes(settings.boxes, source, image, result.warnings)
     else:
         detections = (detector or settings.detector_for())(image)
-    result.faces = analyze_image(image, classifier, detections, align=settings.align,
-                                 margin=0 if settings.no_detect else settings.margin, explain=explain)
+    result.faces = cut_faces(image, detections, input_cfg, align=settings.align,
+                             margin=0 if settings.no_detect else settings.margin)
     if not result.faces:
         result.status = ("no face found" if settings.boxes is None else
-                         "no box inside the image" if boxes_of(settings.boxes, path) else "no --boxes row names it")
+                         "no box inside the image" if boxes_of(settings.boxes, source) else "no --boxes row names it")
     return result
+
+
+def analyze_photos(sources, classifier, settings, detector=None, explain=False, bgr=False):
+    """Photos (paths, PIL images or numpy arrays) -> [PhotoResult], each with its faces found (locate_faces) and
+    classified: the faces of all of them go through the classifier in one batch (faces.classify_faces). This is
+    the one path from pixels to decisions: recognizer.Recognizer, predict.py and the page call it."""
+    results = [locate_faces(source, settings, detector, classifier.input, bgr) for source in sources]
+    classify_faces([face for r in results for face in r.faces], classifier, explain)
+    return results
+
+
+def analyze_photo(path, classifier, settings, detector=None, explain=False):
+    """One photo through analyze_photos -> PhotoResult."""
+    return analyze_photos([path], classifier, settings, detector, explain)[0]
+
+
+def face_record(face, classes):
+    """A classified face (faces.Face) -> a dict of plain Python values that json.dumps takes as they are: box [x,
+    y, w, h] (int pixels of the photo), score (the detector's, None for Haar, --boxes and no detection),
+    landmarks ({name: [x, y]}, LANDMARKS' names, None without them), label and confidence (its probability),
+    probabilities ({class: p}, every class, summing to 1) and aligned (cut out by its landmarks)."""
+    probabilities = {c: float(p) for c, p in zip(classes, face.probabilities)}
+    label = classes[int(face.probabilities.argmax())]
+    return {"box": [int(round(float(v))) for v in face.box],
+            "score": None if face.score is None else float(face.score),
+            "landmarks": None if face.landmarks is None else
+            {n: [round(float(x), 1), round(float(y), 1)] for n, (x, y) in zip(LANDMARKS, face.landmarks)},
+            "label": label, "confidence": probabilities[label], "probabilities": probabilities,
+            "aligned": bool(face.aligned)}
 
 
 def find_images(inputs):
@@ -192,14 +239,16 @@ class Results:
         self.classes, self.rows = classes, []
 
     def add(self, source, index, face, **extra):
-        k = int(face.probabilities.argmax())
-        x, y, w, h = (int(round(v)) for v in face.box)
+        """A row for one face: face_record's values flattened (probabilities to 6 decimals)."""
+        record = face_record(face, self.classes)
+        x, y, w, h = record["box"]
         row = {"file": str(source), **extra, "face": index, "status": "ok", "x": x, "y": y, "w": w, "h": h,
-               "label": self.classes[k], "confidence": round(float(face.probabilities[k]), 6),
-               "detector_score": "" if face.score is None else round(face.score, 4), "aligned": face.aligned}
-        for name, point in zip(LANDMARKS, [] if face.landmarks is None else face.landmarks):
-            row[f"{name}_x"], row[f"{name}_y"] = round(float(point[0]), 1), round(float(point[1]), 1)
-        row.update({f"p_{c}": round(float(p), 6) for c, p in zip(self.classes, face.probabilities)})
+               "label": record["label"], "confidence": round(record["confidence"], 6),
+               "detector_score": "" if record["score"] is None else round(record["score"], 4),
+               "aligned": record["aligned"]}
+        for name, (px, py) in (record["landmarks"] or {}).items():
+            row[f"{name}_x"], row[f"{name}_y"] = px, py
+        row.update({f"p_{c}": round(p, 6) for c, p in record["probabilities"].items()})
         self.rows.append(row)
         return row
 

@@ -23,21 +23,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cli import angle_list, fraction_or_zero, output_folder, positive_int, share
-from dataset import canonical_image
+from cli import angle_list, fraction_or_zero, non_negative_int, output_folder, positive_int, share
 from errors import UserError, exit_code, not_a_file
-from faces import YUNET_MODEL, Detection, analyze_image, annotate, heatmap_overlay
-from inference import load_classifier
-from photos import (
-    DEFAULT_MODEL,
-    FaceSettings,
-    Results,
-    analyze_photo,
-    find_images,
-    names_of_no_photo,
-    output_names,
-    read_boxes,
-)
+from faces import YUNET_MODEL, annotate, heatmap_overlay
+from photos import DEFAULT_MODEL, Results, find_images, names_of_no_photo, output_names, read_boxes
+from recognizer import DEFAULT_THREADS, Recognizer
+
+PHOTOS_PER_BATCH = 8  # photos whose faces go through the network together
 
 
 def get_args_parser():
@@ -72,6 +64,10 @@ def get_args_parser():
                    help="box crops: share of the box added on each side")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="cpu")
+    g.add_argument("--threads", type=non_negative_int, default=DEFAULT_THREADS,
+                   help="torch's threads (0: torch's own choice); one suits per-photo work, and stays fast while "
+                   "other programs keep the cores busy")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p
 
 
@@ -95,49 +91,56 @@ def run(args):
         if yunet_only:
             print(f"warning: {', '.join(yunet_only)} apply to YuNet only; --detector haar leaves them unused",
                   file=sys.stderr)
-    if args.ckpt == [str(DEFAULT_MODEL)] and not DEFAULT_MODEL.exists():
-        raise UserError(f"the shipped model {DEFAULT_MODEL} is missing; pass --ckpt checkpoints/best.pth")
-    classifier = load_classifier(args.ckpt, args.device)
+    recognizer = Recognizer(args.ckpt, args.device, args.detector, args.turns, not args.no_align, args.threads,
+                            args.score_threshold, args.min_face, args.max_side, args.detector_model, args.margin)
     boxes, box_warnings = read_boxes(args.boxes) if args.boxes else (None, [])
     for warning in box_warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    settings = FaceSettings(args.detector, args.detector_model, args.score_threshold, args.min_face, args.max_side,
-                            args.turns, args.no_detect, boxes, not args.no_align, args.margin)
-    detector = settings.detector_for()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.video:
-        return predict_video(args, classifier, detector, settings, out_dir)
+        return predict_video(args, recognizer, out_dir)
 
     files, skipped = find_images(args.inputs)
     warn_of(skipped, f"skipped {len(skipped)} file(s) of the folders that are not images by their suffix")
     warn_of(names_of_no_photo(boxes, files) if boxes else [], "--boxes rows name file(s) not among the inputs")
-    results, written = Results(classifier.classes), defaultdict(int)
-    for path, name in tqdm(list(zip(files, output_names(files))), desc="images", unit="image",
-                           disable=len(files) < 32):
-        photo = analyze_photo(path, classifier, settings, detector, explain=args.explain)
-        for warning in photo.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        if photo.status != "ok":
-            print(f"warning: {path}: {photo.status}", file=sys.stderr)
-            results.add_failure(path, photo.status)
-        for i, face in enumerate(photo.faces):
-            row = results.add(path, i, face)
-            print(f"{path}  face {i}  box {row['x']},{row['y']},{row['w']},{row['h']}  {row['label']}  "
-                  f"{row['confidence']:.2f}")
-            if args.explain:
-                overlay = heatmap_overlay(face.crop, face.heatmap).resize((192, 192), Image.BILINEAR)
-                overlay.save(out_dir / f"{name}_face{i}_gradcam.png")
-                written["Grad-CAM map"] += 1
-        if not args.no_detect and photo.faces:
-            annotate(photo.image, photo.faces, classifier.classes).save(out_dir / f"{name}_annotated.jpg", quality=92)
-            written["annotated image"] += 1
+    classes = recognizer.classes
+    results, written = Results(classes), defaultdict(int)
+    named = list(zip(files, output_names(files)))
+    with tqdm(total=len(named), desc="images", unit="image", disable=args.no_progress or len(named) < 32) as bar:
+        for start in range(0, len(named), PHOTOS_PER_BATCH):
+            chunk = named[start:start + PHOTOS_PER_BATCH]
+            photos = recognizer.photos([path for path, _ in chunk], faces=not args.no_detect, boxes=boxes,
+                                       explain=args.explain)
+            for (path, name), photo in zip(chunk, photos):
+                report_photo(args, path, name, photo, classes, results, written, out_dir)
+            bar.update(len(chunk))
     csv_path = results.write(out_dir)
     faces_found = sum(1 for r in results.rows if r["status"] == "ok")
     also = "".join(f", {n} {what}{'s' if n > 1 else ''}" for what, n in written.items())
     print(f"{faces_found} face(s) in {len(files)} image(s); wrote {csv_path}, {csv_path.with_suffix('.json').name}"
           f"{also} to {out_dir}")
     return 0
+
+
+def report_photo(args, path, name, photo, classes, results, written, out_dir):
+    """One photo's warnings, its rows and printed lines, its Grad-CAM maps and annotated copy."""
+    for warning in photo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if photo.status != "ok":
+        print(f"warning: {path}: {photo.status}", file=sys.stderr)
+        results.add_failure(path, photo.status)
+    for i, face in enumerate(photo.faces):
+        row = results.add(path, i, face)
+        print(f"{path}  face {i}  box {row['x']},{row['y']},{row['w']},{row['h']}  {row['label']}  "
+              f"{row['confidence']:.2f}")
+        if args.explain:
+            overlay = heatmap_overlay(face.crop, face.heatmap).resize((192, 192), Image.BILINEAR)
+            overlay.save(out_dir / f"{name}_face{i}_gradcam.png")
+            written["Grad-CAM map"] += 1
+    if not args.no_detect and photo.faces:
+        annotate(photo.image, photo.faces, classes).save(out_dir / f"{name}_annotated.jpg", quality=92)
+        written["annotated image"] += 1
 
 
 def warn_of(names, what):
@@ -147,7 +150,7 @@ def warn_of(names, what):
               file=sys.stderr)
 
 
-def predict_video(args, classifier, detector, settings, out_dir):
+def predict_video(args, recognizer, out_dir):
     import cv2
 
     source = Path(args.video)
@@ -160,18 +163,18 @@ def predict_video(args, classifier, detector, settings, out_dir):
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     video_path = out_dir / f"{source.stem}_annotated.mp4"
     writer = None  # made at the first frame, at that frame's size
-    results = Results(classifier.classes)
+    classes = recognizer.classes
+    results = Results(classes)
     frame_index, faceless = 0, 0
-    with tqdm(total=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc="frames") as bar:
+    with tqdm(total=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc="frames",
+              disable=args.no_progress) as bar:
         while True:
             ok, frame = capture.read()
             if not ok:
                 break
-            # Frames go through the decoding photos go through (canonical_image), as RGB.
-            image = canonical_image(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
-            detections = [Detection((0, 0, image.width, image.height))] if detector is None else detector(image)
-            faces = analyze_image(image, classifier, detections, align=settings.align, margin=settings.margin,
-                                  explain=args.explain)
+            # A frame goes the way a photo goes (OpenCV's BGR pixels through the same decoding and faces).
+            photo = recognizer.photos([frame], faces=not args.no_detect, explain=args.explain, bgr=True)[0]
+            image, faces = photo.image, photo.faces
             stamp = {"frame": frame_index, "time_s": round(frame_index / fps, 3)}
             if not faces:
                 faceless += 1
@@ -189,7 +192,7 @@ def predict_video(args, classifier, detector, settings, out_dir):
                     print(f"warning: {video_path} cannot be written (a {image.width}x{image.height} video); only "
                           "the rows are", file=sys.stderr)
             if writer.isOpened():
-                writer.write(cv2.cvtColor(np.asarray(annotate(image, faces, classifier.classes)), cv2.COLOR_RGB2BGR))
+                writer.write(cv2.cvtColor(np.asarray(annotate(image, faces, classes)), cv2.COLOR_RGB2BGR))
             frame_index += 1
             bar.update(1)
     capture.release()

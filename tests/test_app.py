@@ -92,7 +92,7 @@ def test_the_page_builds_a_detector_once_per_setting(photos, monkeypatch):
     built = []
     build = FaceSettings.detector_for
     monkeypatch.setattr(FaceSettings, "detector_for", lambda settings: built.append(settings) or build(settings))
-    app.detector_for.cache_clear()
+    app.recognizer_for.cache_clear()
 
     def click(score_threshold):
         return app.analyze([str(photos / "group.jpg")], None, str(app.DEFAULT_MODEL), "yunet", True, True,

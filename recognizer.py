@@ -1,0 +1,99 @@
+"""The Python API: expressions out of photos in a few lines.
+
+    from recognizer import Recognizer
+
+    recognizer = Recognizer()                        # the shipped FER+ model, YuNet with its default settings
+    for face in recognizer.analyze("group.jpg"):     # a path, a PIL image or a numpy array (bgr=True for OpenCV's)
+        print(face["box"], face["label"], face["confidence"])
+
+Each face is a dict of plain Python values (json.dumps takes it as it is): box [x, y, w, h] in pixels of the photo,
+the detector's score, five landmarks {name: [x, y]}, label, confidence and probabilities {class: p}. It runs the
+path predict.py and the page run (photos.analyze_photos), so the three give the same faces and numbers.
+"""
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from errors import UserError
+from faces import YUNET_MODEL
+from inference import Classifier, load_classifier
+from photos import DEFAULT_MODEL, FaceSettings, analyze_photos, face_record
+
+# Torch's threads for per-photo work when the caller does not say: one face's views are a batch of six 48x48
+# images, too little work to share between threads, and threads that wait for each other are what make a photo
+# take many times longer while other work holds the cores (benchmarks/photo_speed.py measures both).
+DEFAULT_THREADS = 1
+
+
+class Recognizer:
+    """Finds the faces in photos and classifies their expressions.
+
+    model: a checkpoint (.pth) or export (.onnx, .pt2) path, a list of them (an ensemble), or a loaded
+    inference.Classifier; None: the shipped models/ferplus_vgg.pth (FER+'s eight classes). device: "cpu",
+    "cuda"... (PyTorch models only). detector: "yunet" (with landmarks) or "haar" (boxes only). turns: angles
+    (degrees) of turned copies of each photo also searched for tilted heads (YuNet; () for upright only, the
+    fastest). align: cut faces out aligned by their landmarks (else the box plus margin). threads: the number of
+    threads torch uses in this process (torch.set_num_threads; DEFAULT_THREADS when None, which suits one photo
+    at a time; 0 leaves torch's own setting). score_threshold, min_face (pixels), max_side (pixels),
+    detector_model and margin: as predict.py's flags of those names.
+
+    Raises UserError (errors.py) for a model or detector file that is missing or unreadable and for settings out of
+    range.
+    """
+
+    def __init__(self, model=None, device="cpu", detector="yunet", turns=(-30, 30), align=True, threads=None,
+                 score_threshold=0.6, min_face=24, max_side=960, detector_model=None, margin=0.15):
+        if detector not in ("yunet", "haar"):
+            raise UserError(f"detector must be 'yunet' or 'haar', got {detector!r}")
+        threads = DEFAULT_THREADS if threads is None else threads
+        if threads:
+            torch.set_num_threads(int(threads))
+        if isinstance(model, Classifier):
+            self.classifier = model
+        else:
+            if model is None and not DEFAULT_MODEL.exists():
+                raise UserError(f"the shipped model {DEFAULT_MODEL} is missing; pass model=PATH to a checkpoint")
+            self.classifier = load_classifier(model or DEFAULT_MODEL, device)
+        self.settings = FaceSettings(detector, str(detector_model or YUNET_MODEL), float(score_threshold),
+                                     int(min_face), int(max_side), tuple(float(t) for t in turns), align=bool(align),
+                                     margin=float(margin))
+        self.detector = self.settings.detector_for()
+
+    @property
+    def classes(self):
+        """The model's class names, in the order of its outputs."""
+        return self.classifier.classes
+
+    def photos(self, images, faces=True, boxes=None, explain=False, bgr=False):
+        """The rich results predict.py and the page render: images (paths, PIL images or numpy arrays) ->
+        [photos.PhotoResult], one per image, each with its faces (faces.Face: box, landmarks, crop, probabilities,
+        heatmap with explain) or the reason it has none (status: "unreadable: ...", "too large: ...", "no face
+        found"). faces=False: each image is one face crop; boxes: read_boxes' rows by file name instead of
+        detection. Every face of every image goes through the network in one batch."""
+        settings = self.settings
+        if not faces or boxes is not None:
+            settings = replace(settings, no_detect=not faces, boxes=boxes)
+        return analyze_photos(images, self.classifier, settings, self.detector if faces and boxes is None else None,
+                              explain, bgr)
+
+    def analyze(self, image, faces=True, bgr=False):
+        """One photo (a file path, a PIL image, or a numpy array H x W, H x W x 3 or H x W x 4, RGB or, with
+        bgr=True, OpenCV's BGR) -> a list with one dict per face, largest first: box [x, y, w, h] (int pixels),
+        score (the detector's, None without one), landmarks {right_eye, left_eye, nose, mouth_right, mouth_left:
+        [x, y]} (None for Haar and faces=False), label, confidence, probabilities {class: p} and aligned.
+        faces=False: the image is already a face crop (no detection; one dict). [] when no face is found.
+        Raises UserError naming the image when it cannot be read."""
+        return self.analyze_many([image], faces, bgr)[0]
+
+    def analyze_many(self, images, faces=True, bgr=False):
+        """Many photos (as analyze takes them) -> a list of analyze's lists, one per image, in order; the faces of
+        all of them go through the network in one batch. Raises UserError naming the first image that cannot be
+        read."""
+        images = list(images)
+        results = self.photos(images, faces=faces, bgr=bgr)
+        for index, result in enumerate(results):
+            if not result.readable:
+                name = result.source if isinstance(images[index], (str, Path)) else f"image {index}"
+                raise UserError(f"{name}: {result.status}")
+        return [[face_record(face, self.classes) for face in result.faces] for result in results]
