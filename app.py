@@ -17,12 +17,12 @@ from pathlib import Path
 from PIL import Image
 
 from cli import angle_list, positive_int
+from dataset import IMAGE_SUFFIXES
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, annotate
 from inference import load_classifier
 from photos import (
     DEFAULT_MODEL,
-    IMAGE_SUFFIXES,
     MODELS_DIR,
     FaceSettings,
     PhotoResult,

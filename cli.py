@@ -8,7 +8,7 @@ import math
 import os
 from pathlib import Path
 
-from dataset import AFFINE_RANGES, AUGMENTATIONS
+from dataset import AFFINE_RANGES, AUGMENTATIONS, class_key, class_name
 
 
 def positive_int(text):
@@ -174,8 +174,8 @@ def augmentation_list(text):
 
 
 def class_list(text):
-    """"Angry, Happy" -> ["Angry", "Happy"]: at least two names."""
-    names = [c.strip() for c in text.split(",") if c.strip()]
+    """"Angry, Happy" -> ["Angry", "Happy"]: at least two names, each a dataset.class_name (NFC)."""
+    names = [class_name(c) for c in text.split(",") if c.strip()]
     if len(names) < 2:
         raise argparse.ArgumentTypeError(f"needs at least two comma-separated class names, got {text!r}")
     return names
@@ -183,15 +183,16 @@ def class_list(text):
 
 def class_map(text):
     """"anger=Angry, happiness=Happy" -> {"anger": "Angry", "happiness": "Happy"}: the data's class names
-    mapped to a model's."""
+    mapped to a model's, each a dataset.class_name (NFC)."""
     pairs = [item.split("=") for item in text.split(",") if item.strip()]
     if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
         raise argparse.ArgumentTypeError(f"must be comma-separated DATA_NAME=MODEL_NAME pairs, got {text!r}")
-    names = [k.strip().lower() for k, _ in pairs]
-    twice = sorted({k.strip() for k, _ in pairs if names.count(k.strip().lower()) > 1})
+    pairs = [(class_name(k), class_name(v)) for k, v in pairs]
+    keys = [class_key(k) for k, _ in pairs]
+    twice = sorted({k for k, _ in pairs if keys.count(class_key(k)) > 1})
     if twice:
         raise argparse.ArgumentTypeError(f"maps {', '.join(twice)} more than once, got {text!r}")
-    return {k.strip(): v.strip() for k, v in pairs}
+    return dict(pairs)
 
 
 def add_runtime_args(group, device="auto", amp="auto"):

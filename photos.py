@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dataset import data_files, read_image, text_lines
+from dataset import data_files, is_image, read_image, text_lines
 from errors import UserError, not_a_file
 from faces import LANDMARKS, Detection, analyze_image, clip_box, make_detector
 
@@ -21,7 +21,6 @@ from faces import LANDMARKS, Detection, analyze_image, clip_box, make_detector
 # FER+'s, the most accurate on the same faces against ten annotators' majority (docs/report.md section 12).
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "ferplus_vgg.pth"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 @dataclass(frozen=True)
@@ -90,15 +89,16 @@ def analyze_photo(path, classifier, settings, detector=None, explain=False):
 
 
 def find_images(inputs):
-    """The files to classify -> (files, skipped): files as given, and the files of the folders given whose suffix
-    is an image's (IMAGE_SUFFIXES; hidden files and system junk left out), in order, each file once however often
-    and by whatever path it was given; skipped: the folders' other files, for the caller to name. UserError for an
-    input that does not exist or inputs with no image at all."""
+    """The files to classify -> (files, skipped): files as given, and the files of the folders given that are images
+    (dataset.is_image, the rule training reads folders by; dataset.data_files: hidden files and system junk left
+    out, links to folders followed), in order, each file once however often and by whatever path it was given;
+    skipped: the folders' other files, for the caller to name. UserError for an input that does not exist or inputs
+    with no image at all."""
     files, skipped = [], []
     for item in map(Path, inputs):
         if item.is_dir():
             for f in data_files(item):
-                (files if f.suffix.lower() in IMAGE_SUFFIXES else skipped).append(f)
+                (files if is_image(f) else skipped).append(f)
         elif item.is_file():
             files.append(item)
         else:

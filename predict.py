@@ -110,7 +110,7 @@ def run(args):
         return predict_video(args, classifier, detector, settings, out_dir)
 
     files, skipped = find_images(args.inputs)
-    warn_of(skipped, f"skipped {len(skipped)} file(s) of the folders that are not images by their suffix")
+    warn_of(skipped, f"skipped {len(skipped)} file(s) of the folders that are not images")
     warn_of(names_of_no_photo(boxes, files) if boxes else [], "--boxes rows name file(s) not among the inputs")
     results, written = Results(classifier.classes), defaultdict(int)
     for path, name in tqdm(list(zip(files, output_names(files))), desc="images", unit="image",

@@ -61,6 +61,7 @@ from dataset import (
     MIXES,
     augment_batch,
     available_splits,
+    class_key,
     layout,
     load_split,
     mix_batch,
@@ -815,7 +816,7 @@ def train_process(args, given, warnings, rank, world, local_rank):
     if state is None:
         apply_data_defaults(args, given, run.root)
     args.label_mode = resolve_label_mode(args, run.root)
-    if state is not None and [c.lower() for c in state["scoring"]["classes"]] != [c.lower() for c in run.classes]:
+    if state is not None and [*map(class_key, state["scoring"]["classes"])] != [*map(class_key, run.classes)]:
         raise CheckpointError(f"{resume_path} was trained on classes {', '.join(state['scoring']['classes'])}, "
                               f"not {', '.join(run.classes)}")
     # The model is built before any data is decoded, so a bad architecture flag fails at once.

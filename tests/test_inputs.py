@@ -131,7 +131,7 @@ def test_each_file_is_classified_once_and_clashing_output_names_get_numbers(pred
         assert predict.main([*given, "--no-detect", "--explain", "--ckpt", str(model), "--out-dir", str(out)]) == 0
     printed = capsys.readouterr()
     assert "2 face(s) in 2 image(s)" in printed.out
-    assert "skipped 1 file(s) of the folders that are not images by their suffix: " in printed.err
+    assert "skipped 1 file(s) of the folders that are not images: " in printed.err
     assert printed.err.rstrip().endswith("notes.txt")
     assert sorted(p.name for p in out.glob("*_gradcam.png")) == ["a_b_face.jpg_2_face0_gradcam.png",
                                                                  "a_b_face.jpg_face0_gradcam.png"]
