@@ -15,6 +15,7 @@ picture and predictions.csv / predictions.json: a row per face with its box, det
 every class's probability, and a row for every input that gave no face, saying why.
 """
 import argparse
+import dataclasses
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -33,8 +34,10 @@ from photos import (
     FaceSettings,
     Results,
     analyze_photo,
+    annotated_name,
+    assign_boxes,
     find_images,
-    names_of_no_photo,
+    gradcam_name,
     output_names,
     read_boxes,
 )
@@ -109,9 +112,14 @@ def run(args):
     if args.video:
         return predict_video(args, classifier, detector, settings, out_dir)
 
-    files, skipped = find_images(args.inputs)
+    files, skipped, outputs = find_images(args.inputs, out_dir)
     warn_of(skipped, f"skipped {len(skipped)} file(s) of the folders that are not images")
-    warn_of(names_of_no_photo(boxes, files) if boxes else [], "--boxes rows name file(s) not among the inputs")
+    warn_of(outputs, f"left out {len(outputs)} file(s) that predict.py wrote, which are never inputs")
+    if boxes is not None:
+        boxes, box_warnings = assign_boxes(boxes, files)
+        for warning in box_warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        settings = dataclasses.replace(settings, boxes=boxes)
     results, written = Results(classifier.classes), defaultdict(int)
     for path, name in tqdm(list(zip(files, output_names(files))), desc="images", unit="image",
                            disable=len(files) < 32):
@@ -127,10 +135,10 @@ def run(args):
                   f"{row['confidence']:.2f}")
             if args.explain:
                 overlay = heatmap_overlay(face.crop, face.heatmap).resize((192, 192), Image.BILINEAR)
-                overlay.save(out_dir / f"{name}_face{i}_gradcam.png")
+                overlay.save(out_dir / gradcam_name(name, i))
                 written["Grad-CAM map"] += 1
         if not args.no_detect and photo.faces:
-            annotate(photo.image, photo.faces, classifier.classes).save(out_dir / f"{name}_annotated.jpg", quality=92)
+            annotate(photo.image, photo.faces, classifier.classes).save(out_dir / annotated_name(name), quality=92)
             written["annotated image"] += 1
     csv_path = results.write(out_dir)
     faces_found = sum(1 for r in results.rows if r["status"] == "ok")
