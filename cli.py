@@ -143,6 +143,19 @@ def scale_list(text):
                       "none or comma-separated positive numbers")
 
 
+TTA_HELP = ("score each image and its mirror, and each --tta-scales zoom and its mirror, logits averaged; --no-tta "
+            "scores the image alone: no mirror, and no zooms unless --tta-scales is given")
+TTA_SCALES_HELP = ("also score each image zoomed about the centre by each factor (above 1 zooms in; each view mirrored "
+                   "too under --tta), logits averaged; none: no zooms")
+
+
+def single_view(args, scales_given):
+    """--no-tta means the image alone: no mirror, and no zoomed views unless --tta-scales was given too
+    (scales_given); it used to leave the zooms on. Sets args.tta_scales accordingly."""
+    if args.tta is False and not scales_given:
+        args.tta_scales = ()
+
+
 def angle_list(text):
     """Angles in degrees: "-30,30" -> (-30.0, 30.0); "none" -> ()."""
     if text.strip().lower() == "none":

@@ -90,6 +90,12 @@ def plot_reliability(calibration, out_path, title=""):
     _save(fig, out_path, title)
 
 
+def clean_name(text):
+    """text made fit to be part of a file name: each run of spaces and characters other than letters, digits, '.',
+    '-' and '_' becomes one '_' ("my data" -> "my_data"), without a leading or trailing '.' or '_'."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("._") or "data"
+
+
 def save_report(report, out_dir, stem, title=""):
     """Write a classification report (metrics.report_from_confusion, plus whatever the caller added) as
     out_dir/stem.json, its confusion matrix as out_dir/stem_confusion.png and, when it has calibration figures,
