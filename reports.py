@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 LINE = re.compile(r"^(Train|Validation) Loss:\s*([-\d.eE+naif]+),\s*\1 Accuracy:\s*([\d.]+)%")
 
@@ -37,7 +38,11 @@ def plot_curves(curves, out_path, title=""):
         ax_acc.plot(range(1, len(curves[f"{key}_acc"]) + 1), curves[f"{key}_acc"], marker=".", label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    epochs = max(len(v) for v in curves.values())
     for ax in (ax_loss, ax_acc):
+        # Whole epochs only, half an epoch of margin: one epoch drew an axis from 0.96 to 1.04.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, max(epochs, 1) + 0.5)
         ax.grid(alpha=0.3)
         ax.legend()
     _save(fig, out_path, title)

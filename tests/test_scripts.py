@@ -551,3 +551,19 @@ def test_data_mostly_named_otherwise_is_said_loudly_naming_the_class_map(tiny_da
     assert "WARNING: ONLY 6 OF 18 test images are scored: the data's class(es) Joy (6), Rage (6) are none of the " \
            "model's (Angry, Happy, Neutral, Sad, Surprise); read them as the model's classes with --class-map" in err
     assert "folders sadness as Sad: names of the same emotions" in err
+
+
+def test_plot_curves_draws_one_epoch_on_a_whole_epoch_axis(scripts, tmp_path, capsys, monkeypatch):
+    import reports
+
+    log = tmp_path / "training_log.txt"
+    log.write_text("Epoch [1/1]\nTrain Loss: 1.6, Train Accuracy: 30.0%\nValidation Loss: 1.5, Validation Accuracy: "
+                   "25.0%\n")
+    drawn = []
+    real_save = reports._save
+    monkeypatch.setattr(reports, "_save", lambda fig, *a, **k: (drawn.append(fig), real_save(fig, *a, **k)))
+    assert scripts["plot_curves"].main([str(log)]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'training_log.png'} (1 epoch)\n"  # it said "(1 epochs)"
+    for ax in drawn[0].axes:
+        shown = [t for t in ax.get_xticks() if 0.5 <= t <= 1.5]
+        assert ax.get_xlim() == (0.5, 1.5) and shown == [1.0]  # it ran from 0.96 to 1.04, ticked by 0.01
