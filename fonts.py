@@ -3,15 +3,14 @@ every glyph, else a font installed on the system that has them (class names in C
 
 matplotlib's font_manager lists the system's fonts; CJK families most systems ship (Noto Sans CJK, Source Han Sans,
 WenQuanYi, Droid Sans Fallback, Microsoft YaHei, PingFang) are tried first, then every other font. Where none has
-the glyphs, one warning says so, once per process, and the text is drawn as before.
+the glyphs, one warning says so, once per process, and the text is drawn as before. matplotlib is imported when a
+font is looked for, not with this module (its font list is read, or built, on import).
 """
 import functools
 import re
 import sys
 from pathlib import Path
 
-import matplotlib
-from matplotlib import font_manager, ft2font
 from PIL import ImageFont
 
 PREFERRED_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Sans CJK KR",
@@ -29,6 +28,8 @@ _warned = []
 @functools.lru_cache(maxsize=None)
 def _characters(path):
     """The code points a font file has glyphs for (its first face, for a .ttc collection)."""
+    from matplotlib import ft2font
+
     try:
         return frozenset(ft2font.FT2Font(path).get_charmap())
     except (OSError, RuntimeError, ValueError):
@@ -37,6 +38,9 @@ def _characters(path):
 
 def default_font():
     """The file of matplotlib's font for ordinary text (DejaVu Sans unless configured otherwise)."""
+    import matplotlib
+    from matplotlib import font_manager
+
     return font_manager.findfont(font_manager.FontProperties(family=matplotlib.rcParams["font.family"]))
 
 
@@ -44,6 +48,8 @@ def default_font():
 def installed_fonts():
     """Font files to try, PREFERRED_FAMILIES first, then every other font font_manager knows or finds on the system
     now (its list is cached from when matplotlib first ran, before a font installed since), placeholders left out."""
+    from matplotlib import font_manager
+
     preferred = []
     for family in PREFERRED_FAMILIES:
         try:
@@ -77,6 +83,8 @@ def font_for(text):
 def text_properties(*texts):
     """matplotlib keyword arguments that draw texts in font_for's font: {} for the default font (or none found),
     else {"fontproperties": FontProperties of that font}."""
+    from matplotlib import font_manager
+
     found = font_for(" ".join(texts))
     if found is None or found == default_font():
         return {}
