@@ -17,10 +17,11 @@ from pathlib import Path
 from PIL import Image
 
 from cli import angle_list, positive_int
+from dataset import IMAGE_SUFFIXES
 from errors import UserError, exit_code
 from faces import annotate
 from inference import load_classifier
-from photos import DEFAULT_MODEL, IMAGE_SUFFIXES, MODELS_DIR, PhotoResult, Results, output_names
+from photos import DEFAULT_MODEL, MODELS_DIR, PhotoResult, Results, output_names
 from recognizer import Recognizer
 
 MAX_PIXELS = 40_000_000  # larger photos are refused with a message (a 40-megapixel photo is 7,700 x 5,200)

@@ -17,6 +17,11 @@ from checkpoint import load_checkpoint, save_checkpoint
 from dataset import unseen
 from metrics import calibration_from_sums, calibration_sums
 
+# The temperatures a fit may reach. Trained models land between about 0.5 and 3 (FER2013's seven-class model 0.89);
+# at 20 the softmax of any logits a network gives is close to uniform, and at 0.05 close to one-hot, so a fit that
+# reaches either bound says that the model's logits, not their scale, are what is wrong.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
 
 def fit_temperature(logits, labels, steps=100):
     """The temperature minimising the mean NLL of softmax(logits / T) for labels (float N x classes, int N),
@@ -34,7 +39,7 @@ def fit_temperature(logits, labels, steps=100):
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(*TEMPERATURE_BOUNDS))
 
 
 def calibrate(classifier, val, train, checkpoint=None):
@@ -58,9 +63,23 @@ def calibrate(classifier, val, train, checkpoint=None):
     return classifier.rescored(temperature=temperature), figures
 
 
+def bound_note(figures):
+    """What a temperature at one of TEMPERATURE_BOUNDS (calibrate's figures) means, in a line, or None."""
+    low, high = TEMPERATURE_BOUNDS
+    if figures["temperature"] >= high:
+        return (f"the temperature reached its upper bound, {high:g}: on validation the model's logits say next to "
+                "nothing about the class (a model that has barely learnt, often deciding every face alike, as after "
+                "one epoch), so its probabilities are flattened to nearly uniform; train longer or check the data")
+    if figures["temperature"] <= low:
+        return (f"the temperature reached its lower bound, {low:g}: the model is right far more often than its "
+                "confidences say, and they are sharpened only as far as the bound allows")
+    return None
+
+
 def summary(figures):
     """One line saying what a calibration (calibrate's figures) did."""
     before, after = figures["before"], figures["after"]
-    return (f"temperature {figures['temperature']:.3f} fitted on {figures['images']} validation images: NLL "
+    bound = " (a bound: see the warning)" if bound_note(figures) else ""
+    return (f"temperature {figures['temperature']:.3f}{bound} fitted on {figures['images']} validation images: NLL "
             f"{before['nll']:.4f} -> {after['nll']:.4f}, ECE {100 * before['ece']:.2f}% -> {100 * after['ece']:.2f}% "
             f"(a calibrated model: {100 * after['ece_chance']:.2f}% by chance)")

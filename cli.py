@@ -8,7 +8,7 @@ import math
 import os
 from pathlib import Path
 
-from dataset import AFFINE_RANGES, AUGMENTATIONS
+from dataset import AFFINE_RANGES, AUGMENTATIONS, class_key, class_name
 
 
 def positive_int(text):
@@ -143,6 +143,19 @@ def scale_list(text):
                       "none or comma-separated positive numbers")
 
 
+TTA_HELP = ("score each image and its mirror, and each --tta-scales zoom and its mirror, logits averaged; --no-tta "
+            "scores the image alone: no mirror, and no zooms unless --tta-scales is given")
+TTA_SCALES_HELP = ("also score each image zoomed about the centre by each factor (above 1 zooms in; each view mirrored "
+                   "too under --tta), logits averaged; none: no zooms")
+
+
+def single_view(args, scales_given):
+    """--no-tta means the image alone: no mirror, and no zoomed views unless --tta-scales was given too
+    (scales_given); it used to leave the zooms on. Sets args.tta_scales accordingly."""
+    if args.tta is False and not scales_given:
+        args.tta_scales = ()
+
+
 def angle_list(text):
     """Angles in degrees: "-30,30" -> (-30.0, 30.0); "none" -> ()."""
     if text.strip().lower() == "none":
@@ -174,8 +187,8 @@ def augmentation_list(text):
 
 
 def class_list(text):
-    """"Angry, Happy" -> ["Angry", "Happy"]: at least two names."""
-    names = [c.strip() for c in text.split(",") if c.strip()]
+    """"Angry, Happy" -> ["Angry", "Happy"]: at least two names, each a dataset.class_name (NFC)."""
+    names = [class_name(c) for c in text.split(",") if c.strip()]
     if len(names) < 2:
         raise argparse.ArgumentTypeError(f"needs at least two comma-separated class names, got {text!r}")
     return names
@@ -183,15 +196,16 @@ def class_list(text):
 
 def class_map(text):
     """"anger=Angry, happiness=Happy" -> {"anger": "Angry", "happiness": "Happy"}: the data's class names
-    mapped to a model's."""
+    mapped to a model's, each a dataset.class_name (NFC)."""
     pairs = [item.split("=") for item in text.split(",") if item.strip()]
     if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
         raise argparse.ArgumentTypeError(f"must be comma-separated DATA_NAME=MODEL_NAME pairs, got {text!r}")
-    names = [k.strip().lower() for k, _ in pairs]
-    twice = sorted({k.strip() for k, _ in pairs if names.count(k.strip().lower()) > 1})
+    pairs = [(class_name(k), class_name(v)) for k, v in pairs]
+    keys = [class_key(k) for k, _ in pairs]
+    twice = sorted({k for k, _ in pairs if keys.count(class_key(k)) > 1})
     if twice:
         raise argparse.ArgumentTypeError(f"maps {', '.join(twice)} more than once, got {text!r}")
-    return {k.strip(): v.strip() for k, v in pairs}
+    return dict(pairs)
 
 
 def add_runtime_args(group, device="auto", amp="auto"):

@@ -18,10 +18,12 @@ import csv
 import hashlib
 import itertools
 import os
+import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,6 +45,22 @@ FERPLUS_CSV_HEADER = ("usage", "image name", *(c.lower() for c in ferplus.VOTE_C
 AUGMENTATIONS = ("flip", "affine", "jitter", "erase")
 MIXES = ("none", "mixup", "cutmix")
 JUNK_FILES = {"thumbs.db", "desktop.ini", "icon\r"}
+# Suffixes of the image files read; a file of a folder with another suffix is read when its content is an image
+# (is_image).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+# The smallest face and the most elongated picture taken as a face (why_not_a_face). Below 8 pixels on its shorter
+# side a face's eyes and mouth are a pixel or two each, nothing an expression can be read from (FER2013's faces are
+# 48 pixels, the Haar cascade's smallest window 24), while 8 still takes the 16-pixel faces of low-resolution sets.
+# Face crops are near square (FER2013 1:1, CK+'s 640x490 frames 1.3:1, a 16:9 video frame given whole 1.8:1); a
+# picture beyond 4:1 is squeezed into the square input four-fold or more, past recognising any face.
+MIN_FACE_SIDE = 8
+MAX_FACE_ASPECT = 4.0
+# Names of the same emotions in FER2013 (Angry, Happy...), FER+ (anger, happiness...) and other sets (KDEF's
+# afraid, surprised; RAF-DB's and CK+'s nouns): a model's class is read from a data folder or column named by
+# another of its group (match_classes), with a note.
+CLASS_SYNONYMS = (("angry", "anger"), ("happy", "happiness"), ("sad", "sadness"), ("surprise", "surprised"),
+                  ("fear", "fearful", "afraid"), ("disgust", "disgusted"), ("neutral", "neutrality"),
+                  ("contempt", "contemptuous"))
 
 
 class DataError(UserError):
@@ -67,6 +85,7 @@ class FERSplit:
     targets: torch.Tensor = None
     notes: list = field(default_factory=list)     # other things a user should know about how it was read
     vote_names: list = None  # the votes' name of each class, where it differs from classes (test.py --class-map)
+    unscored: dict = field(default_factory=dict)  # images of the data's classes read as none: {data's name: count}
 
     def __len__(self):
         return len(self.labels)
@@ -91,6 +110,17 @@ class FERSplit:
         if self.ignored:
             lines.append(f"{self.name}: ignored class folder(s) not in the class list: {', '.join(self.ignored)}")
         return lines + [f"{self.name}: {note}" for note in self.notes]
+
+    def coverage_warning(self):
+        """A loud line when most of the data's images belong to classes read as none of the class list (a model
+        scored on data that names its classes otherwise), or None."""
+        left_out = sum(self.unscored.values())
+        if left_out <= len(self):
+            return None
+        shown = ", ".join(f"{name} ({n})" for name, n in self.unscored.items())
+        return (f"ONLY {len(self)} OF {len(self) + left_out} {self.name} images are scored: the data's class(es) "
+                f"{shown} are none of the model's ({', '.join(self.classes)}); read them as the model's classes with "
+                "--class-map DATA=MODEL,...")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,15 +156,52 @@ def canonical_image(im):
 
 
 def read_image(path):
-    """Open and decode an image file -> canonical_image of it. Raises OSError (or PIL's errors, which are
-    subclasses of it or ValueError) for a file that is not a readable image."""
+    """Open and decode an image file -> canonical_image of its first frame, with info["frames"] set to the file's
+    frame count (an animated GIF's or a multi-page TIFF's; 1 for a still). Raises OSError (or PIL's errors, which
+    are subclasses of it or ValueError) for a file that is not a readable image."""
     # Photos of 89-179 megapixels are decoded with a warning of PIL's that names no file; the detectors shrink them,
     # and larger ones raise DecompressionBombError, which callers report by file.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as im:
             im.load()
-            return canonical_image(im)
+            image = canonical_image(im)
+            image.info["frames"] = getattr(im, "n_frames", 1)
+            return image
+
+
+def frames_note(image):
+    """What to say of a read_image image whose file holds several frames (only the first is read), or None."""
+    frames = image.info.get("frames", 1)
+    return f"{frames} frames, only the first is read" if frames > 1 else None
+
+
+def why_not_a_face(width, height):
+    """Why a picture of width x height pixels cannot be a face (MIN_FACE_SIDE, MAX_FACE_ASPECT), or None: the one
+    rule training, test and predict.py's --no-detect and --boxes faces are checked by."""
+    short, long = sorted((width, height))
+    if short < MIN_FACE_SIDE:
+        return f"{width}x{height} pixels, under {MIN_FACE_SIDE} on a side"
+    if long > MAX_FACE_ASPECT * short:
+        return f"{width}x{height} pixels, {round(long / short, 1):g}:1, beyond {MAX_FACE_ASPECT:g}:1"
+    return None
+
+
+def is_image(path):
+    """Whether a file is read as an image: its suffix is an image's (IMAGE_SUFFIXES; one that does not decode is
+    then named as unreadable), or PIL recognises its content (a JPEG saved as photo.heic or without a suffix). The
+    one rule by which training, test and predict.py tell the images of a folder from its other files."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path):  # reads the header only
+                return True
+    except Image.DecompressionBombError:
+        return True
+    except Exception:  # noqa: BLE001 - whatever PIL cannot identify is not an image
+        return False
 
 
 def image_from_array(array, bgr=False):
@@ -170,12 +237,26 @@ def image_to_array(im, size, channels):
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
+class Decoded(NamedTuple):
+    """What decode_file made of a file: array (uint8 channels x size x size), or None with why (the error, or
+    why_not_a_face's reason when not_a_face); note: frames_note's, for a file read by its first frame."""
+    array: np.ndarray = None
+    why: str = None
+    not_a_face: bool = False
+    note: str = None
+
+
 def decode_file(path, size, channels):
-    """-> (array, None) or (None, reason) for a file that is not a readable image."""
+    """A training or test image file -> Decoded: its array, or why it gives none (not a readable image, or a
+    picture why_not_a_face refuses)."""
     try:
-        return image_to_array(read_image(path), size, channels), None
+        image = read_image(path)
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds for corrupt, truncated and non-image files
-        return None, f"{type(e).__name__}: {e}".strip()[:120]
+        return Decoded(why=f"{type(e).__name__}: {e}".strip()[:120])
+    problem = why_not_a_face(*image.size)
+    if problem:
+        return Decoded(why=problem, not_a_face=True)
+    return Decoded(image_to_array(image, size, channels), note=frames_note(image))
 
 
 def _decode_many(paths, size, channels):
@@ -185,19 +266,61 @@ def _decode_many(paths, size, channels):
         return list(pool.map(lambda p: decode_file(p, size, channels), paths, chunksize=64))
 
 
+def some(names, shown=3):
+    """The first `shown` of names, comma-separated, with how many more there are."""
+    names = [str(n) for n in names]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _sorted_decoded(sources, decoded):
+    """Decoded files (sources[i] gave decoded[i]) -> (indices of those with an array, skipped [(source, why)] of the
+    unreadable ones, notes on those that cannot be faces and those read by their first frame)."""
+    keep = [i for i, d in enumerate(decoded) if d.array is not None]
+    skipped = [(str(s), d.why) for s, d in zip(sources, decoded) if d.array is None and not d.not_a_face]
+    unfit = [f"{s} ({d.why})" for s, d in zip(sources, decoded) if d.not_a_face]
+    frames = [f"{s} ({d.note.split(',')[0]})" for s, d in zip(sources, decoded) if d.note]
+    notes = [f"skipped {len(unfit)} image(s) that cannot be faces (under {MIN_FACE_SIDE} pixels on a side or beyond "
+             f"{MAX_FACE_ASPECT:g}:1): {some(unfit)}"] if unfit else []
+    notes += [f"{len(frames)} file(s) hold several frames (animations, multi-page TIFFs); only the first frame of "
+              f"each is read: {some(frames)}"] if frames else []
+    return keep, skipped, notes
+
+
+def _hidden_name(name):
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def is_hidden(path, below):
     """Whether path (under the folder `below`) is not data: any part of it below `below` is hidden (a leading
     dot, macOS's __MACOSX folder and ._name resource files) or a known junk file (Thumbs.db, desktop.ini)."""
     parts = Path(path).relative_to(below).parts
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1].lower() in JUNK_FILES
+    return any(map(_hidden_name, parts)) or parts[-1].lower() in JUNK_FILES
 
 
-def data_files(folder):
-    """Every file below folder that may be data, sorted (is_hidden files and folders left out); a broken link is
-    one, so that reading it fails by name rather than its being left out in silence."""
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*")
-                  if (p.is_file() or (p.is_symlink() and not p.exists())) and not is_hidden(p, folder))
+def data_files(*folders):
+    """Every file below the folders that may be data, sorted (is_hidden files and folders left out), each file once:
+    links to folders are followed (train/Happy/more -> /elsewhere/happy_faces is read), a folder reached twice (a
+    second link to it, a link loop) is walked once, and a file reached by two paths (a link to it) is read once, by
+    the first in sorted order. A broken link is one, so that reading it fails by name rather than its being left
+    out in silence."""
+    walked, found = set(), []
+    for folder in map(Path, folders):
+        for top, dirs, files in os.walk(folder, followlinks=True):
+            real = os.path.realpath(top)
+            if real in walked:
+                dirs[:] = []
+                continue
+            walked.add(real)
+            dirs[:] = sorted(d for d in dirs if not _hidden_name(d))
+            for name in files:
+                path = Path(top) / name
+                if (path.is_file() or (path.is_symlink() and not path.exists())) and not is_hidden(path, folder):
+                    found.append(path)
+    unique = {}
+    for path in sorted(found):
+        unique.setdefault(os.path.realpath(path), path)
+    return sorted(unique.values())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -348,13 +471,15 @@ def resolve_classes(root, classes=None):
         # reads them.
         folders = {}
         for p in _subdirs(train):
-            folders.setdefault(p.name.strip().lower(), []).append(p)
-        found = [same[0].name.strip() for same in folders.values()]
+            folders.setdefault(class_key(p.name), []).append(p)
+        found = [class_name(same[0].name) for same in folders.values()]
         if not found:
             raise DataError(f"{train} has no class folders (expected {train}/<Class>/*.jpg)")
-        empty = [same[0].name.strip() for same in folders.values() if not any(data_files(p) for p in same)]
-        notes = [f"class folders {' and '.join(repr(p.name) for p in same)} in {train} differ only in case or "
-                 f"spaces: one class, {same[0].name.strip()}" for same in folders.values() if len(same) > 1]
+        empty = [class_name(same[0].name) for same in folders.values()
+                 if not any(map(is_image, data_files(*same)))]
+        notes = [f"class folders {' and '.join(repr(p.name) for p in same)} in {train} differ only in case, "
+                 f"spaces or Unicode form: one class, {class_name(same[0].name)}"
+                 for same in folders.values() if len(same) > 1]
     if classes is None:
         kept = [c for c in found if c not in empty]
         if len(kept) < 2:
@@ -363,17 +488,72 @@ def resolve_classes(root, classes=None):
         notes += [f"class(es) {', '.join(empty)} have no training images and are left out; "
                   f"the classes are {', '.join(kept)}"] if empty else []
         return kept, notes
-    lower = {c.lower(): c for c in found}
-    unknown = [c for c in classes if c.lower() not in lower]
+    classes = [class_name(c) for c in classes]
+    lower = {class_key(c): c for c in found}
+    unknown = [c for c in classes if class_key(c) not in lower]
     if unknown:
         raise DataError(f"unknown class(es) {', '.join(unknown)} in --classes; {root} has: {', '.join(found)}")
-    if len({c.lower() for c in classes}) != len(classes):
+    if len(set(map(class_key, classes))) != len(classes):
         raise DataError(f"--classes names a class twice: {', '.join(classes)}")
-    empty_asked = [c for c in classes if lower[c.lower()] in empty]
+    empty_asked = [c for c in classes if lower[class_key(c)] in empty]
     if empty_asked:
         raise DataError(f"--classes names {', '.join(empty_asked)}, which have no training images in {root}; "
                         f"leave them out of --classes")
-    return list(classes), notes
+    return classes, notes
+
+
+def class_name(text):
+    """A class name as read from a folder, a flag or a checkpoint: without surrounding spaces, in Unicode's
+    composed form (NFC: 'Ü' one character, as Windows and Linux write it, not 'U' and a combining diaeresis, as
+    macOS wrote folder names)."""
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def class_key(text):
+    """What two class names are compared by: class_name, in lower case (`angry` == `Angry`)."""
+    return unicodedata.normalize("NFC", class_name(text).lower())
+
+
+def match_classes(classes, data_names, class_map=None, data="the data", kind="class"):
+    """How a dataset whose classes are named data_names is read as `classes` -> ({class_key of a data name:
+    class_key of the class it is read as}, notes). A data name is read as the class class_map ({data name: class})
+    sends it to; else as the class of its own name; else as the one class of its CLASS_SYNONYMS group (happiness as
+    Happy, Angry as anger) that no data name reaches already, with a note. Data names that are read as no class
+    are absent. data, kind: what holds the data names and what they name (a folder, a class), as notes say it.
+    DataError for a class_map that sends a name to no class."""
+    class_map = class_map or {}
+    wanted = {class_key(c): c for c in classes}
+    unknown = {k: v for k, v in class_map.items() if class_key(v) not in wanted}
+    if unknown:
+        raise DataError(f"--class-map sends {', '.join(unknown)} to {', '.join(unknown.values())}, which is not a "
+                        f"class of the model ({', '.join(classes)})")
+    sent = {class_key(k): class_key(v) for k, v in class_map.items()}
+    names = {class_key(d): class_name(d) for d in data_names}
+    read_as = {d: sent.get(d, d) for d in names if d in sent or d in wanted}
+    synonyms = {}
+    for d in names:
+        if d in read_as:
+            continue
+        group = next((set(g) for g in CLASS_SYNONYMS if d in g), set())
+        free = [c for c in wanted if c in group and c not in read_as.values()]
+        if len(free) == 1:
+            synonyms[d] = free[0]
+    read_as.update(synonyms)
+    kinds = kind + ("es" if kind.endswith("s") else "s")
+    notes = [f"read {data}'s {kinds} {', '.join(f'{names[d]} as {wanted[c]}' for d, c in synonyms.items())}: names "
+             "of the same emotions (--class-map DATA=MODEL,... reads others)"] if synonyms else []
+    unmatched = [k for k in class_map if class_key(k) not in names]
+    notes += [f"--class-map names {', '.join(unmatched)}, which {data} has no {kind} of"] if unmatched else []
+    return read_as, notes
+
+
+def _data_names(classes, data_names, class_map, data):
+    """The data's name for each of classes under match_classes (the class's own name where the data has none for
+    it) -> (names, match_classes' notes)."""
+    read_as, notes = match_classes(classes, data_names, class_map, data)
+    name_of = {class_key(d): d for d in data_names}
+    named = {c: name_of[d] for d, c in read_as.items()}
+    return [named.get(class_key(c), c) for c in classes], notes
 
 
 def load_split(root, split, classes, size=48, channels=1, label_mode="majority", allow_missing=False,
@@ -388,10 +568,11 @@ def load_split(root, split, classes, size=48, channels=1, label_mode="majority",
     kind = layout(root)
     root = Path(root)
     if kind == "folders":
-        result = _load_folder_split(root, split, classes, size, channels, class_map or {})
+        result = _load_folder_split(root, split, classes, size, channels, class_map)
     else:
         # The CSVs name their own classes: each of the model's classes is read as the data's name for it.
-        named = _data_names(classes, class_map or {}, root)
+        data_names = FER2013_CLASSES if kind == "fer2013_csv" else ferplus.EMOTIONS
+        named, notes = _data_names(classes, data_names, class_map, root)
         if kind == "fer2013_csv":
             result = _load_csv_split(root, split, named, size, channels)
         else:
@@ -404,6 +585,7 @@ def load_split(root, split, classes, size=48, channels=1, label_mode="majority",
             result = _select_votes(loader(root, split, size, channels), named, label_mode)
             result.vote_names = named if named != list(classes) else None
         result.classes = list(classes)
+        result.notes[:0] = notes
     empty = [c for c, n in zip(classes, result.class_counts()) if n == 0]
     if len(result) == 0:
         hint = (f"; its class folders are {', '.join(result.ignored)} (test.py --class-map DATA=MODEL,... reads "
@@ -419,50 +601,36 @@ def load_split(root, split, classes, size=48, channels=1, label_mode="majority",
     return result
 
 
-def _data_names(classes, class_map, root):
-    """The data's name for each of the model's classes under class_map ({data's name: model's name}); DataError
-    for a map that sends a name to no class of the model."""
-    wanted = {c.lower() for c in classes}
-    unknown = [v for v in class_map.values() if v.lower() not in wanted]
-    if unknown:
-        raise DataError(f"--class-map sends {root}'s classes to {', '.join(unknown)}, which is not a class of the "
-                        f"model ({', '.join(classes)})")
-    data_name = {v.lower(): k for k, v in class_map.items()}
-    return [data_name.get(c.lower(), c) for c in classes]
-
-
 def _load_folder_split(root, split, classes, size, channels, class_map):
     folder = split_dir(root, split)
     if folder is None:
         raise DataError(f"{root} has no {split}/ folder")
-    # The folder of each class: its own name, or a data name that class_map sends to it (case-insensitive).
-    target_of = {k.lower(): v.lower() for k, v in class_map.items()}
+    # The folders of each class: its own name (in any case or Unicode form), a known synonym, or a data name that
+    # class_map sends to it.
+    subdirs = _subdirs(folder)
+    read_as, notes = match_classes(classes, [p.name for p in subdirs], class_map, folder, "folder")
     by_class = {}
-    for p in _subdirs(folder):
-        name = target_of.get(p.name.strip().lower(), p.name.strip().lower())
-        by_class.setdefault(name, []).append(p)
-    wanted = {c.lower() for c in classes}
-    unknown_map = [v for v in target_of.values() if v not in wanted]
-    if unknown_map:
-        raise DataError(f"--class-map sends folders to {', '.join(unknown_map)}, which is not a class of the "
-                        f"model ({', '.join(classes)})")
-    paths, labels = [], []
+    for p in subdirs:
+        by_class.setdefault(read_as.get(class_key(p.name)), []).append(p)
+    ignored = by_class.pop(None, [])
+    paths, labels, not_images = [], [], []
     for label, name in enumerate(classes):
-        files = [f for d in by_class.get(name.lower(), []) for f in data_files(d)]
-        paths += files
-        labels += [label] * len(files)
+        for f in data_files(*by_class.get(class_key(name), [])):
+            if is_image(f):
+                paths.append(f)
+                labels.append(label)
+            else:
+                not_images.append(f)
     decoded = _decode_many(paths, size, channels)
-    keep = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
-    skipped = [(str(paths[i]), decoded[i][1]) for i in range(len(paths)) if decoded[i][0] is None]
-    images = (torch.from_numpy(np.stack([decoded[i][0] for i in keep])) if keep
+    keep, skipped, decode_notes = _sorted_decoded(paths, decoded)
+    images = (torch.from_numpy(np.stack([decoded[i].array for i in keep])) if keep
               else torch.zeros(0, channels, size, size, dtype=torch.uint8))
-    folder_names = {p.name.strip().lower() for ps in by_class.values() for p in ps}
-    unmatched = [k for k in class_map if k.lower() not in folder_names]
+    if not_images:
+        notes.append(f"left out {len(not_images)} file(s) that are not images: {some(not_images)}")
+    unscored = {p.name: sum(map(is_image, data_files(p))) for p in ignored}
     return FERSplit(split, images, torch.tensor([labels[i] for i in keep], dtype=torch.long), list(classes),
-                    [str(paths[i]) for i in keep], skipped,
-                    ignored=[p.name for n, ps in by_class.items() if n not in wanted for p in ps],
-                    notes=[f"--class-map names {', '.join(unmatched)}, which {folder} has no folder of"]
-                    if unmatched else [])
+                    [str(paths[i]) for i in keep], skipped, ignored=[p.name for p in ignored],
+                    notes=notes + decode_notes, unscored={k: n for k, n in unscored.items() if n})
 
 
 def _pixels(text):
@@ -491,8 +659,9 @@ def _unknown_usage_note(unknown):
 
 def _load_csv_split(path, split, classes, size, channels):
     index_of = {c.lower(): i for i, c in enumerate(FER2013_CLASSES)}
-    label_of = {index_of[c.lower()]: label for label, c in enumerate(classes)}
-    arrays, labels, sources, skipped, unknown = [], [], [], [], {}
+    # A class FER2013 has no name for (FER+'s contempt) has no row.
+    label_of = {index_of[c.lower()]: label for label, c in enumerate(classes) if c.lower() in index_of}
+    arrays, labels, sources, skipped, unknown, unscored = [], [], [], [], {}, {}
     for line, row in _csv_rows(path, ("emotion", "pixels", "usage")):
         if _usage_split(row, unknown, line) != split:
             continue
@@ -506,12 +675,14 @@ def _load_csv_split(path, split, classes, size, channels):
             skipped.append((source, str(e)[:120]))
             continue
         if emotion not in label_of:
+            unscored[FER2013_CLASSES[emotion]] = unscored.get(FER2013_CLASSES[emotion], 0) + 1
             continue
         arrays.append(image_to_array(Image.fromarray(pixels, "L"), size, channels))
         labels.append(label_of[emotion])
         sources.append(source)
     images = (torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, channels, size, size, dtype=torch.uint8))
-    result = FERSplit(split, images, torch.tensor(labels, dtype=torch.long), list(classes), sources, skipped)
+    result = FERSplit(split, images, torch.tensor(labels, dtype=torch.long), list(classes), sources, skipped,
+                      unscored=unscored)
     if unknown:
         result.notes.append(_unknown_usage_note(unknown))
     return result
@@ -591,11 +762,12 @@ def _load_ferplus_folder(root, split, size, channels):
     unlisted = sorted(present - listed)
     kept = [i for i, n in enumerate(names) if n in present]
     decoded = _decode_many([folder / names[i] for i in kept], size, channels)
-    good = [i for i, (arr, _) in zip(kept, decoded) if arr is not None]
-    skipped += [(str(folder / names[i]), why) for i, (arr, why) in zip(kept, decoded) if arr is None]
-    arrays = [arr for arr, _ in decoded if arr is not None]
-    result = _unselected(split, arrays, [votes[i] for i in good], [str(folder / names[i]) for i in good], skipped,
-                         size, channels)
+    decoded_ok, unreadable, notes = _sorted_decoded([folder / names[i] for i in kept], decoded)
+    good = [kept[j] for j in decoded_ok]
+    arrays = [decoded[j].array for j in decoded_ok]
+    result = _unselected(split, arrays, [votes[i] for i in good], [str(folder / names[i]) for i in good],
+                         skipped + unreadable, size, channels)
+    result.notes += notes
     if missing:
         result.notes.append(f"{len(missing)} image(s) listed in {folder / 'label.csv'} are missing, e.g. "
                             f"{', '.join(missing[:3])}")

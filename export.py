@@ -22,7 +22,7 @@ import torch
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import output_file
 from errors import UserError, exit_code
-from inference import EXPORT_METADATA_FILE, ONNX_METADATA_KEY, ModelClassifier, export_metadata
+from inference import EXPORT_METADATA_FILE, ONNX_METADATA_KEY, ModelClassifier, export_metadata, quiet_logger
 
 # The opset torch.onnx's exporter writes a model in; it converts that up to a later opset, but converting down
 # fails for these networks and then leaves the model at this one.
@@ -66,9 +66,13 @@ def export_onnx(model, example, info, out, opset):
         import onnx
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install onnx onnxscript") from None
-    # torch.export-based exporter (PyTorch's default since 2.9).
-    torch.onnx.export(model, (example,), str(out), input_names=["image"], output_names=["logits"],
-                      dynamic_shapes=DYNAMIC_BATCH, opset_version=opset)
+    # torch.export-based exporter (PyTorch's default since 2.9). verbose=False: its progress lines ("Obtain model
+    # graph...", "Run decompositions...") tell a user nothing the line export.py prints does not; its registry's
+    # "torchvision is not installed. Skipping torchvision::nms" (four times without torchvision) concerns
+    # operators these networks do not have.
+    with quiet_logger("torch.onnx._internal.exporter._registration"):
+        torch.onnx.export(model, (example,), str(out), input_names=["image"], output_names=["logits"],
+                          dynamic_shapes=DYNAMIC_BATCH, opset_version=opset, verbose=False)
     proto = onnx.load(str(out))  # with the weights the exporter may have put in a side file
     # A conversion to the opset asked for that fails is only logged, and the model keeps the exporter's own.
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from dataset import image_to_array
 from errors import UserError, not_a_file
+from fonts import pil_font
 
 YUNET_MODEL = Path(__file__).resolve().parent / "models" / "yunet_s_640_640.onnx"
 LANDMARKS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # YuNet's order (the person's right)
@@ -445,7 +446,8 @@ def annotate(image, faces, classes):
             _draw_heatmap_back(out, face)
     draw = ImageDraw.Draw(out)
     width = max(2, round(min(out.size) / 200))
-    font = ImageFont.load_default(size=max(12, min(out.size) // 36))
+    # Class names may be in any script: drawn in a font that has all their glyphs (Chinese ones were empty boxes).
+    font = pil_font(" ".join(classes) + " 0123456789%", max(12, min(out.size) // 36))
     for face in faces:
         x, y, w, h = face.box
         k = int(face.probabilities.argmax())

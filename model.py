@@ -47,6 +47,7 @@ class FER_CNN(nn.Module):
 
     def __init__(self, num_classes=5, in_channels=3, input_size=48):
         super().__init__()
+        check_input_size("assignment", input_size)
         widths = [in_channels, 64, 128, 256, 512]
         blocks = []
         for c_in, c_out in zip(widths, widths[1:]):
@@ -78,8 +79,7 @@ class FERNet(nn.Module):
     def __init__(self, num_classes=5, in_channels=1, input_size=48, widths=VGG_WIDTHS,
                  convs_per_stage=2, dropout=0.3, head="gap"):
         super().__init__()
-        if input_size < 2 ** (len(widths) - 1):
-            raise ValueError(f"input_size {input_size} is too small for {len(widths)} stages")
+        check_input_size("vgg", input_size, widths=widths, head=head)
         if isinstance(convs_per_stage, int):
             convs_per_stage = (convs_per_stage,) * len(widths)
         if len(convs_per_stage) != len(widths) or min(convs_per_stage) < 1:
@@ -98,8 +98,6 @@ class FERNet(nn.Module):
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, num_classes))
         elif head == "fc":
             side = input_size // 2 ** len(widths)
-            if side < 1:
-                raise ValueError(f"input_size {input_size} is too small for head 'fc' after {len(widths)} stages")
             self.pool = nn.MaxPool2d(2)
             self.head = dense_head(c_in * side * side, num_classes)
         else:
@@ -116,6 +114,29 @@ ARCHS = {
 }
 # Earlier names: "seed" was the assignment's network until "seed" meant only the random seed.
 ARCH_ALIASES = {"seed": "assignment"}
+
+
+def min_input_size(arch, widths=VGG_WIDTHS, head="gap", **_):
+    """The smallest input side (pixels) arch, built with these arguments (build_model's arch_args), takes: every
+    max-pool must leave at least one pixel. The assignment's network pools four times before its dense head (16);
+    vgg pools between its stages (2 ** (stages - 1), 8 for the default four) and once more before head 'fc'."""
+    arch = ARCH_ALIASES.get(arch, arch)
+    if arch == "assignment":
+        return 16
+    return 2 ** (len(widths) - (0 if head == "fc" else 1))
+
+
+def check_input_size(arch, input_size, **arch_args):
+    """ValueError when input_size is below min_input_size(arch, **arch_args)."""
+    smallest = min_input_size(arch, **arch_args)
+    if input_size < smallest:
+        raise ValueError(f"input size {input_size} is too small for {arch}{describe(arch_args)}: it takes {smallest} "
+                         "pixels or more")
+
+
+def describe(arch_args):
+    shown = {k: ",".join(map(str, v)) if isinstance(v, (tuple, list)) else v for k, v in arch_args.items()}
+    return f" ({', '.join(f'{k} {v}' for k, v in shown.items())})" if shown else ""
 
 
 def default_in_channels(arch):

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset import canonical_image, data_files, image_from_array, read_image, text_lines
+from dataset import (
+    canonical_image,
+    data_files,
+    frames_note,
+    image_from_array,
+    is_image,
+    read_image,
+    some,
+    text_lines,
+    why_not_a_face,
+)
 from errors import UserError, not_a_file
 from faces import LANDMARKS, Detection, classify_faces, clip_box, cut_faces, make_detector
 
@@ -23,7 +34,8 @@ from faces import LANDMARKS, Detection, classify_faces, clip_box, cut_faces, mak
 # FER+'s, the most accurate on the same faces against ten annotators' majority (docs/report.md section 12).
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "ferplus_vgg.pth"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+# The names of what predict.py writes (annotated_name, gradcam_name, Results.write, its video's): never inputs.
+OUTPUT_NAMES = re.compile(r".+_annotated\.(jpg|mp4)|.+_face\d+_gradcam\.png|(predictions|.+_frames)\.(csv|json)")
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,15 @@ def locate_faces(source, settings, detector, input_cfg, bgr=False):
         return PhotoResult(str(source) if isinstance(source, (str, Path)) else type(source).__name__,
                            status=f"unreadable: {type(e).__name__}: {str(e)[:80]}")
     result = PhotoResult(name, image)
+    frames = frames_note(image)
+    if frames:
+        result.warnings.append(f"{name}: {frames}")
     if settings.no_detect:
+        # The face rule training skips such images by: a 1x1 PNG was classified, status ok.
+        problem = why_not_a_face(image.width, image.height)
+        if problem:
+            result.status = f"not a face: {problem}"
+            return result
         detections = [Detection((0, 0, image.width, image.height))]
     elif settings.boxes is not None:
         detections = given_boxes(settings.boxes, source, image, result.warnings)
@@ -104,6 +124,8 @@ def locate_faces(source, settings, detector, input_cfg, bgr=False):
     if not result.faces:
         result.status = ("no face found" if settings.boxes is None else
                          "no box inside the image" if boxes_of(settings.boxes, source) else "no --boxes row names it")
+        if frames and settings.boxes is None:
+            result.status += f" in the first of {image.info['frames']} frames"
     return result
 
 
@@ -136,26 +158,49 @@ def face_record(face, classes):
             "aligned": bool(face.aligned)}
 
 
-def find_images(inputs):
-    """The files to classify -> (files, skipped): files as given, and the files of the folders given whose suffix
-    is an image's (IMAGE_SUFFIXES; hidden files and system junk left out), in order, each file once however often
-    and by whatever path it was given; skipped: the folders' other files, for the caller to name. UserError for an
-    input that does not exist or inputs with no image at all."""
-    files, skipped = [], []
+def annotated_name(name):
+    """The file name of the annotated copy of the photo whose outputs are named name (output_names)."""
+    return f"{name}_annotated.jpg"
+
+
+def gradcam_name(name, face):
+    """The file name of the Grad-CAM map of face number `face` of the photo whose outputs are named name."""
+    return f"{name}_face{face}_gradcam.png"
+
+
+def is_output(path, out_dir=None):
+    """Whether a file is one predict.py wrote (OUTPUT_NAMES): so named, in out_dir or in a folder that holds
+    predict.py's predictions.csv (an earlier run's outputs)."""
+    path = Path(path)
+    if not OUTPUT_NAMES.fullmatch(path.name):
+        return False
+    return (out_dir is not None and path.parent.resolve() == Path(out_dir).resolve()) or \
+        (path.parent / "predictions.csv").is_file()
+
+
+def find_images(inputs, out_dir=None):
+    """The files to classify -> (files, skipped, outputs): files as given, and the files of the folders given that
+    are images (dataset.is_image, the rule training reads folders by; dataset.data_files: hidden files and system
+    junk left out, links to folders followed), in order, each file once however often and by whatever path it was
+    given; skipped: the folders' other files; outputs: files predict.py wrote (is_output, in out_dir or beside an
+    earlier run's predictions.csv), which are never inputs; both for the caller to name. UserError for an input
+    that does not exist or inputs with no image at all."""
+    files, skipped, outputs = [], [], []
     for item in map(Path, inputs):
         if item.is_dir():
             for f in data_files(item):
-                (files if f.suffix.lower() in IMAGE_SUFFIXES else skipped).append(f)
+                (outputs if is_output(f, out_dir) else files if is_image(f) else skipped).append(f)
         elif item.is_file():
-            files.append(item)
+            (outputs if is_output(item, out_dir) else files).append(item)
         else:
             raise UserError(f"input {item} does not exist")
     if not files:
-        raise UserError(f"no images found in {', '.join(inputs)}")
+        also = f" (left out {some(outputs)}, which predict.py wrote)" if outputs else ""
+        raise UserError(f"no images found in {', '.join(inputs)}{also}")
     unique = {}
     for f in files:
         unique.setdefault(f.resolve(), f)
-    return list(unique.values()), skipped
+    return list(unique.values()), skipped, outputs
 
 
 def output_names(files):
@@ -205,26 +250,65 @@ def read_boxes(path):
     return boxes, warnings
 
 
+def names(file, path):
+    """Whether a --boxes row's file names the photo at path: it is the photo's path, or the photo's path (as given
+    or in full) ends with it, in whole parts (face.png, b/face.png and /data/b/face.png name /data/b/face.png)."""
+    row, path = Path(file), Path(path)
+    if row.resolve() == path.resolve():
+        return True
+    return not row.is_absolute() and any(p.parts[-len(row.parts):] == row.parts for p in (path, path.resolve()))
+
+
+def assign_boxes(known_boxes, paths):
+    """The rows of read_boxes given to the photos at paths -> ({str(path): rows} for every photo, warnings). A row
+    goes to the photo its file names (names); one whose file names several photos (face.png for a/face.png and
+    b/face.png) goes to none, with a warning naming them, unless it is one's very path; a photo given the same box
+    twice gets it once, with a warning; rows naming no photo are named in a warning."""
+    by_photo, warnings, no_photo = {str(p): [] for p in paths}, [], []
+    for file, rows in known_boxes.items():
+        named = [p for p in paths if names(file, p)]
+        exact = [p for p in named if Path(file).resolve() == Path(p).resolve()]
+        if len(named) > 1 and len(exact) == 1:
+            named = exact
+        if len(named) > 1:
+            warnings.append(f"{rows[0][-1]}: {file} names {len(named)} inputs ({some(named)}); its {len(rows)} row(s) "
+                            "left out: write the path of the one meant (e.g. its folder/name)")
+        elif named:
+            by_photo[str(named[0])] += rows
+        else:
+            no_photo.append(file)
+    for photo, rows in by_photo.items():
+        first = {}
+        for *box, where in rows:
+            if tuple(box) in first:
+                warnings.append(f"{where}: repeats the box of {first[tuple(box)]} for {photo}; used once")
+            else:
+                first[tuple(box)] = where
+        by_photo[photo] = [(*box, where) for box, where in first.items()]
+    if no_photo:
+        warnings.append(f"--boxes rows name file(s) not among the inputs: {some(no_photo, 5)}")
+    return by_photo, warnings
+
+
 def boxes_of(known_boxes, path):
-    """The rows of read_boxes that name this photo: by its path as given, or else by its name."""
-    return known_boxes.get(str(path), known_boxes.get(Path(path).name, []))
-
-
-def names_of_no_photo(known_boxes, paths):
-    """The file names of read_boxes rows that name none of the photos (boxes_of's rule the other way round)."""
-    named = {str(p) for p in paths} | {Path(p).name for p in paths}
-    return [name for name in known_boxes if name not in named]
+    """The rows assign_boxes gave the photo at path."""
+    return known_boxes.get(str(path), [])
 
 
 def given_boxes(known_boxes, path, image, warnings):
-    """The boxes (read_boxes) of one image (boxes_of), clipped to it; a box with nothing inside the image is
-    skipped, with a warning naming its row appended to warnings."""
+    """The boxes (assign_boxes) of one image (boxes_of), clipped to it; a box with nothing inside the image, or too
+    small or narrow to be a face (dataset.why_not_a_face), is skipped, with a warning naming its row appended to
+    warnings."""
     detections = []
     for *box, row in boxes_of(known_boxes, path):
         clipped = clip_box(box, image.width, image.height)
+        shown = ",".join(f"{v:g}" for v in box)
         if clipped is None:
-            warnings.append(f"{row}: box {','.join(f'{v:g}' for v in box)} has nothing inside {path} "
-                            f"({image.width}x{image.height}); skipped")
+            warnings.append(f"{row}: box {shown} has nothing inside {path} ({image.width}x{image.height}); skipped")
+            continue
+        problem = why_not_a_face(*clipped[2:])
+        if problem:
+            warnings.append(f"{row}: box {shown} of {path} cannot be a face ({problem} inside the image); skipped")
             continue
         detections.append(Detection(clipped))
     return detections

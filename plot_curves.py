@@ -33,7 +33,8 @@ def main(argv=None):
         return 2
     out = Path(args.out) if args.out else log.with_suffix(".png")
     plot_curves(curves, out, title=log.name)
-    print(f"wrote {out} ({len(curves['train_loss'])} epochs)")
+    epochs = len(curves["train_loss"])
+    print(f"wrote {out} ({epochs} epoch{'' if epochs == 1 else 's'})")
     return 0
 
 

@@ -26,7 +26,16 @@ from tqdm import tqdm
 from cli import angle_list, fraction_or_zero, non_negative_int, output_folder, positive_int, share
 from errors import UserError, exit_code, not_a_file
 from faces import YUNET_MODEL, annotate, heatmap_overlay
-from photos import DEFAULT_MODEL, Results, find_images, names_of_no_photo, output_names, read_boxes
+from photos import (
+    DEFAULT_MODEL,
+    Results,
+    annotated_name,
+    assign_boxes,
+    find_images,
+    gradcam_name,
+    output_names,
+    read_boxes,
+)
 from recognizer import DEFAULT_THREADS, Recognizer
 
 PHOTOS_PER_BATCH = 8  # photos whose faces go through the network together
@@ -101,9 +110,13 @@ def run(args):
     if args.video:
         return predict_video(args, recognizer, out_dir)
 
-    files, skipped = find_images(args.inputs)
-    warn_of(skipped, f"skipped {len(skipped)} file(s) of the folders that are not images by their suffix")
-    warn_of(names_of_no_photo(boxes, files) if boxes else [], "--boxes rows name file(s) not among the inputs")
+    files, skipped, outputs = find_images(args.inputs, out_dir)
+    warn_of(skipped, f"skipped {len(skipped)} file(s) of the folders that are not images")
+    warn_of(outputs, f"left out {len(outputs)} file(s) that predict.py wrote, which are never inputs")
+    if boxes is not None:
+        boxes, box_warnings = assign_boxes(boxes, files)
+        for warning in box_warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     classes = recognizer.classes
     results, written = Results(classes), defaultdict(int)
     named = list(zip(files, output_names(files)))
@@ -136,10 +149,10 @@ def report_photo(args, path, name, photo, classes, results, written, out_dir):
               f"{row['confidence']:.2f}")
         if args.explain:
             overlay = heatmap_overlay(face.crop, face.heatmap).resize((192, 192), Image.BILINEAR)
-            overlay.save(out_dir / f"{name}_face{i}_gradcam.png")
+            overlay.save(out_dir / gradcam_name(name, i))
             written["Grad-CAM map"] += 1
     if not args.no_detect and photo.faces:
-        annotate(photo.image, photo.faces, classes).save(out_dir / f"{name}_annotated.jpg", quality=92)
+        annotate(photo.image, photo.faces, classes).save(out_dir / annotated_name(name), quality=92)
         written["annotated image"] += 1
 
 

@@ -5,12 +5,16 @@ Matplotlib draws to files only (the Agg backend), so nothing here needs a displa
 """
 import json
 import re
+import warnings
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fonts import text_properties  # noqa: E402
 
 LINE = re.compile(r"^(Train|Validation) Loss:\s*([-\d.eE+naif]+),\s*\1 Accuracy:\s*([\d.]+)%")
 
@@ -37,7 +41,11 @@ def plot_curves(curves, out_path, title=""):
         ax_acc.plot(range(1, len(curves[f"{key}_acc"]) + 1), curves[f"{key}_acc"], marker=".", label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    epochs = max(len(v) for v in curves.values())
     for ax in (ax_loss, ax_acc):
+        # Whole epochs only, half an epoch of margin: one epoch drew an axis from 0.96 to 1.04.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, max(epochs, 1) + 0.5)
         ax.grid(alpha=0.3)
         ax.legend()
     _save(fig, out_path, title)
@@ -45,9 +53,12 @@ def plot_curves(curves, out_path, title=""):
 
 def _save(fig, out_path, title=""):
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
+        fig.suptitle(title, **text_properties(title))
+    with warnings.catch_warnings():
+        # A glyph no installed font has: fonts.font_for has said so once, where matplotlib would say it per glyph.
+        warnings.filterwarnings("ignore", "Glyph .* missing from font")
+        fig.tight_layout()
+        fig.savefig(out_path, dpi=120)
     plt.close(fig)
 
 
@@ -59,9 +70,12 @@ def plot_confusion_matrix(cm, classes, out_path, title=""):
     for i, row in enumerate(cm):
         for j, v in enumerate(row):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
+    # Class names (and a title naming the data) may be in any script: drawn in a font that has their glyphs.
+    font = text_properties(*classes)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", **font)
+    ax.set_yticks(range(len(classes)), classes, **font)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title or "Confusion matrix", **text_properties(title))
     _save(fig, out_path)
 
 
@@ -88,6 +102,12 @@ def plot_reliability(calibration, out_path, title=""):
         ax.legend(loc="upper left")
     axes[0].set_ylabel("accuracy")
     _save(fig, out_path, title)
+
+
+def clean_name(text):
+    """text made fit to be part of a file name: each run of spaces and characters other than letters, digits, '.',
+    '-' and '_' becomes one '_' ("my data" -> "my_data"), without a leading or trailing '.' or '_'."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("._") or "data"
 
 
 def save_report(report, out_dir, stem, title=""):

@@ -13,20 +13,24 @@ import sys
 from pathlib import Path
 
 import engine
-from calibration import calibrate, summary
+from calibration import bound_note, calibrate, summary
 from cli import (
+    TTA_HELP,
+    TTA_SCALES_HELP,
     add_runtime_args,
     class_map,
     logit_adjust_tau,
     output_folder,
     positive_int,
     scale_list,
+    single_view,
 )
 from dataset import DataError, available_splits, held_out_of_train, load_split, recorded_splits, recorded_validation
 from errors import UserError, exit_code
 from inference import ModelClassifier, load_classifier
 from metrics import format_report
-from reports import save_report
+from reports import clean_name, save_report
+from runs import report_folder
 
 
 def get_args_parser():
@@ -45,10 +49,8 @@ def get_args_parser():
                    help="split to score (default: test for --data, else the split training scored); val on data "
                    "without a val folder is the part of train that training held out")
     g = p.add_argument_group("evaluation", "how logits become decisions (default: as training scored)")
-    g.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                   help="average the logits of each image and its mirror")
-    g.add_argument("--tta-scales", type=scale_list, metavar="S1,S2",
-                   help="also average the logits of each image zoomed by these factors, or none")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, help=TTA_HELP)
+    g.add_argument("--tta-scales", type=scale_list, metavar="S1,S2", help=TTA_SCALES_HELP)
     g.add_argument("--logit-adjust", type=logit_adjust_tau, metavar="TAU",
                    help="subtract TAU x log(training class frequency) from the logits; 0 is the plain argmax")
     g.add_argument("--calibrate", action="store_true",
@@ -58,14 +60,17 @@ def get_args_parser():
     g = p.add_argument_group("runtime")
     add_runtime_args(g, amp="off")
     g.add_argument("--batch-size", type=positive_int, default=256)
-    g.add_argument("--out-dir", type=output_folder, default="logs",
-                   help="where the JSON report and confusion-matrix PNG go")
+    g.add_argument("--out-dir", type=output_folder,
+                   help="where the JSON report and confusion-matrix PNG go (default: the log folder of the "
+                   "checkpoint's run, or the checkpoint's own folder when it is not where its run wrote it)")
     return p
 
 
 def main(argv=None):
     """The command line: -> exit code (2, with a one-line message, for bad input)."""
-    return exit_code("test.py", run, get_args_parser().parse_args(argv))
+    args = get_args_parser().parse_args(argv)
+    single_view(args, args.tta_scales is not None)
+    return exit_code("test.py", run, args)
 
 
 def run(args):
@@ -74,6 +79,11 @@ def run(args):
                                  tta_flip=args.tta, tta_scales=args.tta_scales, logit_adjust=args.logit_adjust)
     members = getattr(classifier, "members", [classifier])
     first, record = members[0].source, members[0].record or {}
+    out_dir = Path(args.out_dir) if args.out_dir else report_folder(first, record)
+    try:  # before any work, so that no report is lost after it
+        output_folder(str(out_dir))
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"the report on {first} would go to {out_dir}, but {e}; pass --out-dir") from None
     if args.calibrate:
         classifier = calibrate_checkpoint(classifier, args)
     trained = record.get("args", {})
@@ -108,6 +118,9 @@ def run(args):
                           class_map=args.class_map)
     for warning in data.warnings():
         print(f"warning: {warning}", file=sys.stderr)
+    loud = data.coverage_warning()
+    if loud:
+        print(f"WARNING: {loud}", file=sys.stderr)
 
     for member in members:
         about = member.record or {}
@@ -118,8 +131,9 @@ def run(args):
     print(f"Test Loss: {loss:.4f}")
     print(format_report(report))
     names = ", ".join(Path(m.source).name for m in members)
-    written = save_report(report, args.out_dir, f"test_{Path(str(root)).name}_{split}",
-                          title=f"{names} on {Path(str(root)).name}/{split}")
+    data_name = Path(str(root)).resolve().stem if Path(str(root)).is_file() else Path(str(root)).resolve().name
+    written = save_report(report, out_dir, f"test_{clean_name(data_name)}_{split}",
+                          title=f"{names} on {data_name}/{split}")
     print(f"wrote {', '.join(map(str, written))}")
     return 0
 
@@ -142,6 +156,8 @@ def calibrate_checkpoint(classifier, args):
                                  trained.get("label_mode") or "majority")
     classifier, figures = calibrate(classifier, val, train, classifier.source)
     print(f"{classifier.source}: {summary(figures)} of {root}; stored in the checkpoint")
+    if bound_note(figures):
+        print(f"warning: {bound_note(figures)}", file=sys.stderr)
     return classifier
 
 

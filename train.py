@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 import engine
-from calibration import calibrate, summary
+from calibration import bound_note, calibrate, summary
 from checkpoint import (
     CheckpointError,
     Scoring,
@@ -36,6 +36,8 @@ from checkpoint import (
 )
 from cli import (
     AFFINE_DEFAULT,
+    TTA_HELP,
+    TTA_SCALES_HELP,
     add_runtime_args,
     affine_ranges,
     augmentation_list,
@@ -53,6 +55,7 @@ from cli import (
     scale_list,
     seed,
     share,
+    single_view,
     width_list,
 )
 from dataset import (
@@ -61,6 +64,7 @@ from dataset import (
     MIXES,
     augment_batch,
     available_splits,
+    class_key,
     layout,
     load_split,
     mix_batch,
@@ -79,10 +83,12 @@ from model import (
     ARCHS,
     VGG_WIDTHS,
     build_model,
+    check_input_size,
     count_parameters,
     default_in_channels,
 )
 from reports import save_report
+from runs import set_aside_earlier_run
 
 DEMO_ROOT = Path("data/demo")
 
@@ -151,17 +157,25 @@ def get_args_parser():
                    help=f"vgg: channels per stage (default: {','.join(map(str, VGG_WIDTHS))})")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, default=28)
-    g.add_argument("--batch-size", type=positive_int, default=64)
-    g.add_argument("--opt", choices=["sgd", "adamw"], default="sgd")
-    g.add_argument("--lr", type=positive_float, default=0.05)
-    g.add_argument("--momentum", type=non_negative_float, default=0.9)
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    g.add_argument("--epochs", type=positive_int, default=28,
+                   help="passes over the training split at most (--patience may stop earlier); the learning-rate "
+                   "schedule spans them")
+    g.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per training step (over all processes under torchrun: each takes its share)")
+    g.add_argument("--opt", choices=["sgd", "adamw"], default="sgd", help="the optimizer")
+    g.add_argument("--lr", type=positive_float, default=0.05,
+                   help="peak learning rate, reached after --warmup-epochs and decayed by --sched")
+    g.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD's momentum (0: plain SGD)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                   help="SGD's Nesterov momentum")
+    g.add_argument("--weight-decay", type=non_negative_float, default=5e-4,
+                   help="L2 penalty on conv and linear weights (not on BatchNorm or biases)")
     g.add_argument("--sched", choices=["cosine", "none"], default="cosine",
                    help="per-step cosine decay to 0 over --epochs after a linear warm-up, or constant")
-    g.add_argument("--warmup-epochs", type=non_negative_int, default=2)
-    g.add_argument("--label-smoothing", type=fraction_or_zero, default=0.1)
+    g.add_argument("--warmup-epochs", type=non_negative_int, default=2,
+                   help="epochs of linear learning-rate warm-up from 0 to --lr")
+    g.add_argument("--label-smoothing", type=fraction_or_zero, default=0.1,
+                   help="share of each target spread evenly over all classes, in [0, 1)")
     g.add_argument("--patience", type=positive_int, default=10,
                    help="stop after this many epochs without a better --monitor value")
     g.add_argument("--monitor", choices=MONITORS, default="val_macro_f1",
@@ -177,12 +191,9 @@ def get_args_parser():
 
     g = p.add_argument_group("evaluation", "how the test split (and predict.py's faces) are scored; validation "
                              "stays single-view without logit adjustment, so epochs are chosen as without them")
-    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                   help="score each image and its mirror, logits averaged")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help=TTA_HELP)
     # Zoomed views beat the mirror alone on validation on fer5 and FER2013 (docs/report.md, sections 7 and 9).
-    g.add_argument("--tta-scales", type=scale_list, default=(0.9, 1.1), metavar="S1,S2",
-                   help="also score each image zoomed about the centre by each factor (above 1 zooms in; each "
-                   "view mirrored too under --tta), logits averaged; none: the image alone")
+    g.add_argument("--tta-scales", type=scale_list, default=(0.9, 1.1), metavar="S1,S2", help=TTA_SCALES_HELP)
     g.add_argument("--logit-adjust", type=logit_adjust_tau, metavar="TAU",
                    help="decide on logits minus TAU x log(training class frequency): 1 makes an imbalanced "
                    "training set decide as if classes were equally common, as a class-balanced test and "
@@ -198,7 +209,10 @@ def get_args_parser():
                    help="continue the run CKPT (default: OUTPUT_DIR/last.pth) holds, with its own flags: flags "
                    "not given are the checkpoint's, and only --epochs, --patience, --data and the runtime flags "
                    "may differ. A larger --epochs extends the run: the remaining epochs follow the learning-rate "
-                   "schedule of a run that long. best.pth is carried over into OUTPUT_DIR")
+                   "schedule of a run that long. best.pth is carried over into OUTPUT_DIR, the logs appended to")
+    g.add_argument("--overwrite", action="store_true",
+                   help="a new run deletes an earlier run's checkpoints, logs and reports in OUTPUT_DIR and LOG_DIR; "
+                   "without it they are moved to a sub-folder run-N of each (said when it happens)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
     # Measured and not better on validation (docs/report.md, section 7): kept to reproduce the ablation table.
@@ -248,12 +262,23 @@ def parse_args(argv=None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [RECIPE_ALIASES.get(a, a) if i and argv[i - 1] == "--recipe" else a for i, a in enumerate(argv)]
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    given = flags_given(make_parser, argv)
     args.arch = renamed("--arch", args.arch, ARCH_ALIASES, warnings)
     if args.logit_adjust is None:
         balanced_already = args.class_weights == "balanced" or args.sampler == "balanced"
         args.logit_adjust = 0.0 if balanced_already else 1.0
-    return args, flags_given(make_parser, argv), warnings
+    single_view(args, "tta_scales" in given)
+    # Checked here, not at the first step of training: an input the network pools away ended in a traceback there.
+    shape = {"widths": args.widths or VGG_WIDTHS, "head": args.head or "gap"} if args.arch == "vgg" else {}
+    try:
+        check_input_size(args.arch, args.input_size, **shape)
+    except ValueError as e:
+        parser.error(f"argument --input-size: {e}")
+    if args.resume and args.overwrite:
+        parser.error("--overwrite starts a new run in place of an earlier one; --resume continues a run")
+    return args, given, warnings
 
 
 def renamed(flag, value, aliases, warnings):
@@ -815,7 +840,7 @@ def train_process(args, given, warnings, rank, world, local_rank):
     if state is None:
         apply_data_defaults(args, given, run.root)
     args.label_mode = resolve_label_mode(args, run.root)
-    if state is not None and [c.lower() for c in state["scoring"]["classes"]] != [c.lower() for c in run.classes]:
+    if state is not None and [*map(class_key, state["scoring"]["classes"])] != [*map(class_key, run.classes)]:
         raise CheckpointError(f"{resume_path} was trained on classes {', '.join(state['scoring']['classes'])}, "
                               f"not {', '.join(run.classes)}")
     # The model is built before any data is decoded, so a bad architecture flag fails at once.
@@ -836,9 +861,15 @@ def train_process(args, given, warnings, rank, world, local_rank):
     for s in (data.full_train, data.val, *([test_split] if test_split is not None else [])):
         for warning in s.warnings():
             run.say(f"warning: {warning}", file=sys.stderr)
-    check_splits(data, test_split, args)
+    for warning in check_splits(data, test_split, args):
+        run.say(f"warning: {warning}", file=sys.stderr)
     run.say(describe(data.train))
     run.say(describe(data.val))
+    if state is None and run.is_main:
+        # Before the run's first file is written and after everything that could refuse it.
+        moved = set_aside_earlier_run([out_dir, log_dir], args.overwrite)
+        if moved:
+            run.say(f"note: {moved}")
     leaks = report_leakage(data.full_train, test_split, Path(args.log_dir), run)
     trainer = build_trainer(model, args, run, data)
     scoring = Scoring(tuple(run.classes), run.input, args.tta, tuple(args.tta_scales), args.logit_adjust,
@@ -968,7 +999,8 @@ def load_test_split(args, run):
 
 def check_splits(data, test_split, args):
     """UserError for splits training cannot use: no validation image, or a class with no training image left
-    (after --train-fraction); the classes missing from validation or test are warned about by their notes."""
+    (after --train-fraction) -> warnings: classes with no validation image (too few images to be in both; the
+    classes missing from a val/ folder or the test split are warned about by their notes)."""
     if len(data.val) == 0:
         few = [c for c, n in zip(data.full_train.classes, data.full_train.class_counts()) if n < 2]
         raise UserError(f"validation holds no images: a held-out share of train needs two or more images of a "
@@ -977,6 +1009,12 @@ def check_splits(data, test_split, args):
     if empty:
         raise UserError(f"no training image of class(es) {', '.join(empty)} is left after the validation split "
                         f"and --train-fraction {args.train_fraction:g}; add images or leave them out of --classes")
+    counts = dict(zip(data.full_train.classes, data.full_train.class_counts()))
+    unseen = [c for c, n in zip(data.val.classes, data.val.class_counts()) if n == 0]
+    return [f"validation holds no image of {', '.join(f'{c} ({counts[c]} training image(s))' for c in unseen)}: "
+            "a class needs 2 or more images to be in both training and validation; validation's figures (balanced "
+            "accuracy, Macro-F1), which pick best.pth and stop early, leave it out and swing as it is predicted or "
+            "not; add images of it"] if unseen else []
 
 
 def report_leakage(full_train, test_split, log_dir, run):
@@ -1019,6 +1057,9 @@ def test(best_path, data, test_split, leaks, args, run, log):
     # Every process fits on all of validation, so all agree on the temperature; rank 0 stores it.
     classifier, figures = calibrate(classifier, data.val, data.train, best_path if run.is_main else None)
     log.line(f"Calibration: {summary(figures)}")
+    if bound_note(figures):
+        log.line(f"warning: {bound_note(figures)}", echo=False)
+        run.say(f"warning: {bound_note(figures)}", file=sys.stderr)
     if test_split is None:
         run.say(f"no {args.test_split} split in {run.root}; score another dataset with: "
                 f"python test.py --ckpt {best_path} --data DIR")

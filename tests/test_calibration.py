@@ -109,3 +109,20 @@ def test_the_temperature_travels_with_exports_and_into_probabilities(overconfide
         exported = load_classifier(out)
         assert exported.temperature == temperature
         assert np.abs(exported.probabilities(crops) - probabilities).max() < 1e-4
+
+
+def test_a_temperature_at_its_bound_is_said_with_what_it_means():
+    from calibration import TEMPERATURE_BOUNDS, bound_note, summary
+
+    # Logits that say nothing about the labels (a model after one epoch deciding every face alike): the fit runs to
+    # the upper bound, which was printed as "temperature 20.000" and nothing more.
+    logits, _ = sampled(1.0)
+    labels = torch.arange(len(logits)) % logits.shape[1]
+    t = fit_temperature(logits, labels)
+    assert t == TEMPERATURE_BOUNDS[1]
+    figures = {"temperature": t, "images": 10, "before": {"nll": 2, "ece": 0.1},
+               "after": {"nll": 1.6, "ece": 0.01, "ece_chance": 0.02}}
+    assert "upper bound, 20: on validation the model's logits say next to nothing" in bound_note(figures)
+    assert "(a bound: see the warning)" in summary(figures)
+    assert bound_note({**figures, "temperature": 1.3}) is None
+    assert "lower bound, 0.05" in bound_note({**figures, "temperature": TEMPERATURE_BOUNDS[0]})

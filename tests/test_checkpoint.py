@@ -225,7 +225,7 @@ def test_a_checkpoint_with_a_bad_field_is_refused_when_read_naming_the_file_and_
 
 
 @pytest.mark.parametrize("keys, value, message", [
-    (("scoring", "input", "size"), 0, "input_size 0 is too small for 4 stages"),
+    (("scoring", "input", "size"), 0, "input size 0 is too small for vgg"),
     (("arch_args", "depth"), 50, "unexpected keyword argument 'depth'"),
     (("arch",), "resnet", "unknown arch 'resnet'")])
 def test_a_model_that_cannot_be_built_from_its_checkpoint_is_refused_naming_the_file(keys, value, message):

@@ -54,8 +54,8 @@ def test_class_folders_differing_only_in_case_within_train_are_one_class(tmp_pat
         write_image(root / "train" / "angry" / f"more{i}.png", value=10 + i)
     classes, notes = resolve_classes(root)
     assert classes == ["Angry", "Happy"]
-    assert notes == [f"class folders 'Angry' and 'angry' in {root / 'train'} differ only in case or spaces: one "
-                     "class, Angry"]
+    assert notes == [f"class folders 'Angry' and 'angry' in {root / 'train'} differ only in case, spaces or "
+                     "Unicode form: one class, Angry"]
     assert load_split(root, "train", classes).class_counts() == [5, 2]
     assert load_split(root, "test", classes).class_counts() == [2, 1]
     assert resolve_classes(root, ["Happy", "angry"])[1] == notes
@@ -131,8 +131,10 @@ def test_unreadable_files_are_skipped_counted_and_named(tmp_path):
     (root / "train" / "Happy" / "truncated.jpg").write_bytes(jpeg.read_bytes()[:300])
     split = load_split(root, "train", ["Angry", "Happy"])
     assert len(split) == 5 and str(good) in split.sources
-    assert sorted(p.split("/")[-1] for p, _ in split.skipped) == ["notes.txt", "truncated.jpg"]
-    assert "skipped 2 unreadable" in split.warnings()[0]
+    assert [p.split("/")[-1] for p, _ in split.skipped] == ["truncated.jpg"]
+    assert "skipped 1 unreadable" in split.warnings()[0]
+    # A file that is not an image (by its suffix and its content) is named as such, not as a damaged image.
+    assert any("left out 1 file(s) that are not images: " in w and w.endswith("notes.txt") for w in split.warnings())
 
 
 def test_missing_and_empty_data_give_clear_errors(tmp_path):
@@ -337,3 +339,105 @@ def test_flip_alone_mirrors_exactly():
     flipped = [torch.allclose(o, m, atol=1e-5) for o, m in zip(out, mirrored)]
     kept = [torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x)]
     assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+
+
+def test_folders_reached_by_links_are_read_once_each_and_loops_end(tmp_path):
+    # A linked sub-folder inside a class folder gave nothing, while a linked class folder was read.
+    root = make_tree(tmp_path / "d", {"train": {"Angry": 2, "Happy": 2}})
+    elsewhere = make_tree(tmp_path / "elsewhere", {"x": {"happy_faces": 3}}) / "x" / "happy_faces"
+    happy = root / "train" / "Happy"
+    (happy / "more").symlink_to(elsewhere, target_is_directory=True)
+    (happy / "again").symlink_to(elsewhere, target_is_directory=True)  # the same folder twice
+    (happy / "loop").symlink_to(happy, target_is_directory=True)  # a link to its own folder
+    (happy / "copy.png").symlink_to(happy / "0.png")  # a file by a second path
+    split = load_split(root, "train", ["Angry", "Happy"])
+    assert split.class_counts() == [2, 5] and split.warnings() == []
+    assert sorted(Path(s).name for s in split.sources if "Happy" in s) == ["0.png", "0.png", "1.png", "1.png", "2.png"]
+
+
+def test_class_names_in_either_unicode_form_are_one_class(tmp_path):
+    import unicodedata
+
+    nfd, nfc = (unicodedata.normalize(form, "Ünïcode") for form in ("NFD", "NFC"))
+    assert nfd != nfc
+    root = make_tree(tmp_path, {"train": {nfd: 2, "Happy": 2}, "test": {nfc: 3, "Happy": 1}})
+    classes, notes = resolve_classes(root)
+    assert classes == ["Happy", nfc] and notes == []
+    test = load_split(root, "test", classes)
+    assert test.class_counts() == [1, 3] and test.warnings() == []
+    assert resolve_classes(root, [nfd, "happy"])[0] == [nfc, "happy"]
+
+
+def test_images_that_cannot_be_faces_are_skipped_counted_and_named(tmp_path):
+    from dataset import why_not_a_face
+
+    assert why_not_a_face(8, 8) is None and why_not_a_face(32, 8) is None
+    assert why_not_a_face(7, 40) == "7x40 pixels, under 8 on a side"
+    assert why_not_a_face(33, 8) == "33x8 pixels, 4.1:1, beyond 4:1"
+    root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}})
+    write_image(root / "train" / "Happy" / "dot.png", size=(1, 1))
+    write_image(root / "train" / "Happy" / "line.png", size=(10000, 3))
+    write_image(root / "train" / "Happy" / "strip.png", size=(400, 20))
+    split = load_split(root, "train", ["Angry", "Happy"])
+    assert split.class_counts() == [2, 2]
+    (warning,) = split.warnings()
+    assert "skipped 3 image(s) that cannot be faces" in warning
+    assert "dot.png (1x1 pixels, under 8 on a side)" in warning and "line.png (10000x3 pixels, under 8" in warning
+    assert "strip.png (400x20 pixels, 20:1, beyond 4:1)" in warning
+
+
+def test_a_file_of_several_frames_is_read_by_its_first_and_named(tmp_path):
+    from dataset import frames_note, read_image
+
+    root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}})
+    frames = [Image.new("L", (48, 48), v) for v in (10, 200, 90)]
+    gif = root / "train" / "Happy" / "moving.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    assert read_image(gif).info["frames"] == 3 and frames_note(read_image(gif)) == "3 frames, only the first is read"
+    assert frames_note(read_image(root / "train" / "Happy" / "0.png")) is None
+    split = load_split(root, "train", ["Angry", "Happy"])
+    assert split.class_counts() == [2, 3]
+    assert split.warnings() == [f"train: 1 file(s) hold several frames (animations, multi-page TIFFs); only the first "
+                                f"frame of each is read: {gif} (3 frames)"]
+
+
+def test_a_file_is_an_image_by_its_suffix_or_its_content(tmp_path):
+    from dataset import is_image
+
+    root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}})
+    Image.new("L", (48, 48), 7).save(root / "train" / "Happy" / "photo.heic", format="JPEG")  # a JPEG misnamed
+    Image.new("L", (48, 48), 9).save(root / "train" / "Happy" / "nosuffix", format="PNG")
+    (root / "train" / "Happy" / "real.heic").write_bytes(b"\0\0\0\x18ftypheic")  # HEIC, which PIL does not read
+    assert is_image(root / "train" / "Happy" / "photo.heic") and is_image(root / "train" / "Happy" / "nosuffix")
+    assert not is_image(root / "train" / "Happy" / "real.heic")
+    split = load_split(root, "train", ["Angry", "Happy"])
+    assert split.class_counts() == [2, 4] and split.skipped == []
+    assert split.warnings() == [f"train: left out 1 file(s) that are not images: {root / 'train/Happy/real.heic'}"]
+
+
+def test_known_names_of_the_same_emotions_are_read_as_the_models_classes(tmp_path):
+    root = make_tree(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"Angry": 2, "Happy": 3, "Fear": 1, "Joy": 1}})
+    classes = ["anger", "happiness", "fear", "contempt"]
+    test = load_split(root, "test", classes, allow_missing=True)
+    assert test.class_counts() == [2, 3, 1, 0] and test.ignored == ["Joy"] and test.coverage_warning() is None
+    assert f"test: read {root / 'test'}'s folders Angry as anger, Happy as happiness: names of the same emotions " \
+           "(--class-map DATA=MODEL,... reads others)" in test.warnings()
+    # A folder that is a class by its own name is not taken by its synonym too; --class-map wins over synonyms.
+    (root / "test" / "anger").mkdir()
+    write_image(root / "test" / "anger" / "x.png")
+    assert load_split(root, "test", classes, allow_missing=True).class_counts() == [1, 3, 1, 0]
+    mapped = load_split(root, "test", classes, allow_missing=True, class_map={"Joy": "happiness"})
+    assert mapped.class_counts() == [1, 1, 1, 0]
+    # Most of the data read as no class is said loudly, naming --class-map.
+    few = load_split(root, "test", ["fear", "neutral"], allow_missing=True)
+    assert "ONLY 1 OF 8 test images are scored" in few.coverage_warning() and "--class-map" in few.coverage_warning()
+
+
+def test_a_fer2013_csv_is_read_under_fer_plus_names(tmp_path):
+    px = " ".join(["100"] * 2304)
+    path = write_fer_csv(tmp_path / "fer2013.csv", [[0, px, "PrivateTest"], [3, px, "PrivateTest"],
+                                                    [1, px, "PrivateTest"]])
+    # FER+'s model on FER2013's CSV: a KeyError traceback for 'happiness'; contempt has no FER2013 row.
+    test = load_split(path, "test", ["neutral", "happiness", "anger", "contempt"], allow_missing=True)
+    assert test.class_counts() == [0, 1, 1, 0] and test.unscored == {"Disgust": 1}
+    assert any("Angry as anger, Happy as happiness" in w for w in test.warnings())

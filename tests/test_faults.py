@@ -208,3 +208,57 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(scripts
         assert exit_info.value.code == 2
         assert f"argument {flag}: {path} {why}" in capsys.readouterr().err
     assert scripts[script].get_args_parser().parse_args([*first, flag, str(tmp_path / "new" / "deeper")])
+
+
+def test_a_second_run_sets_the_first_aside_and_test_finds_the_latest(tiny_data, tmp_path, scripts, capsys):
+    # Run twice into the same folders, the second run replaced the first's checkpoints and logs without a word.
+    def run(*extra):
+        return scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--epochs", "1", *extra))
+
+    assert run("--seed", "1") == 0
+    first = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"checkpoints/best.pth", "checkpoints/last.pth", "logs/training_log.txt", "logs/training_log.jsonl",
+            "logs/test_report.json"} <= {str(p) for p in first}
+    capsys.readouterr()
+    assert run("--seed", "5") == 0
+    out = capsys.readouterr().out
+    assert (f"note: {tmp_path / 'checkpoints'} and {tmp_path / 'logs'} held an earlier run's {len(first)} file(s): "
+            f"moved to {tmp_path / 'checkpoints' / 'run-1'} and {tmp_path / 'logs' / 'run-1'}") in out
+    for path, data in first.items():
+        assert (tmp_path / path.parent / "run-1" / path.name).read_bytes() == data, path  # all of it, unchanged
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pth")["args"]["seed"] == 5
+    assert load_checkpoint(tmp_path / "checkpoints" / "run-1" / "best.pth")["args"]["seed"] == 1
+    assert "note: " in (tmp_path / "logs" / "training_log.txt").read_text().split("Epoch [1/1]")[0]
+
+    # test.py finds the run just trained, and writes its report beside that run's logs under a clean name; a run set
+    # aside is reported on beside its checkpoint.
+    other = tmp_path / "my data"
+    shutil.copytree(tiny_data / "test", other / "test")
+    assert scripts["test"].main(["--ckpt", str(tmp_path / "checkpoints" / "best.pth"), "--data", str(other)]) == 0
+    assert (tmp_path / "logs" / "test_my_data_test.json").is_file()
+    assert scripts["test"].main(["--ckpt", str(tmp_path / "checkpoints" / "run-1" / "best.pth"), "--data",
+                                 str(other)]) == 0
+    assert (tmp_path / "checkpoints" / "run-1" / "test_my_data_test.json").is_file()
+
+    # A third run sets the second aside as run-2 (its test.py report with it); --overwrite replaces instead.
+    assert run("--seed", "6") == 0
+    assert (tmp_path / "logs" / "run-2" / "test_my_data_test.json").is_file()
+    assert run("--seed", "7", "--overwrite") == 0
+    assert "--overwrite: deleted the earlier run's" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pth", "last.pth", "run-1", "run-2"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pth")["args"]["seed"] == 7
+    with pytest.raises(SystemExit):
+        scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--resume", "--overwrite"))
+    assert "--resume continues a run" in capsys.readouterr().err
+
+
+def test_a_class_too_small_for_validation_is_warned_about_before_the_first_epoch(tmp_path, scripts, capsys):
+    from synthetic import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "d", train_counts={"Angry": 6, "Happy": 6, "Sad": 1}, test_count=0, size=48)
+    shutil.rmtree(data / "test")
+    assert scripts["train"].main(fast_train_args(data, tmp_path, "--epochs", "1")) == 0
+    printed = capsys.readouterr()
+    assert "warning: validation holds no image of Sad (1 training image(s)): a class needs 2 or more" in printed.err
+    log = (tmp_path / "logs" / "training_log.txt").read_text()
+    assert log.index("validation holds no image of Sad") < log.index("Epoch [1/1]")

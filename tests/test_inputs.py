@@ -131,7 +131,7 @@ def test_each_file_is_classified_once_and_clashing_output_names_get_numbers(pred
         assert predict.main([*given, "--no-detect", "--explain", "--ckpt", str(model), "--out-dir", str(out)]) == 0
     printed = capsys.readouterr()
     assert "2 face(s) in 2 image(s)" in printed.out
-    assert "skipped 1 file(s) of the folders that are not images by their suffix: " in printed.err
+    assert "skipped 1 file(s) of the folders that are not images: " in printed.err
     assert printed.err.rstrip().endswith("notes.txt")
     assert sorted(p.name for p in out.glob("*_gradcam.png")) == ["a_b_face.jpg_2_face0_gradcam.png",
                                                                  "a_b_face.jpg_face0_gradcam.png"]
@@ -184,3 +184,87 @@ def test_every_input_gets_its_own_outputs_and_the_summary_says_what_was_written(
     summary = capsys.readouterr().out.splitlines()[-1]
     assert "annotated" not in summary and "predictions.csv" in summary
     assert not list((tmp_path / "crops").glob("*_annotated.jpg"))
+
+
+def face_photo(path, seed=1):
+    photo = Image.new("L", (320, 240), 90)
+    photo.paste(draw_face("Sad", np.random.default_rng(seed), 128), (100, 60))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    photo.save(path)
+    return path
+
+
+def test_what_predict_wrote_is_never_read_as_an_input(predict, model, tmp_path, capsys):
+    # predict.py d --out-dir d, run twice, classified d/p_annotated.jpg the second time.
+    folder = tmp_path / "d"
+    face_photo(folder / "p.png")
+    for _ in range(2):
+        assert predict.main([str(folder), "--explain", "--ckpt", str(model), "--out-dir", str(folder)]) == 0
+        assert {r["file"] for r in rows_of(folder / "predictions.csv")} == {str(folder / "p.png")}
+    assert (folder / "p_annotated.jpg").is_file() and (folder / "p_face0_gradcam.png").is_file()
+    err = capsys.readouterr().err
+    assert "left out 4 file(s) that predict.py wrote, which are never inputs" in err
+    assert "not images" not in err  # predictions.csv and .json are outputs, not stray files
+    # An earlier run's outputs in a folder of the inputs (beside its predictions.csv) are left out too.
+    assert predict.main([str(tmp_path), "--ckpt", str(model), "--out-dir", str(tmp_path / "other")]) == 0
+    assert {r["file"] for r in rows_of(tmp_path / "other" / "predictions.csv")} == {str(folder / "p.png")}
+    assert predict.main([str(folder / "p_annotated.jpg"), "--ckpt", str(model)]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_a_boxes_row_naming_several_inputs_by_name_is_left_out_and_a_repeated_row_used_once(predict, model, tmp_path,
+                                                                                            capsys):
+    for name in ("a/face.png", "b/face.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (256, 256), 120).save(tmp_path / name)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("file,x,y,w,h\nface.png,163,177,45,57\nb/face.png,20,20,60,60\nb/face.png,20,20,60,60\n"
+                     "b/face.png,100,100,3,3\n")
+    inputs = [str(tmp_path / "a" / "face.png"), str(tmp_path / "b" / "face.png")]
+    assert predict.main([*inputs, "--boxes", str(boxes), "--ckpt", str(model), "--out-dir", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert f"{boxes}:2: face.png names 2 inputs ({inputs[0]}, {inputs[1]}); its 1 row(s) left out" in err
+    assert f"{boxes}:4: repeats the box of {boxes}:3 for {inputs[1]}; used once" in err
+    assert f"{boxes}:5: box 100,100,3,3 of {inputs[1]} cannot be a face (3x3 pixels, under 8 on a side" in err
+    rows = rows_of(tmp_path / "o" / "predictions.csv")
+    assert [(r["file"], r["face"], r["status"], r["x"]) for r in rows] == [
+        (inputs[0], "", "no --boxes row names it", ""), (inputs[1], "0", "ok", "20")]
+
+
+def test_pictures_that_cannot_be_faces_are_not_classified_as_face_crops(predict, model, tmp_path, capsys):
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    Image.new("L", (1, 1), 90).save(folder / "dot.png")
+    Image.new("L", (10000, 3), 90).save(folder / "line.png")
+    draw_face("Happy", np.random.default_rng(0), 48).save(folder / "face.png")
+    assert predict.main([str(folder), "--no-detect", "--ckpt", str(model), "--out-dir", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    status = {r["file"].rsplit("/", 1)[-1]: r["status"] for r in rows_of(tmp_path / "o" / "predictions.csv")}
+    assert status == {"dot.png": "not a face: 1x1 pixels, under 8 on a side",
+                      "line.png": "not a face: 10000x3 pixels, under 8 on a side", "face.png": "ok"}
+    assert f"{folder / 'dot.png'}: not a face: 1x1 pixels" in err
+
+
+def test_a_photo_of_several_frames_says_only_its_first_is_read(predict, model, tmp_path, capsys):
+    # A GIF whose face is in frame 2 said "no face found", nothing more.
+    blank = Image.new("RGB", (320, 240), (90, 90, 90))
+    gif = tmp_path / "moving.gif"
+    blank.save(gif, save_all=True, append_images=[Image.open(face_photo(tmp_path / "f.png")).convert("RGB")])
+    assert predict.main([str(gif), "--ckpt", str(model), "--out-dir", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert f"{gif}: 2 frames, only the first is read" in err
+    assert rows_of(tmp_path / "o" / "predictions.csv")[0]["status"] == "no face found in the first of 2 frames"
+
+
+def test_predict_reads_a_folders_images_by_trainings_rule_and_through_links(predict, model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    face_photo(folder / "photo.png", seed=2).rename(folder / "photo.heic")  # a PNG under another suffix
+    Image.open(folder / "photo.heic").save(folder / "also.heic", format="JPEG")
+    (folder / "real.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    face_photo(tmp_path / "elsewhere" / "linked.png", seed=3)
+    (folder / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert predict.main([str(folder), "--ckpt", str(model), "--out-dir", str(tmp_path / "o")]) == 0
+    files = sorted(r["file"].rsplit("/", 1)[-1] for r in rows_of(tmp_path / "o" / "predictions.csv"))
+    assert files == ["also.heic", "linked.png", "photo.heic"]
+    assert capsys.readouterr().err.rstrip().endswith(
+        "skipped 1 file(s) of the folders that are not images: " + str(folder / "real.heic"))

@@ -1,6 +1,7 @@
 """From photos to expressions: detection, crops, boxes, video, Grad-CAM, and ONNX/TorchScript exports."""
 import csv
 import json
+import logging
 
 import cv2
 import numpy as np
@@ -495,3 +496,12 @@ def test_explain_draws_each_faces_grad_cam_where_the_face_is(predict, trained, g
     for _, size, (x, y) in FACES:
         assert changed[y:y + size, x:x + size].mean() > 0.3
     assert changed[~on_faces].mean() < 0.002
+
+
+def test_export_prints_what_was_written_and_nothing_of_the_exporters_progress(tmp_path, capsys, caplog):
+    # It printed the exporter's progress lines, and four "torchvision is not installed" warnings without it.
+    model = fixed_checkpoint(tmp_path / "m.pth")
+    assert load_script("export").main(["--ckpt", str(model), "--out", str(tmp_path / "m.onnx")]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith(f"wrote {tmp_path / 'm.onnx'} (") and len(printed.out.splitlines()) == 1
+    assert printed.err == "" and not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -1,6 +1,7 @@
 """The scripts end to end on tiny generated data, called through their main(argv) as a user would."""
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -163,11 +164,13 @@ def test_a_test_split_without_some_classes_is_scored_on_those_it_has(trained, ti
     assert [sum(row) for row in report["confusion_matrix"]] == [6, 6, 0, 6, 6]  # the model's full output kept
     f1 = [report["per_class"][c]["f1"] for c in ("Angry", "Happy", "Sad", "Surprise")]
     assert report["macro_f1"] == pytest.approx(sum(f1) / 4)  # over the classes the data has
-    # Without the map, anger/ and happiness/ are not the model's classes: only Sad and Surprise are scored.
+    # Without the map, anger/ and happiness/ are read as Angry and Happy all the same (names of the same emotions),
+    # with a note; other names are the map's to give.
     assert scripts["test"].main(args) == 0
-    assert "no images of class(es) Angry, Happy, Neutral" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no images of class(es) Neutral" in err and "folders anger as Angry, happiness as Happy" in err
     assert scripts["test"].main([*args, "--class-map", "anger=Fury"]) == 2
-    assert "sends folders to fury, which is not a class of the model" in capsys.readouterr().err
+    assert "--class-map sends anger to Fury, which is not a class of the model" in capsys.readouterr().err
     # A name mapped twice was settled by the last pair in silence; a name no folder has was ignored in silence.
     with pytest.raises(SystemExit):
         scripts["test"].main([*args, "--class-map", "anger=Angry,Anger=Sad"])
@@ -502,3 +505,65 @@ def test_train_fraction_outside_zero_to_one_is_refused(scripts, tiny_data, tmp_p
     with pytest.raises(SystemExit):
         scripts["train"].main(fast_train_args(tiny_data, tmp_path, "--train-fraction", value))
     assert "--train-fraction" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, smallest", [(["--arch", "assignment", "--input-size", "8"], 16),
+                                             (["--recipe", "assignment", "--input-size", "15"], 16),
+                                             (["--input-size", "7"], 8),
+                                             (["--widths", "8,16,32,64,128", "--input-size", "8"], 16),
+                                             (["--head", "fc", "--input-size", "8"], 16)])
+def test_an_input_too_small_for_the_arch_is_refused_by_its_flag(scripts, capsys, flags, smallest):
+    # --input-size 8 --arch assignment ended in a RuntimeError at the first step, with no checkpoint.
+    with pytest.raises(SystemExit) as exit_info:
+        scripts["train"].parse_args(["--data", "x", *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --input-size: input size" in err
+    assert f"it takes {smallest} pixels or more" in err
+    assert scripts["train"].parse_args(["--data", "x", *flags[:-1], str(smallest)])[0].input_size == smallest
+
+
+def test_no_tta_means_one_view_and_the_optimisation_flags_say_what_they_do(trained, scripts, capsys, tmp_path):
+    parse = scripts["train"].parse_args
+    assert parse(["--data", "x"])[0].tta_scales == (0.9, 1.1)
+    assert parse(["--data", "x", "--no-tta"])[0].tta_scales == ()  # it kept the zoomed views
+    assert parse(["--data", "x", "--no-tta", "--tta-scales", "1.2"])[0].tta_scales == (1.2,)
+    assert scripts["test"].main(["--ckpt", str(trained / "checkpoints" / "best.pth"), "--no-tta", "--out-dir",
+                                 str(tmp_path)]) == 0
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert (report["tta_flip"], report["tta_scales"]) == (False, [])
+    help_text = " ".join(scripts["train"].get_args_parser().format_help().split())
+    for flag, default in (("--epochs", "28"), ("--batch-size", "64"), ("--lr", "0.05"), ("--momentum", "0.9"),
+                          ("--weight-decay", "0.0005")):
+        metavar = flag.strip("-").upper().replace("-", "_")
+        shown = re.search(rf"{flag} {metavar} (.+?) \(default: ([^)]+)\)", help_text)
+        assert len(shown.group(1)) > 20 and shown.group(2) == default, (flag, shown.group(0))
+    assert "--no-tta scores the image alone" in help_text
+
+
+def test_data_mostly_named_otherwise_is_said_loudly_naming_the_class_map(tiny_data, scripts, tmp_path, capsys):
+    # A model scored on data that names its classes otherwise scored a fraction of it, exit 0, nothing loud.
+    other = tmp_path / "other"
+    for folder, renamed in (("Sad", "sadness"), ("Happy", "Joy"), ("Angry", "Rage")):
+        shutil.copytree(tiny_data / "test" / folder, other / "test" / renamed)
+    model = fixed_checkpoint(tmp_path / "m.pth")
+    assert scripts["test"].main(["--ckpt", str(model), "--data", str(other), "--out-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: ONLY 6 OF 18 test images are scored: the data's class(es) Joy (6), Rage (6) are none of the " \
+           "model's (Angry, Happy, Neutral, Sad, Surprise); read them as the model's classes with --class-map" in err
+    assert "folders sadness as Sad: names of the same emotions" in err
+
+
+def test_plot_curves_draws_one_epoch_on_a_whole_epoch_axis(scripts, tmp_path, capsys, monkeypatch):
+    import reports
+
+    log = tmp_path / "training_log.txt"
+    log.write_text("Epoch [1/1]\nTrain Loss: 1.6, Train Accuracy: 30.0%\nValidation Loss: 1.5, Validation Accuracy: "
+                   "25.0%\n")
+    drawn = []
+    real_save = reports._save
+    monkeypatch.setattr(reports, "_save", lambda fig, *a, **k: (drawn.append(fig), real_save(fig, *a, **k)))
+    assert scripts["plot_curves"].main([str(log)]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'training_log.png'} (1 epoch)\n"  # it said "(1 epochs)"
+    for ax in drawn[0].axes:
+        shown = [t for t in ax.get_xticks() if 0.5 <= t <= 1.5]
+        assert ax.get_xlim() == (0.5, 1.5) and shown == [1.0]  # it ran from 0.96 to 1.04, ticked by 0.01
