@@ -74,8 +74,8 @@ def get_args_parser():
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="cpu")
     g.add_argument("--threads", type=non_negative_int, default=DEFAULT_THREADS,
-                   help="torch's threads (0: torch's own choice); one suits per-photo work, and stays fast while "
-                   "other programs keep the cores busy")
+                   help="torch's threads while classifying (0: torch's own choice); one suits per-photo work, and "
+                   "stays fast while other programs keep the cores busy")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p
 
