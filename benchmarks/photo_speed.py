@@ -1,0 +1,163 @@
+"""Time per photo, stage by stage, and side by side with PyPI's `fer` where it is installed elsewhere.
+
+    python benchmarks/photo_speed.py --faces /path/to/fer2013/val
+    python benchmarks/photo_speed.py --faces /path/to/fer2013/val --fer-python /path/to/fer-venv/bin/python
+
+Portraits like a studio set's: --count held-out faces of the five classes both tools know (angry, happy, neutral,
+sad, surprise; drawn evenly), each upscaled to 160 pixels and pasted in the middle of a 256x256 canvas of a plain
+colour, saved as JPEG. Our side runs recognizer.Recognizer with its default settings (the shipped FER+ model,
+YuNet with its turned passes, aligned crops, six views): the whole photo (read, detect, cut, classify) and, apart,
+each stage. `fer` (FER().detect_emotions: OpenCV's Haar cascade and its mini-Xception) runs in its own Python,
+given by --fer-python, on the same files, the two taking turns round by round, so that a slow spell of the machine
+falls on both. Each setting runs quiet and then loaded: while another process keeps both cores busy with matrix
+products. Accuracy counts a photo right when its largest face's label is the photo's class (no face: wrong).
+`fer` is never a dependency of the toolkit: install it in another environment (pip install --no-deps
+fer==25.10.3, then tensorflow-cpu and opencv-contrib-python-headless).
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cli import positive_int  # noqa: E402
+from dataset import data_files, read_image  # noqa: E402
+from faces import classify_faces, cut_faces  # noqa: E402
+from recognizer import Recognizer, torch_threads  # noqa: E402
+
+CLASSES = ("angry", "happy", "neutral", "sad", "surprise")
+OURS = {"anger": "angry", "happiness": "happy", "neutral": "neutral", "sadness": "sad", "surprise": "surprise"}
+FER_WORKER = """
+import json, sys, time
+import numpy as np, cv2
+from fer.fer import FER
+files = json.loads(sys.argv[1])
+images = [cv2.imread(f) for f in files]
+detector = FER()
+detector.detect_emotions(images[0])
+for line in sys.stdin:
+    labels, start = [], time.perf_counter()
+    for image in images:
+        faces = detector.detect_emotions(image)
+        big = max(faces, key=lambda f: f["box"][2] * f["box"][3], default=None)
+        labels.append(None if big is None else max(big["emotions"], key=big["emotions"].get))
+    print(json.dumps({"ms": 1000 * (time.perf_counter() - start) / len(images), "labels": labels}), flush=True)
+"""
+LOAD = "import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
+
+
+def make_portraits(folder, count, seed, out):
+    """-> [(path, class)]: count faces of CLASSES from folder/<class>/, each a 256x256 JPEG portrait in out."""
+    rng = np.random.default_rng(seed)
+    by_name = {p.name.lower(): p for p in Path(folder).iterdir() if p.is_dir()}
+    portraits = []
+    for i in range(count):
+        label = CLASSES[i % len(CLASSES)]
+        files = data_files(by_name[label])
+        face = read_image(files[rng.integers(len(files))]).convert("RGB").resize((160, 160), Image.BICUBIC)
+        canvas = Image.new("RGB", (256, 256), tuple(int(v) for v in rng.integers(40, 220, 3)))
+        canvas.paste(face, (48, 40))
+        path = out / f"portrait_{i:03d}_{label}.jpg"
+        canvas.save(path, quality=92)
+        portraits.append((path, label))
+    return portraits
+
+
+def time_ours(recognizer, paths):
+    """-> (ms per photo for the whole path, labels of each photo's largest face)."""
+    start = time.perf_counter()
+    labels = []
+    for path in paths:
+        faces = recognizer.analyze(path)
+        big = max(faces, key=lambda f: f["box"][2] * f["box"][3], default=None)
+        labels.append(None if big is None else OURS.get(big["label"], big["label"]))
+    return 1000 * (time.perf_counter() - start) / len(paths), labels
+
+
+def time_stages(recognizer, paths):
+    """-> {stage: ms per photo}: reading, every detection pass together, cutting out, classifying."""
+    spent = dict.fromkeys(("read", "detect", "cut", "classify"), 0.0)
+    with torch_threads(recognizer.threads):
+        for path in paths:
+            t0 = time.perf_counter()
+            image = read_image(path)
+            t1 = time.perf_counter()
+            found = recognizer.detector(image)
+            t2 = time.perf_counter()
+            faces = cut_faces(image, found, recognizer.classifier.input)
+            t3 = time.perf_counter()
+            classify_faces(faces, recognizer.classifier)
+            t4 = time.perf_counter()
+            for stage, (a, b) in zip(spent, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
+                spent[stage] += b - a
+    return {stage: 1000 * s / len(paths) for stage, s in spent.items()}
+
+
+def accuracy(labels, truth):
+    return 100 * np.mean([a == b for a, b in zip(labels, truth)])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--faces", required=True, help="a split folder of <class>/ images (e.g. fer2013/val)")
+    p.add_argument("--count", type=positive_int, default=152)
+    p.add_argument("--rounds", type=positive_int, default=5, help="turns each tool takes per setting")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to time (0: torch's own)")
+    p.add_argument("--fer-python", help="a Python with the fer package installed, to time it beside ours")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    out = Path(tempfile.mkdtemp(prefix="portraits_"))
+    portraits = make_portraits(args.faces, args.count, args.seed, out)
+    paths, truth = [p for p, _ in portraits], [c for _, c in portraits]
+    fer = None
+    if args.fer_python:
+        fer = subprocess.Popen([args.fer_python, "-c", FER_WORKER, json.dumps([str(p) for p in paths])],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    print(f"{len(paths)} portraits of 256x256 in {out}; median of {args.rounds} rounds, ms per photo")
+    print("| threads | machine | ours | read | detect | cut | classify | fer | ours / fer | ours acc | fer acc |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for threads in args.threads:
+        recognizer = Recognizer(threads=threads)
+        time_ours(recognizer, paths)  # warm-up: kernels chosen, caches filled
+        for machine in ("quiet", "loaded"):
+            load = subprocess.Popen([sys.executable, "-c", LOAD]) if machine == "loaded" else None
+            try:
+                if load:
+                    time.sleep(2)
+                ours, theirs, stages, ratios = [], [], [], []
+                for _ in range(args.rounds):
+                    ms, our_labels = time_ours(recognizer, paths)
+                    ours.append(ms)
+                    stages.append(time_stages(recognizer, paths))
+                    if fer:
+                        fer.stdin.write("go\n")
+                        fer.stdin.flush()
+                        reply = json.loads(fer.stdout.readline())
+                        theirs.append(reply["ms"])
+                        ratios.append(ms / reply["ms"])
+            finally:
+                if load:
+                    load.kill()
+                    load.wait()
+            stage = {k: np.median([s[k] for s in stages]) for k in stages[0]}
+            fer_cells = (f"{np.median(theirs):.1f} | {np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                         if fer else "- | -")
+            fer_acc = f"{accuracy(reply['labels'], truth):.1f}%" if fer else "-"
+            print(f"| {threads or 'torch'} | {machine} | {np.median(ours):.1f} | {stage['read']:.1f} | "
+                  f"{stage['detect']:.1f} | {stage['cut']:.1f} | {stage['classify']:.1f} | {fer_cells} | "
+                  f"{accuracy(our_labels, truth):.1f}% | {fer_acc} |", flush=True)
+    if fer:
+        fer.stdin.close()
+        fer.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
