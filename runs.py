@@ -54,12 +54,17 @@ def set_aside_earlier_run(folders, overwrite=False):
             "earlier ones; --resume continues one, --overwrite replaces it)")
 
 
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+
+
 def report_folder(checkpoint, record):
     """Where reports on a checkpoint go unless a flag says otherwise: its run's log folder when the checkpoint is
     where its run wrote it (the OUTPUT_DIR its record's "args" name), else the checkpoint's own folder (a run set
-    aside in run-N, a shipped model, an export) -> Path."""
+    aside in run-N, an export); logs/ for the shipped models -> Path."""
     args = (record or {}).get("args") or {}
     here = Path(checkpoint).parent
+    if here.resolve() == SHIPPED_MODELS:  # the toolkit's own folder of tracked files is no place for reports
+        return Path("logs")
     if args.get("output_dir") and args.get("log_dir") and Path(args["output_dir"]).resolve() == here.resolve():
         return Path(args["log_dir"])
     return here

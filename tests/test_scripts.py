@@ -567,3 +567,11 @@ def test_plot_curves_draws_one_epoch_on_a_whole_epoch_axis(scripts, tmp_path, ca
     for ax in drawn[0].axes:
         shown = [t for t in ax.get_xticks() if 0.5 <= t <= 1.5]
         assert ax.get_xlim() == (0.5, 1.5) and shown == [1.0]  # it ran from 0.96 to 1.04, ticked by 0.01
+
+
+def test_reports_on_a_shipped_model_go_to_logs_not_into_the_models_folder():
+    from pathlib import Path as P
+
+    from runs import SHIPPED_MODELS, report_folder
+    assert report_folder(SHIPPED_MODELS / "ferplus_vgg.pth", {"args": {}}) == P("logs")
+    assert report_folder(P("elsewhere/best.pth"), {"args": {}}) == P("elsewhere")
