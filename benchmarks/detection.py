@@ -137,13 +137,25 @@ def match(detections, truth):
 
 
 def found_alone(detector, crop, side, size):
-    """Whether the detector finds this face pasted alone, upright, in the middle of a plain gray canvas of the
-    given size (the scene's): how findable the crop itself is at that size, apart from its turn and its neighbours.
+    """The detection of this face pasted alone, upright, in the middle of a plain gray canvas of the given size
+    (the scene's), or None: how findable the crop itself is at that size, apart from its turn and its neighbours.
     Not a bound: a scene's background can help a face that the gray canvas hides."""
     canvas = Image.new("RGB", size, (128, 128, 128))
     x, y = (size[0] - side) // 2, (size[1] - side) // 2
     canvas.paste(Image.fromarray(crop).convert("RGB").resize((side, side), Image.BICUBIC), (x, y))
-    return match(detector(canvas), [((x + side / 2, y + side / 2), side, 0)])[0][0] is not None
+    detections = detector(canvas)
+    j = match(detections, [((x + side / 2, y + side / 2), side, 0)])[0][0]
+    return None if j is None else detections[j]
+
+
+def eye_line_error(found, alone, angle):
+    """How far (degrees, 0..180) a face's eye line in the scene is from where it should be: the eye line of the
+    same crop found alone and upright (faces.eye_line; FER2013's crops are not all level) turned by the angle it was
+    pasted at (PIL's, counter-clockwise); None without landmarks on both."""
+    if found is None or alone is None or found.landmarks is None or alone.landmarks is None:
+        return None
+    off = face_lib.eye_line(found.landmarks) - (face_lib.eye_line(alone.landmarks) - angle)
+    return abs((off + 180) % 360 - 180)
 
 
 def evaluate(scenes, classifier, detectors, setups):
@@ -166,13 +178,16 @@ def evaluate(scenes, classifier, detectors, setups):
             found = [detections[j] for j in matched if j is not None]
             decided = analyze_image(image, classifier, found, align=align) if found else []
             decisions = iter(int(f.probabilities.argmax()) for f in decided)
-            for i, ((_, side, _, label, crop), j) in enumerate(zip(truth, matched)):
+            for i, ((_, side, angle, label, crop), j) in enumerate(zip(truth, matched)):
                 correct = None if j is None else next(decisions) == label
                 if (detector_name, k + i) not in alone:  # only the table's faces: each is a whole detector pass
                     alone[(detector_name, k + i)] = (found_alone(detectors[detector_name], crop, side, image.size)
                                                      if side >= MIN_SIDE else None)
+                seen_alone = alone[(detector_name, k + i)]
                 results[name]["faces"].append((rotation, side, j is not None, correct, right_on_original[k + i],
-                                               alone[(detector_name, k + i)]))
+                                               seen_alone is not None,
+                                               eye_line_error(None if j is None else detections[j], seen_alone,
+                                                              angle)))
             results[name]["false"].append(false)
         k += len(truth)
     return results
@@ -195,20 +210,25 @@ def summary_rows(results, min_side=MIN_SIDE):
             # The gap is paired (the same faces both ways): its standard error is that of the per-face difference.
             diff = [int(f[3]) - int(f[4]) for f in found]
             se = 100 * np.std(diff, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            eyes = [f[6] for f in found if f[6] is not None]
+            eye_median = np.median(eyes) if eyes else float("nan")
+            eye_off = 100 * np.mean(np.array(eyes) > 5) if eyes else float("nan")
             rows.append((name, rotation, len(mine), found_alone, recall, recall_of_alone, after, original,
-                         after - original, se, end_to_end))
+                         after - original, se, end_to_end, eye_median, eye_off))
     return rows
 
 
 def print_table(results, min_side):
     print(f"\nfaces of {min_side} px and more; alone: found pasted alone and upright on a plain gray canvas "
           "of the scene's size; recall | alone: recall of those in the scenes; accuracy on the faces found, after "
-          "detection and cutting, against their original crops; end to end counts a missed face as wrong")
+          "detection and cutting, against their original crops; end to end counts a missed face as wrong; eye line: "
+          "degrees from the pasted angle (median, share more than 5 off), on faces with landmarks found also alone")
     print(f"{'setup':<20}{'rot':>4}{'faces':>6}{'alone %':>9}{'recall %':>10}{'| alone':>8}{'acc after':>11}"
-          f"{'acc orig':>10}{'gap ± SE':>16}{'end-to-end':>12}")
-    for name, rotation, n, alone, recall, of_alone, after, original, gap, se, e2e in summary_rows(results, min_side):
+          f"{'acc orig':>10}{'gap ± SE':>16}{'end-to-end':>12}{'eye med':>9}{'eye >5 %':>10}")
+    for (name, rotation, n, alone, recall, of_alone, after, original, gap, se, e2e, eye_median,
+         eye_off) in summary_rows(results, min_side):
         print(f"{name:<20}{rotation:>4}{n:>6}{alone:>9.2f}{recall:>10.2f}{of_alone:>8.2f}{after:>11.2f}"
-              f"{original:>10.2f}{gap:>+8.2f} ± {se:5.2f}{e2e:>12.2f}")
+              f"{original:>10.2f}{gap:>+8.2f} ± {se:5.2f}{e2e:>12.2f}{eye_median:>9.2f}{eye_off:>10.2f}")
     print(f"\n{'setup':<20}{'false detections per scene':>28}{f'recall, faces under {min_side} px':>28}")
     for name, r in results.items():
         small = [f for f in r["faces"] if f[1] < min_side]
