@@ -108,7 +108,8 @@ class FERSplit:
             more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
             lines.append(f"{self.name}: skipped {len(self.skipped)} unreadable file(s) or row(s): {shown}{more}")
         if self.ignored:
-            lines.append(f"{self.name}: ignored class folder(s) not in the class list: {', '.join(self.ignored)}")
+            lines.append(f"{self.name}: ignored class folder(s) not in the class list: {', '.join(self.ignored)} "
+                         "(--class-map FOLDER=CLASS reads a folder as a class)")
         return lines + [f"{self.name}: {note}" for note in self.notes]
 
     def coverage_warning(self):
@@ -300,19 +301,24 @@ def is_hidden(path, below):
 
 def data_files(*folders):
     """Every file below the folders that may be data, sorted (is_hidden files and folders left out), each file once:
-    links to folders are followed (train/Happy/more -> /elsewhere/happy_faces is read), a folder reached twice (a
+    links to folders are followed (train/Happy/more -> /elsewhere/happy_faces is read), except those to a folder that
+    holds the one walked (train/Happy/loop -> .., a loop through the other classes), a folder reached twice (a
     second link to it, a link loop) is walked once, and a file reached by two paths (a link to it) is read once, by
     the first in sorted order. A broken link is one, so that reading it fails by name rather than its being left
     out in silence."""
     walked, found = set(), []
     for folder in map(Path, folders):
+        root = Path(os.path.realpath(folder))
         for top, dirs, files in os.walk(folder, followlinks=True):
             real = os.path.realpath(top)
             if real in walked:
                 dirs[:] = []
                 continue
             walked.add(real)
-            dirs[:] = sorted(d for d in dirs if not _hidden_name(d))
+            # A link to a folder that holds the walked one (train/Happy/loop -> ..) would read its neighbours, the
+            # other classes' folders, as this one's: it is a loop, never data.
+            dirs[:] = sorted(d for d in dirs if not _hidden_name(d) and not (
+                os.path.islink(os.path.join(top, d)) and root.is_relative_to(os.path.realpath(os.path.join(top, d)))))
             for name in files:
                 path = Path(top) / name
                 if (path.is_file() or (path.is_symlink() and not path.exists())) and not is_hidden(path, folder):

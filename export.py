@@ -48,8 +48,10 @@ def get_args_parser():
                                 "TorchScript.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/best.pth")
-    p.add_argument("--format", choices=["onnx", "pt2", "torchscript", "release"], default="onnx")
-    p.add_argument("--out", type=output_file, help="output file (default: beside the checkpoint)")
+    p.add_argument("--format", choices=["onnx", "pt2", "torchscript", "release"], default="onnx",
+                   help="onnx: for ONNX Runtime; pt2: a torch.export program; torchscript: for LibTorch (C++); "
+                   "release: the checkpoint with fp16 weights and no optimizer state, as models/ ships them")
+    p.add_argument("--out", type=output_file, help="output file; beside the checkpoint when not given")
     p.add_argument("--opset", type=onnx_opset, default=ONNX_BASE_OPSET, help="ONNX opset version")
     return p
 

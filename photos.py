@@ -102,8 +102,9 @@ def locate_faces(source, settings, detector, input_cfg, bgr=False):
     except Image.DecompressionBombError as e:
         return PhotoResult(str(source), status=f"too large: {str(e).split('.')[0]}")
     except (OSError, ValueError, SyntaxError, UserError) as e:
+        why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {str(e)[:80]}"
         return PhotoResult(str(source) if isinstance(source, (str, Path)) else type(source).__name__,
-                           status=f"unreadable: {type(e).__name__}: {str(e)[:80]}")
+                           status=f"unreadable: {why}")
     result = PhotoResult(name, image)
     frames = frames_note(image)
     if frames:
@@ -310,6 +311,10 @@ def given_boxes(known_boxes, path, image, warnings):
         if problem:
             warnings.append(f"{row}: box {shown} of {path} cannot be a face ({problem} inside the image); skipped")
             continue
+        inside = clipped[2] * clipped[3] / (box[2] * box[3])
+        if inside < 0.5:  # what is left is more background than the face the row meant
+            warnings.append(f"{row}: box {shown} lies {100 * (1 - inside):.0f}% outside {path} "
+                            f"({image.width}x{image.height}); classified as cut to {','.join(map(str, clipped))}")
         detections.append(Detection(clipped))
     return detections
 

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from errors import not_a_file
 from reports import parse_log, plot_curves
 
 
@@ -23,12 +24,14 @@ def main(argv=None):
     """The command line: -> exit code (2, with a one-line message, for a missing or unreadable log)."""
     args = get_args_parser().parse_args(argv)
     log = Path(args.log)
-    if not log.is_file():
-        print(f"plot_curves.py: error: log file {log} does not exist", file=sys.stderr)
+    why = not_a_file(log, "a log file (logs/training_log.txt)")
+    if why:
+        print(f"plot_curves.py: error: {log} {why}", file=sys.stderr)
         return 2
     curves = parse_log(log)
     if not curves["train_loss"]:
-        print(f"plot_curves.py: error: {log} has no 'Train Loss: ..., Train Accuracy: ...%' lines",
+        hint = f"; plot {log.with_suffix('.txt')}, its text twin" if log.suffix == ".jsonl" else ""
+        print(f"plot_curves.py: error: {log} has no 'Train Loss: ..., Train Accuracy: ...%' lines{hint}",
               file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else log.with_suffix(".png")

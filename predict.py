@@ -51,7 +51,8 @@ def get_args_parser():
     p.add_argument("--video", help="a video file: writes an annotated video and a per-frame CSV")
     p.add_argument("--explain", action="store_true",
                    help="Grad-CAM of every face: a heat-map PNG per face, and drawn where the face is")
-    p.add_argument("--out-dir", type=output_folder, default="predictions")
+    p.add_argument("--out-dir", type=output_folder, default="predictions",
+                   help="where the annotated images, Grad-CAM maps and predictions.csv/.json go")
     g = p.add_argument_group("faces")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--no-detect", action="store_true", help="treat each image as one face crop")
@@ -72,7 +73,7 @@ def get_args_parser():
     g.add_argument("--margin", type=fraction_or_zero, default=0.15,
                    help="box crops: share of the box added on each side")
     g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (PyTorch checkpoints)")
     g.add_argument("--threads", type=non_negative_int, default=DEFAULT_THREADS,
                    help="torch's threads while classifying (0: torch's own choice); one suits per-photo work, and "
                    "stays fast while other programs keep the cores busy")

@@ -11,10 +11,13 @@ the detector's score, five landmarks {name: [x, y]}, label, confidence and proba
 path predict.py and the page run (photos.analyze_photos), so the three give the same faces and numbers.
 """
 import contextlib
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from errors import UserError
 from faces import YUNET_MODEL
@@ -99,16 +102,30 @@ class Recognizer:
         [x, y]} (None for Haar and faces=False), label, confidence, probabilities {class: p} and aligned.
         faces=False: the image is already a face crop (no detection; one dict). [] when no face is found.
         Raises UserError naming the image when it cannot be read."""
+        if isinstance(image, (list, tuple)):
+            raise UserError("analyze takes one image; for a list of them, use analyze_many")
         return self.analyze_many([image], faces, bgr)[0]
 
-    def analyze_many(self, images, faces=True, bgr=False):
-        """Many photos (as analyze takes them) -> a list of analyze's lists, one per image, in order; the faces of
-        all of them go through the network in one batch. Raises UserError naming the first image that cannot be
-        read."""
+    def analyze_many(self, images, faces=True, bgr=False, errors="raise"):
+        """Many photos (a list or other iterable of what analyze takes) -> a list of analyze's lists, one per image,
+        in order; the faces of all of them go through the network in one batch. An image that cannot be read
+        raises UserError naming it (errors="raise"), or (errors="skip") gives None in its place, with a warning
+        naming it, and the others their faces."""
+        if isinstance(images, (str, Path, np.ndarray, Image.Image)):
+            raise UserError("analyze_many takes a list of images; for one image, use analyze")
+        if errors not in ("raise", "skip"):
+            raise UserError(f"errors must be 'raise' or 'skip', got {errors!r}")
         images = list(images)
         results = self.photos(images, faces=faces, bgr=bgr)
-        for index, result in enumerate(results):
+        out = []
+        for index, (image, result) in enumerate(zip(images, results)):
             if not result.readable:
-                name = result.source if isinstance(images[index], (str, Path)) else f"image {index}"
-                raise UserError(f"{name}: {result.status}")
-        return [[face_record(face, self.classes) for face in result.faces] for result in results]
+                name = result.source if isinstance(image, (str, Path)) else \
+                    "the image" if len(images) == 1 else f"image {index}"
+                if errors == "raise":
+                    raise UserError(f"{name}: {result.status}")
+                warnings.warn(f"{name}: {result.status}; left out", stacklevel=2)
+                out.append(None)
+                continue
+            out.append([face_record(face, self.classes) for face in result.faces])
+        return out

@@ -349,6 +349,7 @@ def test_folders_reached_by_links_are_read_once_each_and_loops_end(tmp_path):
     (happy / "more").symlink_to(elsewhere, target_is_directory=True)
     (happy / "again").symlink_to(elsewhere, target_is_directory=True)  # the same folder twice
     (happy / "loop").symlink_to(happy, target_is_directory=True)  # a link to its own folder
+    (happy / "up").symlink_to(root / "train", target_is_directory=True)  # to the split: Angry's files as Happy's
     (happy / "copy.png").symlink_to(happy / "0.png")  # a file by a second path
     split = load_split(root, "train", ["Angry", "Happy"])
     assert split.class_counts() == [2, 5] and split.warnings() == []

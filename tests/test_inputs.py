@@ -219,16 +219,19 @@ def test_a_boxes_row_naming_several_inputs_by_name_is_left_out_and_a_repeated_ro
         Image.new("L", (256, 256), 120).save(tmp_path / name)
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("file,x,y,w,h\nface.png,163,177,45,57\nb/face.png,20,20,60,60\nb/face.png,20,20,60,60\n"
-                     "b/face.png,100,100,3,3\n")
+                     "b/face.png,100,100,3,3\nb/face.png,200,200,145,197\n")
     inputs = [str(tmp_path / "a" / "face.png"), str(tmp_path / "b" / "face.png")]
     assert predict.main([*inputs, "--boxes", str(boxes), "--ckpt", str(model), "--out-dir", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert f"{boxes}:2: face.png names 2 inputs ({inputs[0]}, {inputs[1]}); its 1 row(s) left out" in err
     assert f"{boxes}:4: repeats the box of {boxes}:3 for {inputs[1]}; used once" in err
     assert f"{boxes}:5: box 100,100,3,3 of {inputs[1]} cannot be a face (3x3 pixels, under 8 on a side" in err
+    # A box mostly beyond the photo is classified as cut to it, and said: what is left is mostly background.
+    assert f"{boxes}:6: box 200,200,145,197 lies 89% outside {inputs[1]} (256x256); classified as cut to " \
+        "200,200,56,56" in err
     rows = rows_of(tmp_path / "o" / "predictions.csv")
     assert [(r["file"], r["face"], r["status"], r["x"]) for r in rows] == [
-        (inputs[0], "", "no --boxes row names it", ""), (inputs[1], "0", "ok", "20")]
+        (inputs[0], "", "no --boxes row names it", ""), (inputs[1], "0", "ok", "20"), (inputs[1], "1", "ok", "200")]
 
 
 def test_pictures_that_cannot_be_faces_are_not_classified_as_face_crops(predict, model, tmp_path, capsys):

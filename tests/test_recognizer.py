@@ -106,10 +106,24 @@ def test_inputs_that_cannot_be_read_are_errors_that_name_them(recognizer, tmp_pa
         recognizer.analyze(broken)
     with pytest.raises(UserError, match="missing.jpg: unreadable"):
         recognizer.analyze(tmp_path / "missing.jpg")
-    with pytest.raises(UserError, match=r"image 1: unreadable.*shape \(4, 4, 2\)"):
+    with pytest.raises(UserError, match=r"^image 1: unreadable: an image array .* shape \(4, 4, 2\)"):
         recognizer.analyze_many([np.zeros((64, 64, 3), np.uint8), np.zeros((4, 4, 2), np.uint8)])
-    with pytest.raises(UserError, match="image 0: unreadable.*not list"):
+    with pytest.raises(UserError, match=r"^the image: unreadable: an image array"):
+        recognizer.analyze(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(UserError, match="use analyze_many"):
         recognizer.analyze([1, 2, 3])
+    with pytest.raises(UserError, match="for one image, use analyze"):
+        recognizer.analyze_many(str(broken))
+    with pytest.raises(UserError, match="the image: unreadable: a photo is a file path"):
+        recognizer.analyze(42)
+
+
+def test_analyze_many_can_keep_the_readable_images_results(recognizer, photo, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="broken.jpg: unreadable.*left out"):
+        many = recognizer.analyze_many([photo[0], broken], errors="skip")
+    assert many[1] is None and len(many[0]) == len(FACES)
     with pytest.raises(UserError, match="detector must be"):
         Recognizer(detector="mtcnn")
 

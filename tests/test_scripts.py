@@ -575,3 +575,11 @@ def test_reports_on_a_shipped_model_go_to_logs_not_into_the_models_folder():
     from runs import SHIPPED_MODELS, report_folder
     assert report_folder(SHIPPED_MODELS / "ferplus_vgg.pth", {"args": {}}) == P("logs")
     assert report_folder(P("elsewhere/best.pth"), {"args": {}}) == P("elsewhere")
+
+
+def test_plot_curves_names_a_folder_and_points_a_jsonl_log_to_its_text_twin(scripts, tmp_path, capsys):
+    assert scripts["plot_curves"].main([str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder, not a log file" in capsys.readouterr().err
+    (tmp_path / "training_log.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
+    assert scripts["plot_curves"].main([str(tmp_path / "training_log.jsonl")]) == 2
+    assert f"plot {tmp_path / 'training_log.txt'}, its text twin" in capsys.readouterr().err
