@@ -43,12 +43,13 @@ class Detection:
 class Face(Detection):
     """A Detection with what the model made of it: crop (what the model saw, uint8 C x size x size), whether it
     was aligned, to_photo (2 x 3 affine from crop pixels to photo pixels), probabilities and Grad-CAM heatmap
-    (crop-sized, 0..1)."""
+    (crop-sized, 0..1), and in a video its track id."""
     crop: np.ndarray = field(default=None, repr=False)
     aligned: bool = False
     to_photo: np.ndarray = field(default=None, repr=False)
     probabilities: np.ndarray = None
     heatmap: np.ndarray = field(default=None, repr=False)
+    track: int = None  # in a video, the id of the face's track (tracks.FaceTracker)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -482,7 +483,7 @@ def annotate(image, faces, classes):
         for px, py in [] if face.landmarks is None else face.landmarks:
             r = max(2, width)
             draw.ellipse([px - r, py - r, px + r, py + r], fill=(64, 255, 64))
-        text = f"{classes[k]} {100 * face.probabilities[k]:.0f}%"
+        text = f"{'' if face.track is None else f'#{face.track} '}{classes[k]} {100 * face.probabilities[k]:.0f}%"
         box = draw.textbbox((0, 0), text, font=font)
         tx, ty = x, max(0, y - (box[3] - box[1]) - 2 * width)
         box = draw.textbbox((tx, ty), text, font=font)

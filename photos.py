@@ -148,7 +148,8 @@ def face_record(face, classes):
     """A classified face (faces.Face) -> a dict of plain Python values that json.dumps takes as they are: box [x,
     y, w, h] (int pixels of the photo), score (the detector's, None for Haar, --boxes and no detection),
     landmarks ({name: [x, y]}, LANDMARKS' names, None without them), label and confidence (its probability),
-    probabilities ({class: p}, every class, summing to 1) and aligned (cut out by its landmarks)."""
+    probabilities ({class: p}, every class, summing to 1), aligned (cut out by its landmarks) and, for a face of a
+    video, track (its track's id)."""
     probabilities = {c: float(p) for c, p in zip(classes, face.probabilities)}
     label = classes[int(face.probabilities.argmax())]
     return {"box": [int(round(float(v))) for v in face.box],
@@ -156,7 +157,7 @@ def face_record(face, classes):
             "landmarks": None if face.landmarks is None else
             {n: [round(float(x), 1), round(float(y), 1)] for n, (x, y) in zip(LANDMARKS, face.landmarks)},
             "label": label, "confidence": probabilities[label], "probabilities": probabilities,
-            "aligned": bool(face.aligned)}
+            "aligned": bool(face.aligned), **({} if face.track is None else {"track": int(face.track)})}
 
 
 def annotated_name(name):
@@ -331,7 +332,8 @@ class Results:
         """A row for one face: face_record's values flattened (probabilities to 6 decimals)."""
         record = face_record(face, self.classes)
         x, y, w, h = record["box"]
-        row = {"file": str(source), **extra, "face": index, "status": "ok", "x": x, "y": y, "w": w, "h": h,
+        row = {"file": str(source), **extra, "face": index, **({"track": record["track"]} if "track" in record else {}),
+               "status": "ok", "x": x, "y": y, "w": w, "h": h,
                "label": record["label"], "confidence": round(record["confidence"], 6),
                "detector_score": "" if record["score"] is None else round(record["score"], 4),
                "aligned": record["aligned"]}

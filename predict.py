@@ -15,6 +15,7 @@ picture and predictions.csv / predictions.json: a row per face with its box, det
 every class's probability, and a row for every input that gave no face, saying why.
 """
 import argparse
+import csv
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,8 +24,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cli import angle_list, fraction_or_zero, non_negative_int, output_folder, positive_int, share
-from errors import UserError, exit_code, not_a_file
+from cli import angle_list, fraction_or_zero, non_negative_float, non_negative_int, output_folder, positive_int, share
+from errors import UserError, exit_code
 from faces import YUNET_MODEL, annotate, heatmap_overlay
 from photos import (
     DEFAULT_MODEL,
@@ -36,7 +37,8 @@ from photos import (
     output_names,
     read_boxes,
 )
-from recognizer import DEFAULT_THREADS, Recognizer
+from recognizer import DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer, VideoFrames
+from tracks import FaceTracker
 
 PHOTOS_PER_BATCH = 8  # photos whose faces go through the network together
 
@@ -48,7 +50,10 @@ def get_args_parser():
     p.add_argument("--ckpt", nargs="+", default=[str(DEFAULT_MODEL)],
                    help="a checkpoint (.pth) or a model export.py wrote (.onnx, .pt2); several make an ensemble, "
                    "deciding on the mean of their logits as test.py scores it")
-    p.add_argument("--video", help="a video file: writes an annotated video and a per-frame CSV")
+    p.add_argument("--video", help="a video file: writes an annotated video, a per-frame CSV with each face's track "
+                   "and a tracks CSV (per track: first and last time, frames, dominant expression, share of each)")
+    p.add_argument("--smooth", type=non_negative_float, default=DEFAULT_SMOOTH, metavar="SECONDS",
+                   help="--video: each track's probabilities are smoothed over this many seconds (0: each frame's own)")
     p.add_argument("--explain", action="store_true",
                    help="Grad-CAM of every face: a heat-map PNG per face, and drawn where the face is")
     p.add_argument("--out-dir", type=output_folder, default="predictions",
@@ -167,29 +172,19 @@ def warn_of(names, what):
 def predict_video(args, recognizer, out_dir):
     import cv2
 
-    source = Path(args.video)
-    why = not_a_file(source, "a video")
-    if why:
-        raise UserError(f"--video {source} {why}")
-    capture = cv2.VideoCapture(str(source))
-    if not capture.isOpened():
-        raise UserError(f"--video {source} cannot be opened as a video")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = VideoFrames(args.video, "--video")
+    source = frames.path
     video_path = out_dir / f"{source.stem}_annotated.mp4"
     writer = None  # made at the first frame, at that frame's size
     classes = recognizer.classes
     results = Results(classes)
-    frame_index, faceless = 0, 0
-    with tqdm(total=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc="frames",
-              disable=args.no_progress) as bar:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            # A frame goes the way a photo goes (OpenCV's BGR pixels through the same decoding and faces).
-            photo = recognizer.photos([frame], faces=not args.no_detect, explain=args.explain, bgr=True)[0]
+    tracker = FaceTracker(args.smooth)
+    faceless = 0
+    with tqdm(total=frames.promised or None, desc="frames", disable=args.no_progress) as bar:
+        for index, time_s, photo in recognizer.video_photos(frames, frames.fps, tracker, faces=not args.no_detect,
+                                                            explain=args.explain):
             image, faces = photo.image, photo.faces
-            stamp = {"frame": frame_index, "time_s": round(frame_index / fps, 3)}
+            stamp = {"frame": index, "time_s": round(time_s, 3)}
             if not faces:
                 faceless += 1
                 results.add_failure(args.video, "no face found", **stamp)
@@ -199,7 +194,7 @@ def predict_video(args, recognizer, out_dir):
                 level = cv2.utils.logging.getLogLevel()
                 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its failure is said below
                 try:
-                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, image.size)
+                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), frames.fps, image.size)
                 finally:
                     cv2.utils.logging.setLogLevel(level)
                 if not writer.isOpened():  # the codec refuses some sizes (1x1): the frames' rows still come
@@ -207,20 +202,31 @@ def predict_video(args, recognizer, out_dir):
                           "the rows are", file=sys.stderr)
             if writer.isOpened():
                 writer.write(cv2.cvtColor(np.asarray(annotate(image, faces, classes)), cv2.COLOR_RGB2BGR))
-            frame_index += 1
             bar.update(1)
-    capture.release()
-    if frame_index == 0:
+    if frames.read == 0:
         raise UserError(f"--video {source}: no frame could be read")
     wrote_video = writer.isOpened()
     writer.release()
+    shortfall = frames.shortfall()
+    if shortfall:
+        print(f"warning: {shortfall}", file=sys.stderr)
     if faceless:
-        print(f"warning: {args.video}: no face found in {faceless} of {frame_index} frames", file=sys.stderr)
+        print(f"warning: {args.video}: no face found in {faceless} of {frames.read} frames", file=sys.stderr)
     csv_path = results.write(out_dir, f"{source.stem}_frames")
+    tracks_path = write_tracks(tracker.summary(classes), out_dir / f"{source.stem}_tracks.csv")
     found = sum(1 for r in results.rows if r["status"] == "ok")
-    print(f"{frame_index} frames, {found} face detections; wrote {f'{video_path} and ' if wrote_video else ''}"
-          f"{csv_path}")
+    print(f"{frames.read} frames, {found} face detections in {len(tracker.tracks)} track(s); wrote "
+          f"{f'{video_path}, ' if wrote_video else ''}{csv_path} and {tracks_path}")
     return 0
+
+
+def write_tracks(rows, path):
+    """The tracks' summary (tracks.FaceTracker.summary) as a CSV -> its path."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["track"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 if __name__ == "__main__":

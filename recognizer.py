@@ -19,15 +19,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from errors import UserError
+from errors import UserError, not_a_file
 from faces import YUNET_MODEL
 from inference import Classifier, load_classifier
 from photos import DEFAULT_MODEL, FaceSettings, analyze_photos, face_record
+from tracks import FaceTracker
 
 # Torch's threads for per-photo work when the caller does not say: one face's views are a batch of six 48x48
 # images, too little work to share between threads, and threads that wait for each other are what make a photo
 # take many times longer while other work holds the cores (benchmarks/photo_speed.py measures both).
 DEFAULT_THREADS = 1
+# Seconds over which a video's face probabilities are smoothed along its track (predict.py --smooth).
+DEFAULT_SMOOTH = 0.5
 
 
 @contextlib.contextmanager
@@ -129,3 +132,83 @@ class Recognizer:
                 continue
             out.append([face_record(face, self.classes) for face in result.faces])
         return out
+
+    def video_photos(self, frames, fps, tracker, faces=True, explain=False):
+        """A video's frames (numpy arrays in OpenCV's BGR, as VideoFrames gives them, or PIL images) at fps frames a
+        second -> yields (index, time in seconds, photos.PhotoResult) frame by frame, each face with its track id
+        (face.track) and its track's smoothed probabilities from tracker (tracks.FaceTracker)."""
+        for index, frame in enumerate(frames):
+            time_s = index / fps
+            photo = self.photos([frame], faces=faces, explain=explain, bgr=isinstance(frame, np.ndarray))[0]
+            for face, track in zip(photo.faces, tracker.update(photo.faces, time_s)):
+                face.track = track
+            yield index, time_s, photo
+
+    def analyze_video(self, video, fps=None, faces=True, smooth=DEFAULT_SMOOTH):
+        """A video file's path, or an iterable of frames (numpy arrays in OpenCV's BGR, or PIL images; fps then
+        says how many a second, 25 when None) -> a VideoAnalysis: iterating it yields, frame by frame, {"frame":
+        index, "time_s": seconds, "faces": analyze's dicts, each with its "track" id}; its tracks() gives one
+        summary dict a track seen so far (tracks.FaceTracker.summary). Probabilities are smoothed along each track
+        over smooth seconds (0: each frame's own). Raises UserError for a path that cannot be read as a video."""
+        if isinstance(video, (str, Path)):
+            frames = VideoFrames(video)
+            fps = frames.fps
+        else:
+            frames, fps = video, fps or 25.0
+        return VideoAnalysis(self, frames, fps, FaceTracker(smooth), faces)
+
+
+class VideoAnalysis:
+    """Recognizer.analyze_video's result: iterate it for the frames; tracks() for the summary of what was read."""
+
+    def __init__(self, recognizer, frames, fps, tracker, faces):
+        self.recognizer, self.frames, self.fps, self.tracker, self.faces = recognizer, frames, fps, tracker, faces
+
+    def __iter__(self):
+        classes = self.recognizer.classes
+        for index, time_s, photo in self.recognizer.video_photos(self.frames, self.fps, self.tracker, self.faces):
+            yield {"frame": index, "time_s": round(time_s, 3),
+                   "faces": [face_record(face, classes) for face in photo.faces]}
+
+    def tracks(self):
+        """-> one dict a track (track, first_s, last_s, frames, dominant, share_<class>)."""
+        return self.tracker.summary(self.recognizer.classes)
+
+
+class VideoFrames:
+    """The frames of a video file, read by OpenCV: iterate for uint8 H x W x 3 BGR arrays. fps: frames a second
+    (25 when the file does not say); promised: the frame count the file's header gives (0 when unknown); read:
+    how many were read so far. UserError for a path that is missing, a folder or not a video, naming it as
+    `called` (a flag, say) and the path."""
+
+    def __init__(self, path, called="video"):
+        import cv2
+
+        self.path = Path(path)
+        why = not_a_file(self.path, "a video")
+        if why:
+            raise UserError(f"{called} {self.path} {why}")
+        self.capture = cv2.VideoCapture(str(self.path))
+        if not self.capture.isOpened():
+            raise UserError(f"{called} {self.path} cannot be opened as a video")
+        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
+        self.promised = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.read = 0
+
+    def __iter__(self):
+        try:
+            while True:
+                ok, frame = self.capture.read()
+                if not ok:
+                    return
+                self.read += 1
+                yield frame
+        finally:
+            self.capture.release()
+
+    def shortfall(self):
+        """What to say when fewer frames were read than the header promised (a truncated file), or None."""
+        if self.promised and self.read < self.promised:
+            return (f"{self.path}: reading stopped at frame {self.read} of the {self.promised} its header promises "
+                    "(a truncated or damaged file?); the frames read are kept")
+        return None

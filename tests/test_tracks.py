@@ -1,0 +1,101 @@
+"""Faces followed through a video: track ids, smoothing, the tracks summary, the video API and damaged files."""
+import csv
+
+import cv2
+import numpy as np
+import pytest
+from conftest import load_script
+from PIL import Image
+
+from faces import Face
+from recognizer import Recognizer
+from synthetic import draw_face
+from tracks import FaceTracker
+
+
+def face(x, y, p):
+    return Face((x, y, 50, 50), probabilities=np.array(p, np.float32))
+
+
+def test_faces_keep_their_track_through_moves_and_short_misses():
+    tracker = FaceTracker(smooth=0, max_missed=0.5)
+    a, b = [0.9, 0.1], [0.2, 0.8]
+    assert tracker.update([face(0, 0, a), face(200, 0, b)], 0.0) == [0, 1]
+    assert tracker.update([face(210, 5, b), face(10, 5, a)], 0.1) == [1, 0]  # listed the other way round
+    assert tracker.update([face(20, 10, a)], 0.2) == [0]  # face 1 missed
+    assert tracker.update([face(30, 10, a), face(215, 5, b)], 0.6) == [0, 1]  # back within 0.5 s of its last sight
+    assert tracker.update([face(40, 10, a), face(220, 5, b)], 2.0) == [2, 3]  # gone too long: new tracks
+    summary = tracker.summary(["happy", "sad"])
+    assert [(r["track"], r["frames"], r["dominant"]) for r in summary] == [(0, 4, "happy"), (1, 3, "sad"),
+                                                                            (2, 1, "happy"), (3, 1, "sad")]
+    assert summary[0]["first_s"] == 0.0 and summary[0]["last_s"] == 0.6 and summary[0]["share_happy"] == 1.0
+
+
+def test_smoothing_stops_a_steady_face_flickering_between_labels():
+    # A face whose frames alternate between 0.55/0.45 and 0.45/0.55 around a steady 0.7 happy: raw labels flip,
+    # smoothed over half a second they hold.
+    frames = [[0.7, 0.3], [0.45, 0.55]] * 10
+    raw, smooth = FaceTracker(smooth=0), FaceTracker(smooth=0.5)
+    raw_labels, smooth_labels = [], []
+    for k, p in enumerate(frames):
+        f, g = face(0, 0, p), face(0, 0, p)
+        raw.update([f], k / 25)
+        smooth.update([g], k / 25)
+        raw_labels.append(int(f.probabilities.argmax()))
+        smooth_labels.append(int(g.probabilities.argmax()))
+    assert raw_labels.count(1) == 10 and smooth_labels.count(1) == 0
+    assert smooth.summary(["happy", "sad"])[0]["share_happy"] == 1.0
+    with pytest.raises(ValueError):
+        FaceTracker(smooth=-1)
+
+
+def moving_faces(count=12, size=(480, 320), step=6):
+    """Frames (BGR arrays) of two synthetic faces sliding towards each other, step pixels a frame."""
+    rng = np.random.default_rng(5)
+    left, right = draw_face("Happy", rng, 110).convert("RGB"), draw_face("Surprise", rng, 110).convert("RGB")
+    frames = []
+    for k in range(count):
+        canvas = Image.new("RGB", size, (100, 100, 100))
+        canvas.paste(left, (20 + step * k, 100))
+        canvas.paste(right, (340 - step * k, 90))
+        frames.append(np.asarray(canvas)[:, :, ::-1].copy())
+    return frames
+
+
+def test_the_video_api_gives_each_face_its_track_and_a_summary():
+    recognizer = Recognizer()
+    analysis = recognizer.analyze_video(moving_faces(), fps=10)
+    frames = list(analysis)
+    assert [f["frame"] for f in frames] == list(range(12)) and frames[3]["time_s"] == 0.3
+    tracks_by_side = {}
+    for f in frames:
+        assert len(f["faces"]) == 2
+        for d in f["faces"]:
+            tracks_by_side.setdefault(d["box"][0] < 200, set()).add(d["track"])
+    assert tracks_by_side == {True: {0}, False: {1}} or tracks_by_side == {True: {1}, False: {0}}
+    summary = analysis.tracks()
+    assert [r["frames"] for r in summary] == [12, 12] and summary[0]["last_s"] == 1.1
+
+
+def test_predict_video_writes_tracks_and_says_when_a_file_stops_early(tmp_path, capsys):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (480, 320))
+    for frame in moving_faces(30, step=3):
+        writer.write(frame)
+    writer.release()
+    predict = load_script("predict")
+    assert predict.main(["--video", str(video), "--out-dir", str(tmp_path / "o"), "--no-progress"]) == 0
+    with open(tmp_path / "o" / "clip_tracks.csv", newline="") as f:
+        tracks = list(csv.DictReader(f))
+    with open(tmp_path / "o" / "clip_frames.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    # Two faces, two tracks, however many frames the detector missed one in (JPEG-compressed frames).
+    assert len(tracks) == 2 and {r["track"] for r in rows} == {"0", "1"} and len(rows) >= 50
+    assert [int(t["frames"]) for t in tracks] == [sum(r["track"] == t["track"] for r in rows) for t in tracks]
+    # The same file cut in half: the frames read are kept, and where reading stopped is said.
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[:video.stat().st_size // 2])
+    capsys.readouterr()
+    assert predict.main(["--video", str(cut), "--out-dir", str(tmp_path / "c"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "reading stopped at frame" in err and "of the 30 its header promises" in err
