@@ -214,9 +214,17 @@ def predict_video(args, recognizer, out_dir):
         print(f"warning: {args.video}: no face found in {faceless} of {frames.read} frames", file=sys.stderr)
     csv_path = results.write(out_dir, f"{source.stem}_frames")
     tracks_path = write_tracks(tracker.summary(classes), out_dir / f"{source.stem}_tracks.csv")
+    from reports import TIMELINE_TRACKS, plot_timeline  # matplotlib, for videos only
+
+    timeline = out_dir / f"{source.stem}_timeline.png"
+    drawn = plot_timeline(results.rows, classes, timeline, title=source.name)
+    if len(tracker.tracks) > drawn > 0:
+        print(f"note: {timeline.name} draws the {drawn} tracks seen in most frames of {len(tracker.tracks)} "
+              f"(at most {TIMELINE_TRACKS}); {tracks_path.name} lists them all", file=sys.stderr)
     found = sum(1 for r in results.rows if r["status"] == "ok")
     print(f"{frames.read} frames, {found} face detections in {len(tracker.tracks)} track(s); wrote "
-          f"{f'{video_path}, ' if wrote_video else ''}{csv_path} and {tracks_path}")
+          f"{f'{video_path}, ' if wrote_video else ''}{csv_path}, {tracks_path}"
+          f"{f' and {timeline}' if drawn else ''}")
     return 0
 
 

@@ -51,6 +51,38 @@ def plot_curves(curves, out_path, title=""):
     _save(fig, out_path, title)
 
 
+# A timeline draws at most this many tracks, the longest: a crowd's hundred one-second tracks would be unreadable.
+TIMELINE_TRACKS = 12
+TIMELINE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+
+
+def plot_timeline(rows, classes, out_path, title=""):
+    """Each track's class probabilities over time, one panel per track (the TIMELINE_TRACKS seen in most frames,
+    in order of first sight), sharing one time axis in seconds. rows: predict.py's per-frame rows (track, time_s,
+    p_<class>), others ignored. -> the number of tracks drawn."""
+    by_track = {}
+    for row in rows:
+        if row.get("track") not in (None, ""):
+            by_track.setdefault(int(row["track"]), []).append(row)
+    shown = sorted(sorted(by_track, key=lambda t: -len(by_track[t]))[:TIMELINE_TRACKS])
+    if not shown:
+        return 0
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 1.2 + 1.5 * len(shown)), sharex=True, squeeze=False)
+    for ax, track in zip(axes[:, 0], shown):
+        times = [float(r["time_s"]) for r in by_track[track]]
+        for k, c in enumerate(classes):
+            ax.plot(times, [float(r[f"p_{c}"]) for r in by_track[track]], lw=1.2,
+                    color=TIMELINE_COLOURS[k % len(TIMELINE_COLOURS)], label=c)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"track {track}")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(ncol=min(len(classes), 8), fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.02),
+                      prop=text_properties(" ".join(classes)).get("fontproperties"))
+    axes[-1, 0].set_xlabel("time (s)")
+    _save(fig, out_path, title)
+    return len(shown)
+
+
 def _save(fig, out_path, title=""):
     if title:
         fig.suptitle(title, **text_properties(title))

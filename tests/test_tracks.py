@@ -92,6 +92,8 @@ def test_predict_video_writes_tracks_and_says_when_a_file_stops_early(tmp_path, 
     # Two faces, two tracks, however many frames the detector missed one in (JPEG-compressed frames).
     assert len(tracks) == 2 and {r["track"] for r in rows} == {"0", "1"} and len(rows) >= 50
     assert [int(t["frames"]) for t in tracks] == [sum(r["track"] == t["track"] for r in rows) for t in tracks]
+    timeline = Image.open(tmp_path / "o" / "clip_timeline.png")
+    assert timeline.height > timeline.width / 4  # two panels, one per track
     # The same file cut in half: the frames read are kept, and where reading stopped is said.
     cut = tmp_path / "cut.avi"
     cut.write_bytes(video.read_bytes()[:video.stat().st_size // 2])
