@@ -54,6 +54,9 @@ def get_args_parser():
                    "and a tracks CSV (per track: first and last time, frames, dominant expression, share of each)")
     p.add_argument("--smooth", type=non_negative_float, default=DEFAULT_SMOOTH, metavar="SECONDS",
                    help="--video: each track's probabilities are smoothed over this many seconds (0: each frame's own)")
+    p.add_argument("--detect-every", type=positive_int, default=1, metavar="N",
+                   help="--video: search the whole frame every N-th frame and follow the faces found in between "
+                   "(YuNet; faster, may miss a face that enters until the next search)")
     p.add_argument("--explain", action="store_true",
                    help="Grad-CAM of every face: a heat-map PNG per face, and drawn where the face is")
     p.add_argument("--out-dir", type=output_folder, default="predictions",
@@ -182,7 +185,7 @@ def predict_video(args, recognizer, out_dir):
     faceless = 0
     with tqdm(total=frames.promised or None, desc="frames", disable=args.no_progress) as bar:
         for index, time_s, photo in recognizer.video_photos(frames, frames.fps, tracker, faces=not args.no_detect,
-                                                            explain=args.explain):
+                                                            explain=args.explain, detect_every=args.detect_every):
             image, faces = photo.image, photo.faces
             stamp = {"frame": index, "time_s": round(time_s, 3)}
             if not faces:

@@ -13,6 +13,7 @@ path predict.py and the page run (photos.analyze_photos), so the three give the 
 import contextlib
 import warnings
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -85,18 +86,19 @@ class Recognizer:
         """The model's class names, in the order of its outputs."""
         return self.classifier.classes
 
-    def photos(self, images, faces=True, boxes=None, explain=False, bgr=False):
+    def photos(self, images, faces=True, boxes=None, explain=False, bgr=False, detector=None):
         """The rich results predict.py and the page render: images (paths, PIL images or numpy arrays) ->
         [photos.PhotoResult], one per image, each with its faces (faces.Face: box, landmarks, crop, probabilities,
         heatmap with explain) or the reason it has none (status: "unreadable: ...", "too large: ...", "no face
         found"). faces=False: each image is one face crop; boxes: read_boxes' rows by file name instead of
-        detection. Every face of every image goes through the network in one batch."""
+        detection; detector: a callable from a PIL image to [faces.Detection] used instead of this Recognizer's
+        own. Every face of every image goes through the network in one batch."""
         settings = self.settings
         if not faces or boxes is not None:
             settings = replace(settings, no_detect=not faces, boxes=boxes)
         with torch_threads(self.threads):
             return analyze_photos(images, self.classifier, settings,
-                                  self.detector if faces and boxes is None else None, explain, bgr)
+                                  (detector or self.detector) if faces and boxes is None else None, explain, bgr)
 
     def analyze(self, image, faces=True, bgr=False):
         """One photo (a file path, a PIL image, or a numpy array H x W, H x W x 3 or H x W x 4, RGB or, with
@@ -133,40 +135,55 @@ class Recognizer:
             out.append([face_record(face, self.classes) for face in result.faces])
         return out
 
-    def video_photos(self, frames, fps, tracker, faces=True, explain=False):
+    def video_photos(self, frames, fps, tracker, faces=True, explain=False, detect_every=1):
         """A video's frames (numpy arrays in OpenCV's BGR, as VideoFrames gives them, or PIL images) at fps frames a
         second -> yields (index, time in seconds, photos.PhotoResult) frame by frame, each face with its track id
-        (face.track) and its track's smoothed probabilities from tracker (tracks.FaceTracker)."""
+        (face.track) and its track's smoothed probabilities from tracker (tracks.FaceTracker). detect_every: faces
+        are searched for in the whole frame on every detect_every-th frame and, in between, followed from where
+        they were (faces.YuNetDetector.follow; YuNet only, Haar searches every frame)."""
+        follow = getattr(self.detector, "follow", None) if faces and detect_every > 1 else None
+        last = []
         for index, frame in enumerate(frames):
             time_s = index / fps
-            photo = self.photos([frame], faces=faces, explain=explain, bgr=isinstance(frame, np.ndarray))[0]
+            detector = None
+            if follow is not None and index % detect_every and last:
+                detector = partial(follow, previous=last)
+            photo = self.photos([frame], faces=faces, explain=explain, bgr=isinstance(frame, np.ndarray),
+                                detector=detector)[0]
             for face, track in zip(photo.faces, tracker.update(photo.faces, time_s)):
                 face.track = track
+            last = photo.faces
             yield index, time_s, photo
 
-    def analyze_video(self, video, fps=None, faces=True, smooth=DEFAULT_SMOOTH):
+    def analyze_video(self, video, fps=None, faces=True, smooth=DEFAULT_SMOOTH, detect_every=1):
         """A video file's path, or an iterable of frames (numpy arrays in OpenCV's BGR, or PIL images; fps then
         says how many a second, 25 when None) -> a VideoAnalysis: iterating it yields, frame by frame, {"frame":
         index, "time_s": seconds, "faces": analyze's dicts, each with its "track" id}; its tracks() gives one
         summary dict a track seen so far (tracks.FaceTracker.summary). Probabilities are smoothed along each track
-        over smooth seconds (0: each frame's own). Raises UserError for a path that cannot be read as a video."""
+        over smooth seconds (0: each frame's own); detect_every: as video_photos. Raises UserError for a path that
+        cannot be read as a video."""
         if isinstance(video, (str, Path)):
             frames = VideoFrames(video)
             fps = frames.fps
         else:
             frames, fps = video, fps or 25.0
-        return VideoAnalysis(self, frames, fps, FaceTracker(smooth), faces)
+        if detect_every < 1:
+            raise UserError(f"detect_every must be 1 or more, got {detect_every}")
+        return VideoAnalysis(self, frames, fps, FaceTracker(smooth), faces, detect_every)
 
 
 class VideoAnalysis:
     """Recognizer.analyze_video's result: iterate it for the frames; tracks() for the summary of what was read."""
 
-    def __init__(self, recognizer, frames, fps, tracker, faces):
-        self.recognizer, self.frames, self.fps, self.tracker, self.faces = recognizer, frames, fps, tracker, faces
+    def __init__(self, recognizer, frames, fps, tracker, faces, detect_every):
+        self.recognizer, self.frames, self.fps, self.tracker = recognizer, frames, fps, tracker
+        self.faces, self.detect_every = faces, detect_every
 
     def __iter__(self):
         classes = self.recognizer.classes
-        for index, time_s, photo in self.recognizer.video_photos(self.frames, self.fps, self.tracker, self.faces):
+        steps = self.recognizer.video_photos(self.frames, self.fps, self.tracker, self.faces,
+                                             detect_every=self.detect_every)
+        for index, time_s, photo in steps:
             yield {"frame": index, "time_s": round(time_s, 3),
                    "faces": [face_record(face, classes) for face in photo.faces]}
 

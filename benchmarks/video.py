@@ -6,8 +6,9 @@
 Clips are built from held-out face crops (a split folder of <class>/ images): each face, upscaled to 140-220
 pixels (less where four share a frame), drifts across a plain canvas and changes expression every few seconds (a
 new crop of another class), so that the tracks and their smoothed probabilities have something to follow. Frames
-per second are those of Recognizer.video_photos with its defaults (detection on every frame, tracks, smoothing),
-timed over the frames after the first ten, with nothing else running.
+per second are those of Recognizer.video_photos with its defaults (tracks, smoothing), searching the whole frame
+every N-th frame (--every) and following the faces in between, timed over the frames after the first ten, with
+nothing else running; and how many of the faces found searching every frame are found with the same label.
 """
 import argparse
 import sys
@@ -20,6 +21,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli import positive_int  # noqa: E402
 from dataset import data_files, read_image  # noqa: E402
+from faces import box_iou  # noqa: E402
 from recognizer import Recognizer  # noqa: E402
 from tracks import FaceTracker  # noqa: E402
 
@@ -53,28 +55,45 @@ def make_clip(folder, size, faces, frames, fps, seed, scene_s=3.0):
     return out
 
 
-def frames_per_second(recognizer, frames, fps):
-    steps = recognizer.video_photos(frames, fps, FaceTracker())
-    for _ in range(10):
-        next(steps)
+def run(recognizer, frames, fps, detect_every):
+    """-> (frames per second after the first ten, each frame's faces as [(box, label)])."""
+    steps = recognizer.video_photos(frames, fps, FaceTracker(), detect_every=detect_every)
+    seen = [next(steps)[2] for _ in range(10)]
     start = time.perf_counter()
-    count = sum(1 for _ in steps)
-    return count / (time.perf_counter() - start)
+    seen += [photo for _, _, photo in steps]
+    rate = (len(seen) - 10) / (time.perf_counter() - start)
+    classes = recognizer.classes
+    return rate, [[(f.box, classes[int(f.probabilities.argmax())]) for f in photo.faces] for photo in seen]
+
+
+def agreement(labels, reference):
+    """The share (%) of reference's faces (every frame searched) found with the same label: matched by IoU > 0.5."""
+    same = total = 0
+    for faces, ref in zip(labels, reference):
+        for box, label in ref:
+            total += 1
+            same += any(box_iou(box, b) > 0.5 and label == lab for b, lab in faces)
+    return 100 * same / max(total, 1)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--faces", required=True, help="a split folder of <class>/ images (e.g. fer2013/val)")
     p.add_argument("--frames", type=positive_int, default=60, help="frames timed per clip (after 10 of warm-up)")
+    p.add_argument("--every", type=positive_int, nargs="+", default=[1, 2, 5], help="--detect-every values to time")
     p.add_argument("--clip", help="also write a 12-second 640x480 clip of two faces here (MJPG .avi)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     recognizer = Recognizer()
-    print("| frame size | faces | frames per second |")
-    print("| --- | --- | --- |")
+    print("| frame size | faces | " + " | ".join(f"fps, every {n}" for n in args.every)
+          + " | " + " | ".join(f"labels as every frame, every {n}" for n in args.every[1:]) + " |")
+    print("| --- " * (2 + 2 * len(args.every) - 1) + "|")
     for size, faces in (((640, 480), 1), ((640, 480), 4), ((1280, 720), 1), ((1280, 720), 4)):
         frames = make_clip(args.faces, size, faces, args.frames + 10, 25.0, args.seed)
-        print(f"| {size[0]}x{size[1]} | {faces} | {frames_per_second(recognizer, frames, 25.0):.1f} |", flush=True)
+        runs = [run(recognizer, frames, 25.0, n) for n in args.every]
+        rates = " | ".join(f"{rate:.1f}" for rate, _ in runs)
+        agree = " | ".join(f"{agreement(labels, runs[0][1]):.1f}%" for _, labels in runs[1:])
+        print(f"| {size[0]}x{size[1]} | {faces} | {rates} | {agree} |", flush=True)
     if args.clip:
         import cv2
 

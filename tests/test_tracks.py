@@ -101,3 +101,20 @@ def test_predict_video_writes_tracks_and_says_when_a_file_stops_early(tmp_path, 
     assert predict.main(["--video", str(cut), "--out-dir", str(tmp_path / "c"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "reading stopped at frame" in err and "of the 30 its header promises" in err
+
+
+def test_detecting_every_third_frame_follows_the_faces_in_between(monkeypatch):
+    recognizer = Recognizer()
+    searched = []
+    detector = recognizer.detector
+    monkeypatch.setattr(recognizer, "detector", lambda image: searched.append(1) or detector(image))
+    recognizer.detector.follow = detector.follow
+    every = list(Recognizer().analyze_video(moving_faces(), fps=10))
+    followed = list(recognizer.analyze_video(moving_faces(), fps=10, detect_every=3))
+    assert len(searched) == 4  # frames 0, 3, 6 and 9; the others followed from where the faces were
+    for a, b in zip(every, followed):
+        assert sorted(f["track"] for f in b["faces"]) == [0, 1]
+        for fa, fb in zip(sorted(a["faces"], key=lambda f: f["box"][0]), sorted(b["faces"], key=lambda f: f["box"][0])):
+            assert fa["label"] == fb["label"] and max(abs(u - v) for u, v in zip(fa["box"], fb["box"])) <= 12
+    with pytest.raises(Exception, match="detect_every must be 1 or more"):
+        recognizer.analyze_video(moving_faces(2), fps=10, detect_every=0)
