@@ -4,7 +4,7 @@
     python predict.py photos/ --ckpt checkpoints/best.pth --out-dir predictions
     python predict.py crops/ --no-detect                 # each image is already one face crop
     python predict.py photos/ --boxes boxes.csv          # boxes you already have: file,x,y,w,h
-    python predict.py --video clip.mp4                   # annotated video and a per-frame CSV
+    python predict.py --video clip.mp4                   # annotated video, frames CSV, tracks CSV, timeline
     python predict.py group.jpg --explain                # Grad-CAM heat-map of every face
     python predict.py group.jpg --detector haar --no-align   # OpenCV's Haar cascade and plain box crops
     python predict.py group.jpg --ckpt model.onnx        # an exported ONNX model, run by ONNX Runtime
@@ -15,12 +15,10 @@ picture and predictions.csv / predictions.json: a row per face with its box, det
 every class's probability, and a row for every input that gave no face, saying why.
 """
 import argparse
-import csv
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -37,8 +35,8 @@ from photos import (
     output_names,
     read_boxes,
 )
-from recognizer import DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer, VideoFrames
-from tracks import FaceTracker
+from recognizer import DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer
+from videos import VideoFrames, process_video
 
 PHOTOS_PER_BATCH = 8  # photos whose faces go through the network together
 
@@ -173,71 +171,16 @@ def warn_of(names, what):
 
 
 def predict_video(args, recognizer, out_dir):
-    import cv2
-
-    frames = VideoFrames(args.video, "--video")
-    source = frames.path
-    video_path = out_dir / f"{source.stem}_annotated.mp4"
-    writer = None  # made at the first frame, at that frame's size
-    classes = recognizer.classes
-    results = Results(classes)
-    tracker = FaceTracker(args.smooth)
-    faceless = 0
-    with tqdm(total=frames.promised or None, desc="frames", disable=args.no_progress) as bar:
-        for index, time_s, photo in recognizer.video_photos(frames, frames.fps, tracker, faces=not args.no_detect,
-                                                            explain=args.explain, detect_every=args.detect_every):
-            image, faces = photo.image, photo.faces
-            stamp = {"frame": index, "time_s": round(time_s, 3)}
-            if not faces:
-                faceless += 1
-                results.add_failure(args.video, "no face found", **stamp)
-            for i, face in enumerate(faces):
-                results.add(args.video, i, face, **stamp)
-            if writer is None:
-                level = cv2.utils.logging.getLogLevel()
-                cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its failure is said below
-                try:
-                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), frames.fps, image.size)
-                finally:
-                    cv2.utils.logging.setLogLevel(level)
-                if not writer.isOpened():  # the codec refuses some sizes (1x1): the frames' rows still come
-                    print(f"warning: {video_path} cannot be written (a {image.width}x{image.height} video); only "
-                          "the rows are", file=sys.stderr)
-            if writer.isOpened():
-                writer.write(cv2.cvtColor(np.asarray(annotate(image, faces, classes)), cv2.COLOR_RGB2BGR))
-            bar.update(1)
-    if frames.read == 0:
-        raise UserError(f"--video {source}: no frame could be read")
-    wrote_video = writer.isOpened()
-    writer.release()
-    shortfall = frames.shortfall()
-    if shortfall:
-        print(f"warning: {shortfall}", file=sys.stderr)
-    if faceless:
-        print(f"warning: {args.video}: no face found in {faceless} of {frames.read} frames", file=sys.stderr)
-    csv_path = results.write(out_dir, f"{source.stem}_frames")
-    tracks_path = write_tracks(tracker.summary(classes), out_dir / f"{source.stem}_tracks.csv")
-    from reports import TIMELINE_TRACKS, plot_timeline  # matplotlib, for videos only
-
-    timeline = out_dir / f"{source.stem}_timeline.png"
-    drawn = plot_timeline(results.rows, classes, timeline, title=source.name)
-    if len(tracker.tracks) > drawn > 0:
-        print(f"note: {timeline.name} draws the {drawn} tracks seen in most frames of {len(tracker.tracks)} "
-              f"(at most {TIMELINE_TRACKS}); {tracks_path.name} lists them all", file=sys.stderr)
-    found = sum(1 for r in results.rows if r["status"] == "ok")
-    print(f"{frames.read} frames, {found} face detections in {len(tracker.tracks)} track(s); wrote "
-          f"{f'{video_path}, ' if wrote_video else ''}{csv_path}, {tracks_path}"
-          f"{f' and {timeline}' if drawn else ''}")
+    video = process_video(recognizer, VideoFrames(args.video, "--video"), out_dir, args.smooth, args.detect_every,
+                          not args.no_detect, args.explain, progress=not args.no_progress)
+    for warning in video.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for note in video.notes:
+        print(f"note: {note}", file=sys.stderr)
+    written = [str(p) for p in (video.annotated, video.frames_csv, video.tracks_csv, video.timeline) if p]
+    print(f"{video.frames} frames, {video.detections} face detections in {video.tracks} track(s); wrote "
+          f"{', '.join(written[:-1])} and {written[-1]}")
     return 0
-
-
-def write_tracks(rows, path):
-    """The tracks' summary (tracks.FaceTracker.summary) as a CSV -> its path."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["track"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 if __name__ == "__main__":

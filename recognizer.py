@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from errors import UserError, not_a_file
+from errors import UserError
 from faces import YUNET_MODEL
 from inference import Classifier, load_classifier
 from photos import DEFAULT_MODEL, FaceSettings, analyze_photos, face_record
 from tracks import FaceTracker
+from videos import VideoFrames
 
 # Torch's threads for per-photo work when the caller does not say: one face's views are a batch of six 48x48
 # images, too little work to share between threads, and threads that wait for each other are what make a photo
@@ -190,42 +191,3 @@ class VideoAnalysis:
     def tracks(self):
         """-> one dict a track (track, first_s, last_s, frames, dominant, share_<class>)."""
         return self.tracker.summary(self.recognizer.classes)
-
-
-class VideoFrames:
-    """The frames of a video file, read by OpenCV: iterate for uint8 H x W x 3 BGR arrays. fps: frames a second
-    (25 when the file does not say); promised: the frame count the file's header gives (0 when unknown); read:
-    how many were read so far. UserError for a path that is missing, a folder or not a video, naming it as
-    `called` (a flag, say) and the path."""
-
-    def __init__(self, path, called="video"):
-        import cv2
-
-        self.path = Path(path)
-        why = not_a_file(self.path, "a video")
-        if why:
-            raise UserError(f"{called} {self.path} {why}")
-        self.capture = cv2.VideoCapture(str(self.path))
-        if not self.capture.isOpened():
-            raise UserError(f"{called} {self.path} cannot be opened as a video")
-        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
-        self.promised = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self.read = 0
-
-    def __iter__(self):
-        try:
-            while True:
-                ok, frame = self.capture.read()
-                if not ok:
-                    return
-                self.read += 1
-                yield frame
-        finally:
-            self.capture.release()
-
-    def shortfall(self):
-        """What to say when fewer frames were read than the header promised (a truncated file), or None."""
-        if self.promised and self.read < self.promised:
-            return (f"{self.path}: reading stopped at frame {self.read} of the {self.promised} its header promises "
-                    "(a truncated or damaged file?); the frames read are kept")
-        return None

@@ -1,0 +1,136 @@
+"""Videos: reading a file's frames, and the one path from a video to its outputs (annotated video, per-frame rows,
+tracks summary, timeline picture) that predict.py --video and the page's video tab share."""
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from errors import UserError, not_a_file
+from faces import annotate
+from photos import Results
+from tracks import FaceTracker
+
+
+class VideoFrames:
+    """The frames of a video file, read by OpenCV: iterate for uint8 H x W x 3 BGR arrays. fps: frames a second
+    (25 when the file does not say); promised: the frame count the file's header gives (0 when unknown); read:
+    how many were read so far. UserError for a path that is missing, a folder or not a video, naming it as
+    `called` (a flag, say) and the path."""
+
+    def __init__(self, path, called="video"):
+        import cv2
+
+        self.path, self.called = Path(path), called
+        why = not_a_file(self.path, "a video")
+        if why:
+            raise UserError(f"{called} {self.path} {why}")
+        self.capture = cv2.VideoCapture(str(self.path))
+        if not self.capture.isOpened():
+            raise UserError(f"{called} {self.path} cannot be opened as a video")
+        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
+        self.promised = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.read = 0
+
+    def __iter__(self):
+        try:
+            while True:
+                ok, frame = self.capture.read()
+                if not ok:
+                    return
+                self.read += 1
+                yield frame
+        finally:
+            self.capture.release()
+
+    def shortfall(self):
+        """What to say when fewer frames were read than the header promised (a truncated file), or None."""
+        if self.promised and self.read < self.promised:
+            return (f"{self.path}: reading stopped at frame {self.read} of the {self.promised} its header promises "
+                    "(a truncated or damaged file?); the frames read are kept")
+        return None
+
+
+@dataclass
+class VideoOutputs:
+    """What process_video wrote and counted: the annotated video (None when the codec could not write it), the
+    frames CSV, the tracks CSV, the timeline PNG (None without a track), frames read, face detections, tracks,
+    the tracks' summary rows, and warnings and notes to show."""
+    annotated: Path
+    frames_csv: Path
+    tracks_csv: Path
+    timeline: Path
+    frames: int
+    detections: int
+    tracks: int
+    summary: list
+    warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
+def process_video(recognizer, frames, out_dir, smooth, detect_every=1, faces=True, explain=False, progress=False):
+    """A video's frames (VideoFrames) through recognizer.video_photos, with tracks smoothed over smooth seconds ->
+    VideoOutputs, written to out_dir as STEM_annotated.mp4, STEM_frames.csv/.json, STEM_tracks.csv and
+    STEM_timeline.png. UserError when no frame can be read."""
+    import cv2
+
+    from reports import TIMELINE_TRACKS, plot_timeline  # matplotlib, for videos only
+
+    stem = frames.path.stem
+    video_path = Path(out_dir) / f"{stem}_annotated.mp4"
+    writer = None  # made at the first frame, at that frame's size
+    classes = recognizer.classes
+    results, tracker = Results(classes), FaceTracker(smooth)
+    faceless, warnings, notes = 0, [], []
+    with tqdm(total=frames.promised or None, desc="frames", disable=not progress) as bar:
+        for index, time_s, photo in recognizer.video_photos(frames, frames.fps, tracker, faces=faces, explain=explain,
+                                                            detect_every=detect_every):
+            image, found = photo.image, photo.faces
+            stamp = {"frame": index, "time_s": round(time_s, 3)}
+            if not found:
+                faceless += 1
+                results.add_failure(frames.path, "no face found", **stamp)
+            for i, face in enumerate(found):
+                results.add(frames.path, i, face, **stamp)
+            if writer is None:
+                level = cv2.utils.logging.getLogLevel()
+                cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its failure is said below
+                try:
+                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), frames.fps, image.size)
+                finally:
+                    cv2.utils.logging.setLogLevel(level)
+                if not writer.isOpened():  # the codec refuses some sizes (1x1): the frames' rows still come
+                    warnings.append(f"{video_path} cannot be written (a {image.width}x{image.height} video); only "
+                                    "the rows are")
+            if writer.isOpened():
+                writer.write(cv2.cvtColor(np.asarray(annotate(image, found, classes)), cv2.COLOR_RGB2BGR))
+            bar.update(1)
+    if frames.read == 0:
+        raise UserError(f"{frames.called} {frames.path}: no frame could be read")
+    wrote_video = writer.isOpened()
+    writer.release()
+    if frames.shortfall():
+        warnings.append(frames.shortfall())
+    if faceless:
+        warnings.append(f"{frames.path}: no face found in {faceless} of {frames.read} frames")
+    frames_csv = results.write(Path(out_dir), f"{stem}_frames")
+    summary = tracker.summary(classes)
+    tracks_csv = write_tracks(summary, Path(out_dir) / f"{stem}_tracks.csv")
+    timeline = Path(out_dir) / f"{stem}_timeline.png"
+    drawn = plot_timeline(results.rows, classes, timeline, title=frames.path.name)
+    if len(tracker.tracks) > drawn > 0:
+        notes.append(f"{timeline.name} draws the {drawn} tracks seen in most frames of {len(tracker.tracks)} (at most "
+                     f"{TIMELINE_TRACKS}); {tracks_csv.name} lists them all")
+    detections = sum(1 for r in results.rows if r["status"] == "ok")
+    return VideoOutputs(video_path if wrote_video else None, frames_csv, tracks_csv, timeline if drawn else None,
+                        frames.read, detections, len(tracker.tracks), summary, warnings, notes)
+
+
+def write_tracks(rows, path):
+    """The tracks' summary (tracks.FaceTracker.summary) as a CSV -> its path."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["track"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
