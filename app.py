@@ -11,6 +11,7 @@ import argparse
 import html
 import sys
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from errors import UserError, exit_code
 from faces import annotate
 from inference import load_classifier
 from photos import DEFAULT_MODEL, MODELS_DIR, PhotoResult, Results, output_names
-from recognizer import Recognizer
+from recognizer import DEFAULT_SMOOTH, Recognizer
+from tracks import FaceTracker
+from videos import VideoFrames, process_video
 
 MAX_PIXELS = 40_000_000  # larger photos are refused with a message (a 40-megapixel photo is 7,700 x 5,200)
 BAR_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
@@ -107,6 +110,54 @@ def analyze(files, snapshot, model, detector, find_faces, align, score_threshold
         ".json"))], message
 
 
+def model_choices(ckpt):
+    return sorted({*shipped_models(), ckpt})
+
+
+def analyze_clip(video, model, smooth, every):
+    """The page's video tab: an uploaded clip through videos.process_video with the default face settings ->
+    (annotated video, tracks table rows, timeline PNG, [frames CSV, tracks CSV], message). gradio.Error for no
+    video, a bad model or a file that is not a video."""
+    import gradio as gr
+
+    if not video:
+        raise gr.Error("Add a video first.")
+    try:
+        recognizer = recognizer_for(str(model).strip(), "yunet", True, 0.6, 24, 960, (-30.0, 30.0))
+        out_dir = Path(tempfile.mkdtemp(prefix="fer_video_"))
+        outputs = process_video(recognizer, VideoFrames(video, "the video"), out_dir, float(smooth), int(every))
+    except UserError as e:
+        raise gr.Error(str(e).replace(str(video), Path(video).name)) from None
+    rows = [[r["track"], r["first_s"], r["last_s"], r["frames"], r["dominant"]] for r in outputs.summary]
+    message = (f"{outputs.frames} frames, {outputs.detections} face detections in {outputs.tracks} track(s)."
+               + "".join(f" {w.replace(str(video), Path(video).name)}." for w in outputs.warnings))
+    table = {"headers": ["track", "first (s)", "last (s)", "frames", "dominant"], "data": rows}
+    return (str(outputs.annotated) if outputs.annotated else None, table,
+            str(outputs.timeline) if outputs.timeline else None, [str(outputs.frames_csv), str(outputs.tracks_csv)],
+            message)
+
+
+def live_frame(frame, model, state):
+    """The live camera: one streamed frame (RGB array) -> (the frame with boxes, track ids and labels; the current
+    bars of each face; a line saying how many; the session's tracker and clock). Faces keep their track from frame
+    to frame, their probabilities smoothed over DEFAULT_SMOOTH seconds."""
+    if frame is None:
+        return None, "", "", state
+    try:
+        recognizer = recognizer_for(str(model).strip(), "yunet", True, 0.6, 24, 960, (-30.0, 30.0))
+    except UserError as e:
+        return None, "", str(e), state
+    state = state or {"tracker": FaceTracker(DEFAULT_SMOOTH), "start": time.monotonic()}
+    photo = recognizer.photos([frame])[0]
+    for face, track in zip(photo.faces, state["tracker"].update(photo.faces, time.monotonic() - state["start"])):
+        face.track = track
+    results = Results(recognizer.classes)
+    for i, face in enumerate(photo.faces):
+        results.add(f"track {face.track}", i, face)
+    shown = annotate(photo.image, photo.faces, recognizer.classes) if photo.image is not None else None
+    return shown, probability_bars(results.rows, recognizer.classes), f"{len(photo.faces)} face(s) in view.", state
+
+
 def original_name(path):
     """The name a user gave the file (Gradio keeps uploads under their own names in a temporary folder)."""
     return Path(path).name
@@ -157,35 +208,63 @@ def build_page(ckpt=str(DEFAULT_MODEL)):
     import gradio as gr
 
     with gr.Blocks(title="Facial expressions") as page:
-        gr.Markdown("# Facial expressions in photos\nDrop photos or take a webcam snapshot; every face found is "
-                    "classified by the model below (the same path as `predict.py`).")
-        with gr.Row():
-            with gr.Column():
-                files = gr.File(file_count="multiple", file_types=sorted(IMAGE_SUFFIXES), label="Photos",
-                                elem_id="photos")
-                snapshot = gr.Image(sources=["webcam"], type="filepath", label="Webcam snapshot")
-                model = gr.Dropdown(choices=sorted({*shipped_models(), ckpt}), value=ckpt, allow_custom_value=True,
-                                    label="Model (a shipped one, or any checkpoint or export path)")
-                with gr.Accordion("Faces", open=False):
-                    detector = gr.Radio(["yunet", "haar"], value="yunet", label="Detector")
-                    find_faces = gr.Checkbox(True, label="Find faces (off: each photo is one face crop)")
-                    align = gr.Checkbox(True, label="Align faces by their landmarks (YuNet)")
-                    score = gr.Slider(0.1, 0.95, value=0.6, step=0.05, label="Detector score threshold")
-                    min_face = gr.Number(24, precision=0, label="Smallest face (pixels)")
-                    max_side = gr.Number(960, precision=0, label="Detect at a longer side of at most (pixels)")
-                    turns = gr.Textbox("-30,30", label="Also search turned copies (degrees, or none)")
-                explain = gr.Checkbox(False, label="Grad-CAM: where the evidence for each label lies")
-                run = gr.Button("Analyze", variant="primary", elem_id="analyze")
-            with gr.Column():
-                message = gr.Markdown(elem_id="message")
-                gallery = gr.Gallery(label="Annotated", elem_id="annotated", columns=1, height=460,
-                                     object_fit="contain")
-                table = gr.Dataframe(headers=["file", "face", "label", "confidence", "box"], label="Faces",
-                                     elem_id="faces", interactive=False)
-                bars = gr.HTML(elem_id="bars")
-                downloads = gr.File(label="predictions.csv and .json", file_count="multiple")
-        run.click(analyze, [files, snapshot, model, detector, find_faces, align, score, min_face, max_side, turns,
-                            explain], [gallery, table, bars, downloads, message], api_name="analyze")
+        gr.Markdown("# Facial expressions\nPhotos, a video or the live camera; every face found is classified by "
+                    "the model below (the same path as `predict.py`).")
+        model = gr.Dropdown(choices=model_choices(ckpt), value=ckpt, allow_custom_value=True, elem_id="model",
+                            label="Model (a shipped one, or any checkpoint or export path)")
+        with gr.Tab("Photos"):
+            with gr.Row():
+                with gr.Column():
+                    files = gr.File(file_count="multiple", file_types=sorted(IMAGE_SUFFIXES), label="Photos",
+                                    elem_id="photos")
+                    snapshot = gr.Image(sources=["webcam"], type="filepath", label="Webcam snapshot")
+                    with gr.Accordion("Faces", open=False):
+                        detector = gr.Radio(["yunet", "haar"], value="yunet", label="Detector")
+                        find_faces = gr.Checkbox(True, label="Find faces (off: each photo is one face crop)")
+                        align = gr.Checkbox(True, label="Align faces by their landmarks (YuNet)")
+                        score = gr.Slider(0.1, 0.95, value=0.6, step=0.05, label="Detector score threshold")
+                        min_face = gr.Number(24, precision=0, label="Smallest face (pixels)")
+                        max_side = gr.Number(960, precision=0, label="Detect at a longer side of at most (pixels)")
+                        turns = gr.Textbox("-30,30", label="Also search turned copies (degrees, or none)")
+                    explain = gr.Checkbox(False, label="Grad-CAM: where the evidence for each label lies")
+                    run = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                with gr.Column():
+                    message = gr.Markdown(elem_id="message")
+                    gallery = gr.Gallery(label="Annotated", elem_id="annotated", columns=1, height=460,
+                                         object_fit="contain")
+                    table = gr.Dataframe(headers=["file", "face", "label", "confidence", "box"], label="Faces",
+                                         elem_id="faces", interactive=False)
+                    bars = gr.HTML(elem_id="bars")
+                    downloads = gr.File(label="predictions.csv and .json", file_count="multiple")
+            run.click(analyze, [files, snapshot, model, detector, find_faces, align, score, min_face, max_side, turns,
+                                explain], [gallery, table, bars, downloads, message], api_name="analyze")
+        with gr.Tab("Video"):
+            with gr.Row():
+                with gr.Column():
+                    clip = gr.Video(label="A video", sources=["upload"], elem_id="clip")
+                    smooth = gr.Slider(0, 3, value=DEFAULT_SMOOTH, step=0.1, label="Smooth each face over (seconds)")
+                    every = gr.Slider(1, 10, value=1, step=1, label="Search the whole frame every N-th frame")
+                    run_video = gr.Button("Analyze the video", variant="primary", elem_id="analyze-video")
+                with gr.Column():
+                    video_message = gr.Markdown(elem_id="video-message")
+                    annotated_video = gr.Video(label="Annotated", elem_id="annotated-video")
+                    tracks_table = gr.Dataframe(label="Tracks", elem_id="tracks", interactive=False)
+                    timeline = gr.Image(label="Each track over time", elem_id="timeline", type="filepath")
+                    video_files = gr.File(label="frames and tracks CSV", file_count="multiple")
+            run_video.click(analyze_clip, [clip, model, smooth, every],
+                            [annotated_video, tracks_table, timeline, video_files, video_message],
+                            api_name="analyze_video")
+        with gr.Tab("Live camera"):
+            live_state = gr.State(None)
+            with gr.Row():
+                camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Camera",
+                                  elem_id="camera")
+                with gr.Column():
+                    live_view = gr.Image(label="Faces, tracks and labels", elem_id="live-view")
+                    live_message = gr.Markdown(elem_id="live-message")
+                    live_bars = gr.HTML(elem_id="live-bars")
+            camera.stream(live_frame, [camera, model, live_state], [live_view, live_bars, live_message, live_state],
+                          stream_every=0.25, concurrency_limit=1)
     return page
 
 

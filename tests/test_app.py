@@ -102,3 +102,50 @@ def test_the_page_builds_a_detector_once_per_setting(photos, monkeypatch):
     assert len(built) == 1 and first == again and len(first) == len(FACES)
     click(0.7)  # other settings, another detector
     assert len(built) == 2 and built[1].score_threshold == 0.7
+
+
+def clip_frames(count, step=4):
+    """RGB frames of two synthetic faces sliding towards each other on a 480x320 canvas."""
+    rng = np.random.default_rng(5)
+    left, right = draw_face("Happy", rng, 110).convert("RGB"), draw_face("Surprise", rng, 110).convert("RGB")
+    frames = []
+    for k in range(count):
+        canvas = Image.new("RGB", (480, 320), (100, 100, 100))
+        canvas.paste(left, (20 + step * k, 100))
+        canvas.paste(right, (340 - step * k, 90))
+        frames.append(np.asarray(canvas))
+    return frames
+
+
+def test_the_video_tab_answers_with_tracks_and_a_timeline(server, tmp_path):
+    import cv2
+    from gradio_client import Client, handle_file
+
+    video = tmp_path / "two.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (480, 320))
+    for frame in clip_frames(20):
+        writer.write(frame[:, :, ::-1].copy())
+    writer.release()
+    client = Client(server, verbose=False)
+    annotated, tracks, timeline, files, message = client.predict(
+        handle_file(str(video)), str(app.DEFAULT_MODEL), 0.5, 1, api_name="/analyze_video")
+    rows = tracks["data"] if isinstance(tracks, dict) else tracks
+    assert message.startswith("20 frames") and "in 2 track(s)" in message
+    assert len(rows) == 2 and timeline and sorted(p.rsplit("/", 1)[-1] for p in files) == ["two_frames.csv",
+                                                                                           "two_tracks.csv"]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(Exception, match="broken.mp4 cannot be opened as a video"):
+        client.predict(handle_file(str(broken)), str(app.DEFAULT_MODEL), 0.5, 1, api_name="/analyze_video")
+
+
+def test_the_live_view_keeps_each_faces_track_from_frame_to_frame():
+    state = None
+    for frame in clip_frames(6):
+        shown, bars, message, state = app.live_frame(frame, str(app.DEFAULT_MODEL), state)
+        found = len(app.recognizer_for(str(app.DEFAULT_MODEL), "yunet", True, 0.6, 24, 960,
+                                       (-30.0, 30.0)).analyze(frame))
+        assert shown.size == (480, 320) and message == f"{found} face(s) in view."
+        assert bars.count('class="face"') == found
+    # Two faces, two tracks, whatever frames a face was missed in.
+    assert len(state["tracker"].tracks) == 2 and [t.frames >= 4 for t in state["tracker"].tracks] == [True, True]
