@@ -1,5 +1,6 @@
 """The web page (app.py) in a real browser, headless Chromium driven by Playwright, and through Gradio's client
 API: faces counted, the annotated image shown, a file that is not an image answered with a message."""
+import re
 import shutil
 import socket
 
@@ -149,3 +150,32 @@ def test_the_live_view_keeps_each_faces_track_from_frame_to_frame():
         assert bars.count('class="face"') == found
     # Two faces, two tracks, whatever frames a face was missed in.
     assert len(state["tracker"].tracks) == 2 and [t.frames >= 4 for t in state["tracker"].tracks] == [True, True]
+
+
+def test_the_live_camera_labels_the_faces_of_a_fake_camera_in_a_browser(server, tmp_path):
+    import cv2
+    from playwright.sync_api import expect, sync_playwright
+
+    # Chromium's fake camera plays a Y4M file (YUV 4:2:0) in a loop: two synthetic faces sliding.
+    camera = tmp_path / "camera.y4m"
+    with open(camera, "wb") as f:
+        f.write(b"YUV4MPEG2 W480 H320 F10:1 Ip A1:1 C420jpeg\n")
+        for frame in clip_frames(30, step=2):
+            f.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS + [
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={camera}"])
+        try:
+            page = browser.new_context(permissions=["camera"]).new_page()
+            page.goto(server)
+            page.get_by_role("tab", name="Live camera").click()
+            page.get_by_role("button", name="Click to Access Webcam").click()
+            page.locator("#camera button", has_text="Record").click()
+            expect(page.locator("#live-message")).to_contain_text(re.compile(r"[1-9] face\(s\) in view"),
+                                                                  timeout=60_000)
+            expect(page.locator("#live-view img").first).to_be_visible()
+            expect(page.locator("#live-bars .face").first).to_contain_text("track")
+            assert "Traceback" not in page.content()
+        finally:
+            browser.close()
