@@ -14,42 +14,56 @@ from tracks import FaceTracker
 
 
 class VideoFrames:
-    """The frames of a video file, read by OpenCV: iterate for uint8 H x W x 3 BGR arrays. fps: frames a second
-    (25 when the file does not say); promised: the frame count the file's header gives (0 when unknown); read:
-    how many were read so far. UserError for a path that is missing, a folder or not a video, naming it as
-    `called` (a flag, say) and the path."""
+    """The frames of a video file, decoded by PyAV (FFmpeg's libraries): iterate for uint8 H x W x 3 BGR arrays,
+    each at its own size. OpenCV's reader scales every frame to the first one's size, so a stream whose frames
+    change size (an MJPEG stream of 640x480, then 1280x720 frames) gave boxes in squeezed coordinates; and PyAV
+    says why reading stopped. fps: frames a second (25 when the file does not say); promised: the frame count the
+    file's header gives (0 when unknown); read: how many were read so far; stopped: why decoding ended early, or
+    None. UserError for a path that is missing, a folder or not a video, naming it as `called` (a flag, say)."""
 
     def __init__(self, path, called="video"):
-        import cv2
+        import av
 
         self.path, self.called = Path(path), called
         why = not_a_file(self.path, "a video")
         if why:
             raise UserError(f"{called} {self.path} {why}")
-        self.capture = cv2.VideoCapture(str(self.path))
-        if not self.capture.isOpened():
-            raise UserError(f"{called} {self.path} cannot be opened as a video")
-        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
-        self.promised = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self.read = 0
+        try:
+            self.container = av.open(str(self.path))
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise UserError(f"{called} {self.path} cannot be opened as a video ({_first_line(e)})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise UserError(f"{called} {self.path} cannot be opened as a video (it has no video stream)")
+        self.stream = self.container.streams.video[0]
+        self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 25.0)
+        self.promised = max(0, int(self.stream.frames or 0))
+        self.read, self.stopped = 0, None
 
     def __iter__(self):
+        import av
+
         try:
-            while True:
-                ok, frame = self.capture.read()
-                if not ok:
-                    return
+            for frame in self.container.decode(self.stream):
                 self.read += 1
-                yield frame
+                yield frame.to_ndarray(format="bgr24")
+        except av.FFmpegError as e:  # a damaged or truncated file: the frames before it are kept
+            self.stopped = _first_line(e)
         finally:
-            self.capture.release()
+            self.container.close()
 
     def shortfall(self):
-        """What to say when fewer frames were read than the header promised (a truncated file), or None."""
-        if self.promised and self.read < self.promised:
-            return (f"{self.path}: reading stopped at frame {self.read} of the {self.promised} its header promises "
-                    "(a truncated or damaged file?); the frames read are kept")
+        """What to say when decoding stopped early or fewer frames were read than the header promised, or None."""
+        if self.stopped or (self.promised and self.read < self.promised):
+            promised = f" of the {self.promised} its header promises" if self.promised else ""
+            why = f" ({self.stopped})" if self.stopped else ""
+            return (f"{self.path}: reading stopped at frame {self.read}{promised}{why}; the frames read are kept "
+                    "(a truncated or damaged file?)")
         return None
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
 
 
 @dataclass
@@ -82,7 +96,7 @@ def process_video(recognizer, frames, out_dir, smooth, detect_every=1, faces=Tru
     writer = None  # made at the first frame, at that frame's size
     classes = recognizer.classes
     results, tracker = Results(classes), FaceTracker(smooth)
-    faceless, warnings, notes = 0, [], []
+    faceless, warnings, notes, other_sizes = 0, [], [], set()
     with tqdm(total=frames.promised or None, desc="frames", disable=not progress) as bar:
         for index, time_s, photo in recognizer.video_photos(frames, frames.fps, tracker, faces=faces, explain=explain,
                                                             detect_every=detect_every):
@@ -100,11 +114,16 @@ def process_video(recognizer, frames, out_dir, smooth, detect_every=1, faces=Tru
                     writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), frames.fps, image.size)
                 finally:
                     cv2.utils.logging.setLogLevel(level)
+                size = image.size
                 if not writer.isOpened():  # the codec refuses some sizes (1x1): the frames' rows still come
                     warnings.append(f"{video_path} cannot be written (a {image.width}x{image.height} video); only "
                                     "the rows are")
             if writer.isOpened():
-                writer.write(cv2.cvtColor(np.asarray(annotate(image, found, classes)), cv2.COLOR_RGB2BGR))
+                shown = annotate(image, found, classes)
+                if shown.size != size:  # the rows keep the frame's own size; the video shows it at the first's
+                    other_sizes.add(shown.size)
+                    shown = shown.resize(size)
+                writer.write(cv2.cvtColor(np.asarray(shown), cv2.COLOR_RGB2BGR))
             bar.update(1)
     if frames.read == 0:
         raise UserError(f"{frames.called} {frames.path}: no frame could be read")
@@ -112,6 +131,10 @@ def process_video(recognizer, frames, out_dir, smooth, detect_every=1, faces=Tru
     writer.release()
     if frames.shortfall():
         warnings.append(frames.shortfall())
+    if other_sizes:
+        sizes = ", ".join(f"{w}x{h}" for w, h in sorted(other_sizes))
+        warnings.append(f"{frames.path}: frames change size ({sizes} after {size[0]}x{size[1]}): each is analysed at "
+                        f"its own size, and {video_path.name} shows them scaled to {size[0]}x{size[1]}")
     if faceless:
         warnings.append(f"{frames.path}: no face found in {faceless} of {frames.read} frames")
     frames_csv = results.write(Path(out_dir), f"{stem}_frames")

@@ -118,3 +118,25 @@ def test_detecting_every_third_frame_follows_the_faces_in_between(monkeypatch):
             assert fa["label"] == fb["label"] and max(abs(u - v) for u, v in zip(fa["box"], fb["box"])) <= 12
     with pytest.raises(Exception, match="detect_every must be 1 or more"):
         recognizer.analyze_video(moving_faces(2), fps=10, detect_every=0)
+
+
+def test_frames_that_change_size_are_each_read_at_their_own_size(tmp_path, capsys):
+    # An MJPEG stream of 640x480, then 1280x720, then 320x240 frames: OpenCV's reader squeezed every frame to
+    # 640x480 and gave boxes in those coordinates. A face pasted at x=900 of the 1280x720 frames must be found there.
+    rng = np.random.default_rng(2)
+    face_image = draw_face("Happy", rng, 150).convert("RGB")
+    stream = tmp_path / "sizes.mjpeg"
+    places = {(640, 480): (300, 150), (1280, 720): (900, 300), (320, 240): (100, 40)}
+    with open(stream, "wb") as f:
+        for size in [(640, 480)] * 3 + [(1280, 720)] * 3 + [(320, 240)] * 3:
+            canvas = Image.new("RGB", size, (100, 100, 100))
+            canvas.paste(face_image if size != (320, 240) else face_image.resize((100, 100)), places[size])
+            f.write(cv2.imencode(".jpg", np.asarray(canvas)[:, :, ::-1])[1].tobytes())
+    predict = load_script("predict")
+    assert predict.main(["--video", str(stream), "--out-dir", str(tmp_path / "o"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "frames change size (320x240, 1280x720 after 640x480): each is analysed at its own size" in err
+    with open(tmp_path / "o" / "sizes_frames.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    xs = {int(r["frame"]): int(r["x"]) for r in rows}
+    assert all(880 <= xs[k] <= 940 for k in (3, 4, 5) if k in xs) and len([k for k in (3, 4, 5) if k in xs]) >= 2
