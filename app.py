@@ -129,8 +129,10 @@ def analyze_clip(video, model, smooth, every):
     except UserError as e:
         raise gr.Error(str(e).replace(str(video), Path(video).name)) from None
     rows = [[r["track"], r["first_s"], r["last_s"], r["frames"], r["dominant"]] for r in outputs.summary]
+    # The user's file name, not the upload's or the outputs' temporary folder.
+    shown = [w.replace(str(video), Path(video).name).replace(f"{out_dir}/", "") for w in outputs.warnings]
     message = (f"{outputs.frames} frames, {outputs.detections} face detections in {outputs.tracks} track(s)."
-               + "".join(f" {w.replace(str(video), Path(video).name)}." for w in outputs.warnings))
+               + "".join(f" {w}." for w in shown))
     table = {"headers": ["track", "first (s)", "last (s)", "frames", "dominant"], "data": rows}
     return (str(outputs.annotated) if outputs.annotated else None, table,
             str(outputs.timeline) if outputs.timeline else None, [str(outputs.frames_csv), str(outputs.tracks_csv)],
@@ -149,7 +151,9 @@ def live_frame(frame, model, state):
         return None, "", str(e), state
     state = state or {"tracker": FaceTracker(DEFAULT_SMOOTH), "start": time.monotonic()}
     photo = recognizer.photos([frame])[0]
-    for face, track in zip(photo.faces, state["tracker"].update(photo.faces, time.monotonic() - state["start"])):
+    seen = time.monotonic() - state["start"]
+    size = photo.image.size if photo.image is not None else (1, 1)
+    for face, track in zip(photo.faces, state["tracker"].update(photo.faces, seen, size)):
         face.track = track
     results = Results(recognizer.classes)
     for i, face in enumerate(photo.faces):

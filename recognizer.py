@@ -142,6 +142,8 @@ class Recognizer:
         (face.track) and its track's smoothed probabilities from tracker (tracks.FaceTracker). detect_every: faces
         are searched for in the whole frame on every detect_every-th frame and, in between, followed from where
         they were (faces.YuNetDetector.follow; YuNet only, Haar searches every frame)."""
+        if detect_every < 1 or not fps > 0:
+            raise UserError(f"detect_every must be 1 or more and fps above 0, got {detect_every} and {fps}")
         follow = getattr(self.detector, "follow", None) if faces and detect_every > 1 else None
         last = []
         for index, frame in enumerate(frames):
@@ -151,7 +153,8 @@ class Recognizer:
                 detector = partial(follow, previous=last)
             photo = self.photos([frame], faces=faces, explain=explain, bgr=isinstance(frame, np.ndarray),
                                 detector=detector)[0]
-            for face, track in zip(photo.faces, tracker.update(photo.faces, time_s)):
+            size = photo.image.size if photo.image is not None else (1, 1)
+            for face, track in zip(photo.faces, tracker.update(photo.faces, time_s, size)):
                 face.track = track
             last = photo.faces
             yield index, time_s, photo
@@ -167,9 +170,9 @@ class Recognizer:
             frames = VideoFrames(video)
             fps = frames.fps
         else:
-            frames, fps = video, fps or 25.0
-        if detect_every < 1:
-            raise UserError(f"detect_every must be 1 or more, got {detect_every}")
+            frames, fps = video, 25.0 if fps is None else fps
+        if detect_every < 1 or not fps > 0:
+            raise UserError(f"detect_every must be 1 or more and fps above 0, got {detect_every} and {fps}")
         return VideoAnalysis(self, frames, fps, FaceTracker(smooth), faces, detect_every)
 
 
@@ -178,9 +181,12 @@ class VideoAnalysis:
 
     def __init__(self, recognizer, frames, fps, tracker, faces, detect_every):
         self.recognizer, self.frames, self.fps, self.tracker = recognizer, frames, fps, tracker
-        self.faces, self.detect_every = faces, detect_every
+        self.faces, self.detect_every, self.started = faces, detect_every, False
 
     def __iter__(self):
+        if self.started:
+            raise UserError("a video's analysis is read once: call analyze_video again to read it again")
+        self.started = True
         classes = self.recognizer.classes
         steps = self.recognizer.video_photos(self.frames, self.fps, self.tracker, self.faces,
                                              detect_every=self.detect_every)
@@ -189,5 +195,8 @@ class VideoAnalysis:
                    "faces": [face_record(face, classes) for face in photo.faces]}
 
     def tracks(self):
-        """-> one dict a track (track, first_s, last_s, frames, dominant, share_<class>)."""
+        """-> one dict a track seen so far (track, first_s, last_s, frames, dominant, share_<class>); UserError
+        before the frames have been read."""
+        if not self.started:
+            raise UserError("iterate over the analysis first: tracks are known once its frames have been read")
         return self.tracker.summary(self.recognizer.classes)

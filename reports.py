@@ -73,7 +73,7 @@ def plot_timeline(rows, classes, out_path, title=""):
         for k, c in enumerate(classes):
             ax.plot(times, [float(r[f"p_{c}"]) for r in by_track[track]], lw=1.2,
                     color=TIMELINE_COLOURS[k % len(TIMELINE_COLOURS)], label=c)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(-0.03, 1.03)  # a probability of 1 drawn on the frame's edge was invisible
         ax.set_ylabel(f"track {track}")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(ncol=min(len(classes), 8), fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.02),
