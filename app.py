@@ -175,7 +175,7 @@ def too_large(path):
                 return PhotoResult(str(path), status=f"too large: {im.width}x{im.height} pixels, more than "
                                    f"{MAX_PIXELS / 1e6:.0f} megapixels")
     except (OSError, ValueError, Image.DecompressionBombError):
-        return None  # analyze_photo says what is wrong with it
+        return None  # the Recognizer says what is wrong with it
     return None
 
 

@@ -1,10 +1,10 @@
 """From a photo to faces: detection, alignment, cropping like the training data, per-face results, drawing.
 
-`analyze_image` is the one path from a decoded photo to per-face results; predict.py (photos, folders,
-videos) and app.py render what it returns. A face is brought to the model the way training images were:
-its region is cut from the photo (aligned by its landmarks, or its box plus a margin) and passed through
-`dataset.image_to_array`, the very function that decoded the training set; the classifier (inference.py)
-then normalises it as its scoring records.
+`cut_faces` and `classify_faces` take a decoded photo's detections to per-face results (photos.analyze_photos
+runs them for the Python API, predict.py and app.py; `analyze_image` does both for one photo). A face is brought
+to the model the way training images were: its region is cut from the photo (aligned by its landmarks, or its box
+plus a margin) and passed through `dataset.image_to_array`, the very function that decoded the training set; the
+classifier (inference.py) then normalises it as its scoring records.
 
 Detectors: YuNet (Wu, Peng, Yu, "YuNet: A Tiny Millisecond-level Face Detector", Machine Intelligence Research
 2023; models/yunet_s_640_640.onnx, run by ONNX Runtime and decoded as OpenCV's FaceDetectorYN decodes it), which

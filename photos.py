@@ -139,11 +139,6 @@ def analyze_photos(sources, classifier, settings, detector=None, explain=False, 
     return results
 
 
-def analyze_photo(path, classifier, settings, detector=None, explain=False):
-    """One photo through analyze_photos -> PhotoResult."""
-    return analyze_photos([path], classifier, settings, detector, explain)[0]
-
-
 def face_record(face, classes):
     """A classified face (faces.Face) -> a dict of plain Python values that json.dumps takes as they are: box [x,
     y, w, h] (int pixels of the photo), score (the detector's, None for Haar, --boxes and no detection),
