@@ -40,6 +40,12 @@ def get_args_parser():
     return p
 
 
+# What the shipped models are, as the page's menu names them (models/README.md has their cards).
+SHIPPED_NAMES = {"ferplus_vgg.pth": "FER+, eight classes (shipped, the default)",
+                 "fer2013_7class_vgg.pth": "FER2013, seven classes (shipped)",
+                 "fer2013_5class_vgg.pth": "FER2013, the assignment's five classes (shipped)"}
+
+
 def shipped_models():
     return sorted(str(p) for p in MODELS_DIR.glob("*.pth"))
 
@@ -111,7 +117,17 @@ def analyze(files, snapshot, model, detector, find_faces, align, score_threshold
 
 
 def model_choices(ckpt):
-    return sorted({*shipped_models(), ckpt})
+    """The model menu: (what the user reads, the path the page loads) for each shipped model, by what it is, and
+    for any other file, by its path as given."""
+    paths = sorted({*shipped_models(), str(ckpt)})
+    return sorted(((shipped_name(p) or p, p) for p in paths), key=lambda choice: (shipped_name(choice[1]) is None,
+                                                                                 choice[0]))
+
+
+def shipped_name(path):
+    """A shipped model's name (SHIPPED_NAMES), or None for any other file."""
+    path = Path(path)
+    return SHIPPED_NAMES.get(path.name) if path.resolve().parent == MODELS_DIR else None
 
 
 def analyze_clip(video, model, smooth, every):

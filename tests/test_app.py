@@ -179,3 +179,12 @@ def test_the_live_camera_labels_the_faces_of_a_fake_camera_in_a_browser(server, 
             assert "Traceback" not in page.content()
         finally:
             browser.close()
+
+
+def test_the_model_menu_names_shipped_models_by_what_they_are(tmp_path):
+    own = str(tmp_path / "mine.pth")
+    choices = app.model_choices(own)
+    shown = dict(choices)
+    assert shown["FER+, eight classes (shipped, the default)"] == str(app.DEFAULT_MODEL)
+    assert shown[own] == own  # another file, by its path as given
+    assert choices[0][0].startswith("FER") and not any(str(app.MODELS_DIR) in label for label, _ in choices)
