@@ -130,6 +130,11 @@ def shipped_name(path):
     return SHIPPED_NAMES.get(path.name) if path.resolve().parent == MODELS_DIR else None
 
 
+def default_recognizer(model):
+    """The Recognizer of the video and live tabs: model (a path) with predict.py's default face settings."""
+    return recognizer_for(str(model).strip(), "yunet", True, 0.6, 24, 960, (-30.0, 30.0))
+
+
 def analyze_clip(video, model, smooth, every):
     """The page's video tab: an uploaded clip through videos.process_video with the default face settings ->
     (annotated video, tracks table rows, timeline PNG, [frames CSV, tracks CSV], message). gradio.Error for no
@@ -139,7 +144,7 @@ def analyze_clip(video, model, smooth, every):
     if not video:
         raise gr.Error("Add a video first.")
     try:
-        recognizer = recognizer_for(str(model).strip(), "yunet", True, 0.6, 24, 960, (-30.0, 30.0))
+        recognizer = default_recognizer(model)
         out_dir = Path(tempfile.mkdtemp(prefix="fer_video_"))
         outputs = process_video(recognizer, VideoFrames(video, "the video"), out_dir, float(smooth), int(every))
     except UserError as e:
@@ -162,15 +167,12 @@ def live_frame(frame, model, state):
     if frame is None:
         return None, "", "", state
     try:
-        recognizer = recognizer_for(str(model).strip(), "yunet", True, 0.6, 24, 960, (-30.0, 30.0))
+        recognizer = default_recognizer(model)
     except UserError as e:
         return None, "", str(e), state
     state = state or {"tracker": FaceTracker(DEFAULT_SMOOTH), "start": time.monotonic()}
     photo = recognizer.photos([frame])[0]
-    seen = time.monotonic() - state["start"]
-    size = photo.image.size if photo.image is not None else (1, 1)
-    for face, track in zip(photo.faces, state["tracker"].update(photo.faces, seen, size)):
-        face.track = track
+    recognizer.track(photo, state["tracker"], time.monotonic() - state["start"])
     results = Results(recognizer.classes)
     for i, face in enumerate(photo.faces):
         results.add(f"track {face.track}", i, face)

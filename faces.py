@@ -98,7 +98,7 @@ class YuNetDetector:
         found = [(*d, eye_line(d[2])) for d in self._detect(rgb)]
         for degrees in self.turns:
             found += self._detect_turned(rgb, degrees)
-        detections = []
+        faces = []
         for box, score, landmarks, tilt in merge_passes(found):
             for _ in range(LEVEL_LOOKS):  # a face seen off level is looked at again, turned level
                 if abs(tilt) <= LEVEL_TOLERANCE:
@@ -107,7 +107,15 @@ class YuNetDetector:
                 if seen is None:
                     break
                 _, _, landmarks, tilt = seen
-            box, landmarks = tuple(v / scale for v in box), landmarks / scale  # back to the photo's pixels
+            faces.append((box, score, landmarks))
+        return self._in_photo(faces, scale)
+
+    def _in_photo(self, faces, scale):
+        """Faces (box, score, landmarks) in pixels of the photo shrunk by scale -> [Detection] in the photo's
+        pixels, those under min_face left out, largest first."""
+        detections = []
+        for box, score, landmarks in faces:
+            box, landmarks = tuple(v / scale for v in box), landmarks / scale
             if min(box[2:]) >= self.min_face:
                 detections.append(Detection(box, score, landmarks))
         return sorted(detections, key=lambda d: -d.box[2] * d.box[3])
@@ -167,16 +175,9 @@ class YuNetDetector:
         full search takes three over the photo. -> [Detection], largest first; a face not found again is left
         out (the next full search finds it)."""
         rgb, scale = shrink(pixels(image, "RGB"), self.max_side)
-        detections = []
-        for d in previous:
-            angle = 0.0 if d.landmarks is None else eye_line(d.landmarks)
-            seen = self._look(rgb, tuple(v * scale for v in d.box), angle)
-            if seen is not None:
-                box, score, landmarks, _ = seen
-                box, landmarks = tuple(v / scale for v in box), landmarks / scale
-                if min(box[2:]) >= self.min_face:
-                    detections.append(Detection(box, score, landmarks))
-        return sorted(detections, key=lambda d: -d.box[2] * d.box[3])
+        looks = [self._look(rgb, tuple(v * scale for v in d.box), 0.0 if d.landmarks is None else eye_line(d.landmarks))
+                 for d in previous]
+        return self._in_photo([seen[:3] for seen in looks if seen is not None], scale)
 
     def _detect_turned(self, rgb, degrees):
         """Faces of the photo turned by degrees about its centre (same size), turned back -> [(box, score,

@@ -153,11 +153,17 @@ class Recognizer:
                 detector = partial(follow, previous=last)
             photo = self.photos([frame], faces=faces, explain=explain, bgr=isinstance(frame, np.ndarray),
                                 detector=detector)[0]
-            size = photo.image.size if photo.image is not None else (1, 1)
-            for face, track in zip(photo.faces, tracker.update(photo.faces, time_s, size)):
-                face.track = track
+            self.track(photo, tracker, time_s)
             last = photo.faces
             yield index, time_s, photo
+
+    @staticmethod
+    def track(photo, tracker, time_s):
+        """Give a frame's faces (photos.PhotoResult, seen at time_s seconds) their track ids (face.track) and their
+        tracks' smoothed probabilities, from tracker (tracks.FaceTracker)."""
+        size = photo.image.size if photo.readable else (1, 1)
+        for face, track in zip(photo.faces, tracker.update(photo.faces, time_s, size)):
+            face.track = track
 
     def analyze_video(self, video, fps=None, faces=True, smooth=DEFAULT_SMOOTH, detect_every=1):
         """A video file's path, or an iterable of frames (numpy arrays in OpenCV's BGR, or PIL images; fps then

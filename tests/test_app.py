@@ -144,8 +144,7 @@ def test_the_live_view_keeps_each_faces_track_from_frame_to_frame():
     state = None
     for frame in clip_frames(6):
         shown, bars, message, state = app.live_frame(frame, str(app.DEFAULT_MODEL), state)
-        found = len(app.recognizer_for(str(app.DEFAULT_MODEL), "yunet", True, 0.6, 24, 960,
-                                       (-30.0, 30.0)).analyze(frame))
+        found = len(app.default_recognizer(app.DEFAULT_MODEL).analyze(frame))
         assert shown.size == (480, 320) and message == f"{found} face(s) in view."
         assert bars.count('class="face"') == found
     # Two faces, two tracks, whatever frames a face was missed in.
