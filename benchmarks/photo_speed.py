@@ -27,12 +27,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli import positive_int  # noqa: E402
-from dataset import data_files, read_image  # noqa: E402
+from dataset import CLASS_SYNONYMS, data_files, read_image  # noqa: E402
 from faces import classify_faces, cut_faces  # noqa: E402
 from recognizer import Recognizer, torch_threads  # noqa: E402
 
 CLASSES = ("angry", "happy", "neutral", "sad", "surprise")
-OURS = {"anger": "angry", "happiness": "happy", "neutral": "neutral", "sadness": "sad", "surprise": "surprise"}
+# Our model's class names as fer's: the synonym table training reads other datasets' names by (happiness: happy).
+OURS = {name: group[0] for group in CLASS_SYNONYMS for name in group}
 FER_WORKER = """
 import json, sys, time
 import numpy as np, cv2
