@@ -29,10 +29,11 @@ from dataset import (
 )
 from errors import UserError, not_a_file
 from faces import LANDMARKS, Detection, classify_faces, clip_box, cut_faces, make_detector
+from runs import SHIPPED_MODELS
 
 # The shipped models (model cards in models/README.md), and the one predict.py and the page use without --ckpt:
 # FER+'s, the most accurate on the same faces against ten annotators' majority (docs/report.md section 12).
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS_DIR = SHIPPED_MODELS
 DEFAULT_MODEL = MODELS_DIR / "ferplus_vgg.pth"
 # The names of what predict.py writes (annotated_name, gradcam_name, Results.write, its video's): never inputs.
 OUTPUT_NAMES = re.compile(r".+_annotated\.(jpg|mp4)|.+_face\d+_gradcam\.png|(predictions|.+_frames)\.(csv|json)")

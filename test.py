@@ -156,8 +156,9 @@ def calibrate_checkpoint(classifier, args):
                                  trained.get("label_mode") or "majority")
     classifier, figures = calibrate(classifier, val, train, classifier.source)
     print(f"{classifier.source}: {summary(figures)} of {root}; stored in the checkpoint")
-    if bound_note(figures):
-        print(f"warning: {bound_note(figures)}", file=sys.stderr)
+    bound = bound_note(figures)
+    if bound:
+        print(f"warning: {bound}", file=sys.stderr)
     return classifier
 
 

@@ -161,7 +161,7 @@ def get_args_parser():
                    help="passes over the training split at most (--patience may stop earlier); the learning-rate "
                    "schedule spans them")
     g.add_argument("--batch-size", type=positive_int, default=64,
-                   help="images per training step (over all processes under torchrun: each takes its share)")
+                   help="images per training step of each process (under torchrun, N processes take N times as many)")
     g.add_argument("--opt", choices=["sgd", "adamw"], default="sgd", help="the optimizer")
     g.add_argument("--lr", type=positive_float, default=0.05,
                    help="peak learning rate, reached after --warmup-epochs and decayed by --sched")
@@ -1057,9 +1057,10 @@ def test(best_path, data, test_split, leaks, args, run, log):
     # Every process fits on all of validation, so all agree on the temperature; rank 0 stores it.
     classifier, figures = calibrate(classifier, data.val, data.train, best_path if run.is_main else None)
     log.line(f"Calibration: {summary(figures)}")
-    if bound_note(figures):
-        log.line(f"warning: {bound_note(figures)}", echo=False)
-        run.say(f"warning: {bound_note(figures)}", file=sys.stderr)
+    bound = bound_note(figures)
+    if bound:
+        log.line(f"warning: {bound}", echo=False)
+        run.say(f"warning: {bound}", file=sys.stderr)
     if test_split is None:
         run.say(f"no {args.test_split} split in {run.root}; score another dataset with: "
                 f"python test.py --ckpt {best_path} --data DIR")
