@@ -18,9 +18,9 @@ from pathlib import Path
 from PIL import Image
 
 from cli import angle_list, positive_int
-from dataset import IMAGE_SUFFIXES
 from errors import UserError, exit_code
 from faces import annotate
+from images import IMAGE_SUFFIXES
 from inference import load_classifier
 from photos import DEFAULT_MODEL, MODELS_DIR, PhotoResult, Results, output_names
 from recognizer import DEFAULT_SMOOTH, Recognizer

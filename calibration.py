@@ -5,7 +5,7 @@ temperature T, fitted on held-out data to minimise the negative log-likelihood; 
 model, T < 1 sharpens an under-confident one. Dividing by T > 0 keeps every argmax, so decisions, accuracy and
 Macro-F1 are untouched. The fitted T lives in the checkpoint's scoring block (checkpoint.Scoring.temperature).
 
-It is fitted on the validation faces that are not copies of training faces (dataset.unseen): FER2013 holds
+It is fitted on the validation faces that are not copies of training faces (leakage.unseen): FER2013 holds
 hundreds of re-encoded and re-cropped copies, which a model scores from memory, so a fit that kept them would
 sharpen the model for faces it has seen (measured: the seven-class model's temperature 0.86 with them, 0.89
 without, and PublicTest's ECE 3.65% against 2.49%).
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, save_checkpoint
-from dataset import unseen
+from leakage import unseen
 from metrics import calibration_from_sums, calibration_sums
 
 # The temperatures a fit may reach. Trained models land between about 0.5 and 3 (FER2013's seven-class model 0.89);
@@ -44,7 +44,7 @@ def fit_temperature(logits, labels, steps=100):
 
 def calibrate(classifier, val, train, checkpoint=None):
     """Fit a classifier's temperature on the validation images that are not copies of training images
-    (val, train: FERSplits; dataset.unseen), and store it in the scoring block of the checkpoint file when one is
+    (val, train: FERSplits; leakage.unseen), and store it in the scoring block of the checkpoint file when one is
     given. Data where most validation images look like copies (drawn faces, frames of one video) is fitted on all
     of its validation. -> (the classifier with it, {"temperature", "images", "before", "after"}: ECE, NLL and
     Brier score on those images at temperature 1 and at the fitted one, metrics.calibration_from_sums)."""

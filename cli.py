@@ -8,7 +8,8 @@ import math
 import os
 from pathlib import Path
 
-from dataset import AFFINE_RANGES, AUGMENTATIONS, class_key, class_name
+from augment import AFFINE_RANGES, AUGMENTATIONS
+from dataset import class_key, class_name
 
 
 def positive_int(text):
@@ -175,7 +176,7 @@ def affine_ranges(text):
 
 
 def augmentation_list(text):
-    """"flip, affine" -> ("flip", "affine"); "none" -> (). Names are checked against dataset.AUGMENTATIONS."""
+    """"flip, affine" -> ("flip", "affine"); "none" -> (). Names are checked against augment.AUGMENTATIONS."""
     if text.strip().lower() == "none":
         return ()
     kinds = tuple(k.strip().lower() for k in text.split(",") if k.strip())
@@ -222,3 +223,12 @@ def flags_given(make_parser, argv):
     probe = make_parser()
     probe.set_defaults(**{dest: unset for dest in vars(make_parser().parse_args(argv))})
     return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
+
+
+def shown(value):
+    """A flag's value as a message shows it: "the default" for None, a list comma-separated ("none" if empty)."""
+    if value is None:
+        return "the default"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return value

@@ -9,29 +9,25 @@ Layouts read:
   (image name, face box, ten vote counts), or FER+'s fer2013new.csv (Usage, Image name, ten vote counts) with
   the fer2013.csv whose pixels it labels beside it, same row order.
 
-Every image, whatever its mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F), EXIF orientation and size, goes
-through `read_image`/`canonical_image` (the one decoding every path uses: training, test, predict, video) and
-is brought to `channels` x `size` x `size` uint8 once, at load time; training then augments whole batches on
-the device (`augment_batch`), so no epoch decodes a file again and no DataLoader worker is needed.
+Every image goes through images.py (the one decoding every path uses: training, test, predict, video) and is
+brought to `channels` x `size` x `size` uint8 once, at load time; training then augments whole batches on the
+device (augment.py), so no epoch decodes a file again and no DataLoader worker is needed. Held-out splits are
+splits.py's, copies across splits leakage.py's.
 """
+
 import csv
-import hashlib
 import itertools
-import os
 import unicodedata
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
 import ferplus
-from errors import UserError
+from errors import DataError, some, text_lines
+from images import MAX_FACE_ASPECT, MIN_FACE_SIDE, data_files, decode_many, image_to_array, is_hidden, is_image
 
 FER2013_CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
 ASSIGNMENT_CLASSES = ["Angry", "Happy", "Neutral", "Sad", "Surprise"]
@@ -42,29 +38,12 @@ SPLIT_ALIASES = {
 }
 CSV_USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}  # Usage, lower-cased -> split
 FERPLUS_CSV_HEADER = ("usage", "image name", *(c.lower() for c in ferplus.VOTE_COLUMNS))
-AUGMENTATIONS = ("flip", "affine", "jitter", "erase")
-MIXES = ("none", "mixup", "cutmix")
-JUNK_FILES = {"thumbs.db", "desktop.ini", "icon\r"}
-# Suffixes of the image files read; a file of a folder with another suffix is read when its content is an image
-# (is_image).
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-# The smallest face and the most elongated picture taken as a face (why_not_a_face). Below 8 pixels on its shorter
-# side a face's eyes and mouth are a pixel or two each, nothing an expression can be read from (FER2013's faces are
-# 48 pixels, the Haar cascade's smallest window 24), while 8 still takes the 16-pixel faces of low-resolution sets.
-# Face crops are near square (FER2013 1:1, CK+'s 640x490 frames 1.3:1, a 16:9 video frame given whole 1.8:1); a
-# picture beyond 4:1 is squeezed into the square input four-fold or more, past recognising any face.
-MIN_FACE_SIDE = 8
-MAX_FACE_ASPECT = 4.0
 # Names of the same emotions in FER2013 (Angry, Happy...), FER+ (anger, happiness...) and other sets (KDEF's
 # afraid, surprised; RAF-DB's and CK+'s nouns): a model's class is read from a data folder or column named by
 # another of its group (match_classes), with a note.
 CLASS_SYNONYMS = (("angry", "anger"), ("happy", "happiness"), ("sad", "sadness"), ("surprise", "surprised"),
                   ("fear", "fearful", "afraid"), ("disgust", "disgusted"), ("neutral", "neutrality"),
                   ("contempt", "contemptuous"))
-
-
-class DataError(UserError):
-    pass
 
 
 @dataclass
@@ -128,152 +107,6 @@ class FERSplit:
 # Decoding any image: one function for every path
 
 
-def canonical_image(im):
-    """Any PIL image -> the same picture as an 8-bit 'L' or 'RGB' image, the form every path works on.
-
-    EXIF orientation is applied (a phone photo stored sideways is turned upright); 16-bit, 32-bit and float
-    images are scaled from their range (PIL would clip them to white): 16-bit samples (0..65535) and floats in
-    0..1 or -1..1 by that scale, other values beyond 0..255 from their own minimum and maximum; transparent pixels
-    become white, as a viewer shows them; palette, CMYK and other colour modes become RGB, bilevel images L.
-    """
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
-        low, high = (arr.min(), arr.max()) if arr.size else (0.0, 0.0)
-        if im.mode.startswith("I;16") or (im.mode == "I" and low >= 0 and 255 < high <= 65535):
-            arr = arr / 257.0
-        elif im.mode == "F" and low >= -1.0 and high <= 1.0:
-            arr = (arr + 1.0) * 127.5 if low < 0 else arr * 255.0
-        elif low < 0 or high > 255:
-            arr = (arr - low) * (255.0 / (high - low))
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if im.mode in ("L", "RGB"):
-        return im
-    return im.convert("L" if im.mode == "1" else "RGB")
-
-
-def read_image(path):
-    """Open and decode an image file -> canonical_image of its first frame, with info["frames"] set to the file's
-    frame count (an animated GIF's or a multi-page TIFF's; 1 for a still). Raises OSError (or PIL's errors, which
-    are subclasses of it or ValueError) for a file that is not a readable image."""
-    # Photos of 89-179 megapixels are decoded with a warning of PIL's that names no file; the detectors shrink them,
-    # and larger ones raise DecompressionBombError, which callers report by file.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()
-            image = canonical_image(im)
-            image.info["frames"] = getattr(im, "n_frames", 1)
-            return image
-
-
-def frames_note(image):
-    """What to say of a read_image image whose file holds several frames (only the first is read), or None."""
-    frames = image.info.get("frames", 1)
-    return f"{frames} frames, only the first is read" if frames > 1 else None
-
-
-def why_not_a_face(width, height):
-    """Why a picture of width x height pixels cannot be a face (MIN_FACE_SIDE, MAX_FACE_ASPECT), or None: the one
-    rule training, test and predict.py's --no-detect and --boxes faces are checked by."""
-    short, long = sorted((width, height))
-    if short < MIN_FACE_SIDE:
-        return f"{width}x{height} pixels, under {MIN_FACE_SIDE} on a side"
-    if long > MAX_FACE_ASPECT * short:
-        return f"{width}x{height} pixels, {round(long / short, 1):g}:1, beyond {MAX_FACE_ASPECT:g}:1"
-    return None
-
-
-def is_image(path):
-    """Whether a file is read as an image: its suffix is an image's (IMAGE_SUFFIXES; one that does not decode is
-    then named as unreadable), or PIL recognises its content (a JPEG saved as photo.heic or without a suffix). The
-    one rule by which training, test and predict.py tell the images of a folder from its other files."""
-    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path):  # reads the header only
-                return True
-    except Image.DecompressionBombError:
-        return True
-    except Exception:  # noqa: BLE001 - whatever PIL cannot identify is not an image
-        return False
-
-
-def image_from_array(array, bgr=False):
-    """A photo held as a numpy array -> canonical_image of it. array: H x W (gray), H x W x 1, H x W x 3 (RGB, or
-    BGR as OpenCV holds it when bgr) or H x W x 4 (RGBA, or BGRA); uint8, uint16 (0..65535) or float (0..1, or
-    0..255 when larger values occur). Raises UserError naming the shape or dtype for anything else."""
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape:
-        raise UserError(f"an image array must be H x W, H x W x 3 or H x W x 4, got shape {array.shape}")
-    if array.dtype == np.uint16 and array.ndim == 2:
-        return canonical_image(Image.fromarray(np.ascontiguousarray(array)))  # mode I;16, scaled as 16-bit files are
-    if np.issubdtype(array.dtype, np.floating):
-        finite = np.nan_to_num(array.astype(np.float64))
-        array = np.clip(np.rint(finite * (255.0 if finite.max(initial=0) <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
-    elif array.dtype == np.uint16:
-        array = (array // 257).astype(np.uint8)
-    elif array.dtype != np.uint8:
-        raise UserError(f"an image array must be uint8, uint16 or float, got {array.dtype}")
-    if array.ndim == 3 and bgr:
-        array = array[:, :, [2, 1, 0, 3][:array.shape[2]]]
-    return canonical_image(Image.fromarray(np.ascontiguousarray(array)))
-
-
-def image_to_array(im, size, channels):
-    """A PIL image of any mode and size -> uint8 array (channels, size, size): canonical_image, then gray (1) or
-    RGB (3), resized with PIL's bilinear filter (which low-passes when shrinking)."""
-    im = canonical_image(im).convert("L" if channels == 1 else "RGB")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-
-
-class Decoded(NamedTuple):
-    """What decode_file made of a file: array (uint8 channels x size x size), or None with why (the error, or
-    why_not_a_face's reason when not_a_face); note: frames_note's, for a file read by its first frame."""
-    array: np.ndarray = None
-    why: str = None
-    not_a_face: bool = False
-    note: str = None
-
-
-def decode_file(path, size, channels):
-    """A training or test image file -> Decoded: its array, or why it gives none (not a readable image, or a
-    picture why_not_a_face refuses)."""
-    try:
-        image = read_image(path)
-    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for corrupt, truncated and non-image files
-        return Decoded(why=f"{type(e).__name__}: {e}".strip()[:120])
-    problem = why_not_a_face(*image.size)
-    if problem:
-        return Decoded(why=problem, not_a_face=True)
-    return Decoded(image_to_array(image, size, channels), note=frames_note(image))
-
-
-def _decode_many(paths, size, channels):
-    # PIL releases the GIL while decoding, so threads give real parallelism for a folder of JPEGs.
-    workers = min(8, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: decode_file(p, size, channels), paths, chunksize=64))
-
-
-def some(names, shown=3):
-    """The first `shown` of names, comma-separated, with how many more there are."""
-    names = [str(n) for n in names]
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
 def _sorted_decoded(sources, decoded):
     """Decoded files (sources[i] gave decoded[i]) -> (indices of those with an array, skipped [(source, why)] of the
     unreadable ones, notes on those that cannot be faces and those read by their first frame)."""
@@ -286,47 +119,6 @@ def _sorted_decoded(sources, decoded):
     notes += [f"{len(frames)} file(s) hold several frames (animations, multi-page TIFFs); only the first frame of "
               f"each is read: {some(frames)}"] if frames else []
     return keep, skipped, notes
-
-
-def _hidden_name(name):
-    return name.startswith(".") or name == "__MACOSX"
-
-
-def is_hidden(path, below):
-    """Whether path (under the folder `below`) is not data: any part of it below `below` is hidden (a leading
-    dot, macOS's __MACOSX folder and ._name resource files) or a known junk file (Thumbs.db, desktop.ini)."""
-    parts = Path(path).relative_to(below).parts
-    return any(map(_hidden_name, parts)) or parts[-1].lower() in JUNK_FILES
-
-
-def data_files(*folders):
-    """Every file below the folders that may be data, sorted (is_hidden files and folders left out), each file once:
-    links to folders are followed (train/Happy/more -> /elsewhere/happy_faces is read), except those to a folder that
-    holds the one walked (train/Happy/loop -> .., a loop through the other classes), a folder reached twice (a
-    second link to it, a link loop) is walked once, and a file reached by two paths (a link to it) is read once, by
-    the first in sorted order. A broken link is one, so that reading it fails by name rather than its being left
-    out in silence."""
-    walked, found = set(), []
-    for folder in map(Path, folders):
-        root = Path(os.path.realpath(folder))
-        for top, dirs, files in os.walk(folder, followlinks=True):
-            real = os.path.realpath(top)
-            if real in walked:
-                dirs[:] = []
-                continue
-            walked.add(real)
-            # A link to a folder that holds the walked one (train/Happy/loop -> ..) would read its neighbours, the
-            # other classes' folders, as this one's: it is a loop, never data.
-            dirs[:] = sorted(d for d in dirs if not _hidden_name(d) and not (
-                os.path.islink(os.path.join(top, d)) and root.is_relative_to(os.path.realpath(os.path.join(top, d)))))
-            for name in files:
-                path = Path(top) / name
-                if (path.is_file() or (path.is_symlink() and not path.exists())) and not is_hidden(path, folder):
-                    found.append(path)
-    unique = {}
-    for path in sorted(found):
-        unique.setdefault(os.path.realpath(path), path)
-    return sorted(unique.values())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -344,26 +136,6 @@ def _check_root(root):
     if root.is_dir() and not any(root.iterdir()):
         raise DataError(f"data folder {root} is empty")
     return root
-
-
-def text_lines(path):
-    """The lines of a UTF-8 text file (a byte-order mark dropped, line ends kept, as csv.reader wants them);
-    DataError naming the file and the line of the first byte that is not UTF-8 (a file saved as Latin-1)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        try:
-            yield from f
-        except UnicodeDecodeError:
-            pass
-        else:
-            return
-    # The decoder reads ahead by blocks, so the place is found in the bytes.
-    data = Path(path).read_bytes()
-    try:
-        data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8") \
-            from None
 
 
 def _csv_header(path):
@@ -627,7 +399,7 @@ def _load_folder_split(root, split, classes, size, channels, class_map):
                 labels.append(label)
             else:
                 not_images.append(f)
-    decoded = _decode_many(paths, size, channels)
+    decoded = decode_many(paths, size, channels)
     keep, skipped, decode_notes = _sorted_decoded(paths, decoded)
     images = (torch.from_numpy(np.stack([decoded[i].array for i in keep])) if keep
               else torch.zeros(0, channels, size, size, dtype=torch.uint8))
@@ -767,7 +539,7 @@ def _load_ferplus_folder(root, split, size, channels):
     missing = [n for n in names if n not in present]
     unlisted = sorted(present - listed)
     kept = [i for i, n in enumerate(names) if n in present]
-    decoded = _decode_many([folder / names[i] for i in kept], size, channels)
+    decoded = decode_many([folder / names[i] for i in kept], size, channels)
     decoded_ok, unreadable, notes = _sorted_decoded([folder / names[i] for i in kept], decoded)
     good = [kept[j] for j in decoded_ok]
     arrays = [decoded[j].array for j in decoded_ok]
@@ -841,53 +613,6 @@ def scoring_protocol(split):
     return _select_votes(split, split.classes, "majority")
 
 
-def recorded_splits(root, classes, input_cfg, split_record, label_mode="majority"):
-    """The training and validation faces a checkpoint's training used, by its split record -> (train, val), val on
-    the scoring protocol: the data's val split ("val split") beside its train split, or what training held out of
-    the train split (read as training read it, with its label_mode): its "val_indices", or for a release
-    checkpoint, which keeps no indices, the split its "stratified F of train, seed S" names, drawn again.
-    DataError when the record allows neither."""
-    source = split_record.get("source", "")
-    full = load_split(root, "train", classes, input_cfg["size"], input_cfg["channels"], label_mode)
-    if source == "val split" and "val_indices" not in split_record:
-        train_indices = split_record.get("train_indices", range(len(full)))
-        val = load_split(root, "val", classes, input_cfg["size"], input_cfg["channels"])
-        return recorded_subset(full, list(train_indices), "train", f"{root}: the checkpoint's split"), val
-    indices = split_record.get("val_indices")
-    words = source.split()
-    if indices is None and len(words) == 6 and words[:1] + words[2:5] == ["stratified", "of", "train,", "seed"]:
-        _, indices = stratified_split(full.labels, float(words[1]), int(words[5]))
-    if indices is None:
-        raise DataError(f"{root}: the checkpoint records no validation split it could be scored on ({source!r})")
-    record = f"{root}: the checkpoint's validation split"
-    train_indices = split_record.get("train_indices") or sorted(set(range(len(full))) - set(indices))
-    return (recorded_subset(full, train_indices, "train", record),
-            scoring_protocol(recorded_subset(full, indices, "val", record)))
-
-
-def held_out_of_train(split_record):
-    """Whether a split record names validation images held out of the train split (indices, or the stratified
-    split a release checkpoint's record names) -> what identifies them (compare two records with it), or None."""
-    if "val_indices" in split_record:
-        return split_record["val_indices"]
-    source = split_record.get("source", "")
-    return source if source.startswith("stratified ") else None
-
-
-def recorded_validation(root, classes, input_cfg, split_record, label_mode="majority"):
-    """The validation faces of recorded_splits."""
-    return recorded_splits(root, classes, input_cfg, split_record, label_mode)[1]
-
-
-def unseen(split, seen):
-    """split without the images that are copies of images in seen (near_duplicates): what a model scores as
-    new faces, not from memory."""
-    copies = {p["test"] for p in near_duplicates(seen, split)}
-    if not copies:
-        return split
-    return split.subset([i for i, source in enumerate(split.sources) if source not in copies])
-
-
 def _select_votes(split, classes, mode):
     """The faces of a vote split that `mode` keeps, with labels and targets over classes (ferplus.label_mode)."""
     try:
@@ -904,164 +629,3 @@ def _select_votes(split, classes, mode):
         purpose = "scored (majority protocol)" if scored else f"usable with --label-mode {mode}"
         result.notes.append(f"{len(result):,} of {len(split):,} faces {purpose}; left out: {why}")
     return result
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Splitting, hashing, normalising and augmenting
-
-
-def recorded_subset(full, indices, name, record):
-    """full.subset(indices) for indices that a checkpoint recorded; DataError if they cannot be this data's."""
-    if indices and max(indices) >= len(full):
-        raise DataError(f"{record} indexes {full.name} images up to {max(indices)}, but {full.name} has "
-                        f"{len(full)}; is this the data it was trained on?")
-    return full.subset(indices, name)
-
-
-def stratified_split(labels, val_fraction, seed):
-    """Seeded per-class shuffle; each class gives round(n * val_fraction) images (at least one) to val."""
-    labels = torch.as_tensor(labels)
-    g = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = [], []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
-        val_idx.append(idx[:n_val])
-        train_idx.append(idx[n_val:])
-    return torch.cat(train_idx).sort().values.tolist(), torch.cat(val_idx).sort().values.tolist()
-
-
-def pixel_hashes(images):
-    """A digest of each image's pixels, to find identical images across splits."""
-    return [hashlib.blake2b(img.numpy().tobytes(), digest_size=12).hexdigest() for img in images]
-
-
-# Test faces whose most similar training face reaches this are copies of it. Measured on FER2013 Training against
-# PublicTest: every pair looked at from 0.90 up was the same photograph (re-cropped, re-toned, re-encoded or
-# retouched), and distinct faces begin below about 0.88; a JPEG quality-70 copy scores above 0.99.
-NEAR_DUPLICATE_SIMILARITY = 0.90
-
-
-def _fingerprints(images):
-    """Gray images averaged over 2 x 2 blocks (which JPEG noise does not survive), centred and scaled to unit
-    length: their dot product is the correlation of two images, blind to brightness and contrast."""
-    x = F.avg_pool2d(images.float().mean(1, keepdim=True), 2).flatten(1)
-    x = x - x.mean(1, keepdim=True)
-    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-6)
-
-
-def near_duplicates(train, test, threshold=NEAR_DUPLICATE_SIMILARITY, chunk=1024):
-    """Test images that are copies of training images: pixel-identical, or whose correlation with a training
-    image (_fingerprints) is at least threshold. -> [{"test": source, "train": source, "similarity": float,
-    "identical": bool}], one per test image that has such a copy (its most similar training image)."""
-    if len(train) == 0 or len(test) == 0:
-        return []
-    where = {h: i for i, h in enumerate(pixel_hashes(train.images))}
-    reference = _fingerprints(train.images)
-    pairs = []
-    for start in range(0, len(test), chunk):
-        batch = test.images[start:start + chunk]
-        similarity, nearest = (_fingerprints(batch) @ reference.T).max(1)
-        for offset, h in enumerate(pixel_hashes(batch)):
-            i = start + offset
-            if h in where or similarity[offset] >= threshold:
-                j = where.get(h, int(nearest[offset]))
-                pairs.append({"test": test.sources[i], "train": train.sources[j],
-                              "similarity": round(1.0 if h in where else float(similarity[offset]), 4),
-                              "identical": h in where})
-    return pairs
-
-
-def normalize(images_uint8, mean, std):
-    """uint8 N x C x H x W -> float, as the model was trained: (x / 255 - mean) / std."""
-    return (images_uint8.float().div_(255) - mean) / std
-
-
-AFFINE_RANGES = (10.0, 0.1, 0.1)  # rotation (degrees), scale and shift (share of the image) either way
-
-
-def augment_batch(x, kinds, generator, affine=AFFINE_RANGES):
-    """Random augmentation of a whole float batch at once, on whatever device x is on.
-
-    flip: horizontal flip; affine: rotation +-DEG, scale 1 +- SCALE, shift +-SHIFT of the image size, for
-    affine = (DEG, SCALE, SHIFT), AFFINE_RANGES by default; jitter: brightness and contrast +-20%; erase: one
-    random rectangle of up to a quarter of the image set to the mean (Random Erasing: Zhong, Zheng, Kang, Li and
-    Yang, AAAI 2020). x: float N x C x H x W, normalised; -> the same shape and dtype.
-    """
-    n, dev = x.shape[0], x.device
-
-    def uniform(lo, hi, *shape):
-        return torch.rand(n, *shape, generator=generator, device="cpu").to(dev) * (hi - lo) + lo
-
-    if "flip" in kinds or "affine" in kinds:
-        sign = torch.ones(n, device=dev)
-        if "flip" in kinds:
-            sign = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-        degrees, scaling, shifting = affine
-        angle = uniform(-degrees, degrees).deg2rad() if "affine" in kinds else torch.zeros(n, device=dev)
-        scale = uniform(1 - scaling, 1 + scaling) if "affine" in kinds else torch.ones(n, device=dev)
-        shift = uniform(-shifting, shifting, 2) if "affine" in kinds else torch.zeros(n, 2, device=dev)
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos * sign, -sin, shift[:, 0]], 1),
-                             torch.stack([sin * sign, cos, shift[:, 1]], 1)], 1)
-        x = warp(x, theta.to(x.dtype))
-    if "jitter" in kinds:
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        contrast = uniform(0.8, 1.2).view(n, 1, 1, 1)
-        brightness = uniform(-0.2, 0.2).view(n, 1, 1, 1)
-        x = (x - mean) * contrast + mean + brightness
-    if "erase" in kinds:
-        h, w = x.shape[-2:]
-        eh = (uniform(0.1, 0.5) * h).long().view(n, 1, 1)
-        ew = (uniform(0.1, 0.5) * w).long().view(n, 1, 1)
-        top = (uniform(0, 1) * (h - eh.view(n))).long().view(n, 1, 1)
-        left = (uniform(0, 1) * (w - ew.view(n))).long().view(n, 1, 1)
-        rows = torch.arange(h, device=dev).view(1, h, 1)
-        cols = torch.arange(w, device=dev).view(1, 1, w)
-        box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
-        apply = (uniform(0, 1) < 0.5).view(n, 1, 1)
-        x = x.masked_fill((box & apply).unsqueeze(1), 0.0)  # 0 is the mean after normalisation
-    return x
-
-
-def mix_batch(x, kind, alpha, generator):
-    """Blend each image of a float batch with a partner from the same batch (a random pairing).
-
-    mixup: a weighted average of the two images; cutmix: a box of the partner pasted in. The original's share
-    lam is drawn from Beta(alpha, alpha); for cutmix it is the share of pixels the original keeps after the box
-    is clipped to the image. mixup: Zhang, Cisse, Dauphin and Lopez-Paz, "mixup: Beyond Empirical Risk
-    Minimization", ICLR 2018; cutmix: Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers
-    with Localizable Features", ICCV 2019. -> (mixed batch, partner index of each image, lam); the loss to train on is
-    lam x loss(labels) + (1 - lam) x loss(labels[partner]).
-    """
-    n, (h, w) = x.shape[0], x.shape[-2:]
-    draw = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
-    lam = float(draw.beta(alpha, alpha))
-    partner = torch.randperm(n, generator=generator).to(x.device)
-    if kind == "mixup":
-        return x * lam + x[partner] * (1 - lam), partner, lam
-    if kind != "cutmix":
-        raise ValueError(f"unknown mix {kind!r}; choose from {', '.join(MIXES[1:])}")
-    # One box for the whole batch, centred anywhere, with an area of (1 - lam) before clipping.
-    bh, bw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
-    cy, cx = int(draw.integers(h)), int(draw.integers(w))
-    top, bottom = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h)
-    left, right = max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
-    x = x.clone()
-    x[..., top:bottom, left:right] = x[partner, :, top:bottom, left:right]
-    return x, partner, 1 - (bottom - top) * (right - left) / (h * w)
-
-
-def warp(x, theta):
-    """A float N x C x H x W batch resampled through N 2x3 affine matrices (output to input coordinates),
-    bilinear, the border reflected."""
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
-def zoom(x, scale):
-    """A float N x C x H x W batch zoomed about its centre by scale (above 1 zooms in), sampled as
-    augment_batch's affine zoom is."""
-    theta = torch.tensor([[1 / scale, 0.0, 0.0], [0.0, 1 / scale, 0.0]], dtype=x.dtype, device=x.device)
-    return warp(x, theta.expand(x.shape[0], 2, 3))

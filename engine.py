@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from dataset import normalize, zoom
+from augment import normalize, zoom
 from errors import UserError
 from ferplus import vote_distribution
 from metrics import calibration_from_sums, calibration_sums, confusion_matrix, report_from_confusion

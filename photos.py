@@ -16,19 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset import (
-    canonical_image,
-    data_files,
-    frames_note,
-    image_from_array,
-    is_image,
-    read_image,
-    some,
-    text_lines,
-    why_not_a_face,
-)
-from errors import UserError, not_a_file
+from errors import UserError, not_a_file, some, text_lines
 from faces import LANDMARKS, Detection, classify_faces, clip_box, cut_faces, make_detector
+from images import canonical_image, data_files, frames_note, image_from_array, is_image, read_image, why_not_a_face
 from runs import SHIPPED_MODELS
 
 # The shipped models (model cards in models/README.md), and the one predict.py and the page use without --ckpt:
@@ -80,7 +70,7 @@ class PhotoResult:
 
 
 def load_photo(source, bgr=False):
-    """A photo file's path, a PIL image or a numpy array (dataset.image_from_array; bgr: OpenCV's channel
+    """A photo file's path, a PIL image or a numpy array (images.image_from_array; bgr: OpenCV's channel
     order) -> (name for messages, canonical PIL image). Raises OSError, ValueError or SyntaxError (PIL's) for a
     file that is not a readable image, Image.DecompressionBombError for one too large, UserError for an array
     of another shape or dtype or a source of another type."""
@@ -178,7 +168,7 @@ def is_output(path, out_dir=None):
 
 def find_images(inputs, out_dir=None):
     """The files to classify -> (files, skipped, outputs): files as given, and the files of the folders given that
-    are images (dataset.is_image, the rule training reads folders by; dataset.data_files: hidden files and system
+    are images (images.is_image, the rule training reads folders by; images.data_files: hidden files and system
     junk left out, links to folders followed), in order, each file once however often and by whatever path it was
     given; skipped: the folders' other files; outputs: files predict.py wrote (is_output, in out_dir or beside an
     earlier run's predictions.csv), which are never inputs; both for the caller to name. UserError for an input
@@ -295,7 +285,7 @@ def boxes_of(known_boxes, path):
 
 def given_boxes(known_boxes, path, image, warnings):
     """The boxes (assign_boxes) of one image (boxes_of), clipped to it; a box with nothing inside the image, or too
-    small or narrow to be a face (dataset.why_not_a_face), is skipped, with a warning naming its row appended to
+    small or narrow to be a face (images.why_not_a_face), is skipped, with a warning naming its row appended to
     warnings."""
     detections = []
     for *box, row in boxes_of(known_boxes, path):

@@ -5,6 +5,8 @@ gets a random pose, scale, lighting and noise, so a CNN has something real to le
 be downloaded. Numbers measured on it say nothing about real faces.
 """
 import math
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from dataset import ASSIGNMENT_CLASSES
 # The assignment's class sizes divided by five (train) and a balanced test set, like the assignment's.
 DEMO_TRAIN_COUNTS = {"Angry": 100, "Happy": 300, "Neutral": 200, "Sad": 300, "Surprise": 100}
 DEMO_TEST_COUNT = 40
+DEMO_ROOT = Path("data/demo")  # relative: beside where train.py --data demo runs
 
 
 def draw_face(expression, rng, size=64):
@@ -99,4 +102,21 @@ def make_demo_dataset(root, train_counts=None, test_count=DEMO_TEST_COUNT, size=
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(counts[label]):
                 draw_face(label, rng, size).save(folder / f"{label.lower()}_{i:04d}.jpg", quality=92)
+    return root
+
+
+def demo_dataset(root=DEMO_ROOT):
+    """The demo set at root (train.py --data demo), drawn there by make_demo_dataset on first use -> root."""
+    root = Path(root)
+    if not (root / "train").is_dir():
+        print(f"making the synthetic demo dataset in {root} (procedurally drawn faces, not real data)")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        # Drawn aside and renamed into place, so a second process (torchrun) never reads a half-made set.
+        staging = Path(tempfile.mkdtemp(dir=root.parent))
+        try:
+            make_demo_dataset(staging / "demo").rename(root)
+        except OSError:  # another process got there first
+            pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return root

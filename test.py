@@ -25,12 +25,13 @@ from cli import (
     scale_list,
     single_view,
 )
-from dataset import DataError, available_splits, held_out_of_train, load_split, recorded_splits, recorded_validation
-from errors import UserError, exit_code
+from dataset import available_splits, load_split
+from errors import DataError, UserError, exit_code
 from inference import ModelClassifier, load_classifier
 from metrics import format_report
 from reports import clean_name, save_report
 from runs import report_folder
+from splits import held_out_of_train, recorded_splits, recorded_validation
 
 
 def get_args_parser():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from errors import UserError
-from faces import box_iou
+from faces import box_ious
 
 
 @dataclass
@@ -54,7 +54,7 @@ class FaceTracker:
         w, h = size
         boxes = [(x / w, y / h, bw / w, bh / h) for x, y, bw, bh in (f.box for f in faces)]
         if faces and self.alive:
-            cost = np.array([[1 - box_iou(box, t.box) for t in self.alive] for box in boxes])
+            cost = 1 - box_ious(boxes, [t.box for t in self.alive])
             for i, j in zip(*linear_sum_assignment(cost)):
                 if 1 - cost[i, j] >= self.min_iou:
                     ids[i] = self._follow(self.alive[j], faces[i], boxes[i], time_s)

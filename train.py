@@ -13,11 +13,8 @@ data's val/ folder).
 """
 import argparse
 import csv
-import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +23,11 @@ import torch
 from tqdm import tqdm
 
 import engine
+from augment import AFFINE_RANGES, AUGMENTATIONS, MIXES, augment_batch, mix_batch
 from calibration import bound_note, calibrate, summary
 from checkpoint import (
     CheckpointError,
     Scoring,
-    load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
@@ -55,28 +52,15 @@ from cli import (
     scale_list,
     seed,
     share,
+    shown,
     single_view,
     width_list,
 )
-from dataset import (
-    AFFINE_RANGES,
-    AUGMENTATIONS,
-    MIXES,
-    augment_batch,
-    available_splits,
-    class_key,
-    layout,
-    load_split,
-    mix_batch,
-    near_duplicates,
-    recorded_subset,
-    resolve_classes,
-    scoring_protocol,
-    stratified_split,
-)
+from dataset import available_splits, class_key, layout, load_split, resolve_classes, scoring_protocol
 from errors import UserError, exit_code
 from ferplus import LABEL_MODES, MultiTargetLoss
 from inference import ModelClassifier
+from leakage import near_duplicates
 from metrics import format_report
 from model import (
     ARCH_ALIASES,
@@ -87,36 +71,14 @@ from model import (
     count_parameters,
     default_in_channels,
 )
-from reports import save_report
+from reports import TrainingLog, save_report
+from resume import Progress, carry_best, restore, resume_point
 from runs import set_aside_earlier_run
+from splits import recorded_subset, stratified_split
+from synthetic import demo_dataset
+from training_recipes import FERPLUS_DEFAULTS, FERPLUS_LABEL_MODE, RECIPE_ALIASES, RECIPES
 
-DEMO_ROOT = Path("data/demo")
-
-# Each recipe is a set of argument defaults; flags given on the command line still win.
-RECIPES = {
-    "default": {},
-    # The course assignment's recipe (the fer5 homework): its network, SGD lr 0.001 momentum 0.9, no
-    # augmentation, no weight decay, a constant learning rate, up to 50 epochs, early stopping after 3 epochs
-    # without a lower validation loss, no test-time augmentation. The assignment does not show its batch
-    # size; 64 is assumed.
-    "assignment": dict(arch="assignment", mix="none", opt="sgd", lr=0.001, momentum=0.9, nesterov=False,
-                       weight_decay=0.0, sched="none", warmup_epochs=0, aug=(), label_smoothing=0.0,
-                       class_weights="none", patience=3, monitor="val_loss", batch_size=64, epochs=50, tta=False,
-                       tta_scales=(), logit_adjust=0.0),
-}
-RECIPE_ALIASES = {"seed": "assignment"}  # earlier names, accepted with a warning
 MONITORS = {"val_macro_f1": max, "val_acc": max, "val_loss": min}
-# Training on vote data (FER+) with no --label-mode: the scheme that won on validation (docs/report.md, FER+).
-FERPLUS_LABEL_MODE = "crossentropy"
-# Defaults for vote data, where flags are not given (apply_data_defaults): FER+ is scored by accuracy on test data
-# distributed like its training data, so the plain argmax and epochs chosen by validation accuracy; its 25,000
-# faces carry the 32..256 network, and 45 of its epochs fit an hour on a 2-core CPU (docs/report.md section 12).
-FERPLUS_DEFAULTS = {"logit_adjust": 0.0, "monitor": "val_acc", "widths": (32, 64, 128, 256), "epochs": 45,
-                    "patience": 15}
-# What --resume lets change: how much longer to train, and where and how the run executes. Anything else would
-# make the resumed epochs another run's; those flags are refused when they differ from the checkpoint's.
-RESUMABLE_CHANGES = ("epochs", "patience", "data", "device", "amp", "compile", "output_dir", "log_dir", "resume",
-                     "no_progress")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,14 +309,6 @@ class Data:
     split_record: dict
 
 
-@dataclass
-class Progress:
-    """Where the run stands after `epoch`: the best --monitor value so far and epochs since it improved."""
-    epoch: int = 0
-    best: dict = None
-    bad_epochs: int = 0
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Data
 
@@ -396,23 +350,8 @@ def training_share(indices, labels, args):
 
 
 def data_root(args):
-    """--data as a path; 'demo' is the synthetic set, drawn on first use."""
-    if args.data != "demo":
-        return Path(args.data)
-    if not (DEMO_ROOT / "train").is_dir():
-        from synthetic import make_demo_dataset
-
-        print(f"making the synthetic demo dataset in {DEMO_ROOT} (procedurally drawn faces, not real data)")
-        DEMO_ROOT.parent.mkdir(parents=True, exist_ok=True)
-        # Drawn aside and renamed into place, so a second process (torchrun) never reads a half-made set.
-        staging = Path(tempfile.mkdtemp(dir=DEMO_ROOT.parent))
-        try:
-            make_demo_dataset(staging / "demo").rename(DEMO_ROOT)
-        except OSError:  # another process got there first
-            pass
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return DEMO_ROOT
+    """--data as a path; 'demo' is the synthetic set (synthetic.demo_dataset), drawn on first use."""
+    return demo_dataset() if args.data == "demo" else Path(args.data)
 
 
 def describe(split):
@@ -640,41 +579,6 @@ def sam_ascent(model, rho):
 # Logging and checkpoints
 
 
-class TrainingLog:
-    """logs/training_log.txt in the assignment's words (so its logs and ours plot alike) and a JSONL record
-    per epoch with every figure. Each line is flushed as written, so a crash loses nothing written."""
-
-    def __init__(self, log_dir, append, enabled=True):
-        self.enabled = enabled
-        if not enabled:  # processes other than rank 0 under torchrun
-            return
-        log_dir = Path(log_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        mode = "a" if append else "w"
-        self.text = open(log_dir / "training_log.txt", mode)  # noqa: SIM115 - open for the whole run
-        self.jsonl = open(log_dir / "training_log.jsonl", mode)  # noqa: SIM115
-
-    def line(self, text, echo=True):
-        if not self.enabled:
-            return
-        if echo:
-            tqdm.write(text)
-        self.text.write(text + "\n")
-        self.text.flush()
-
-    def record(self, row):
-        if not self.enabled:
-            return
-        self.jsonl.write(json.dumps(row) + "\n")
-        self.jsonl.flush()
-
-    def close(self):
-        if not self.enabled:
-            return
-        self.text.close()
-        self.jsonl.close()
-
-
 def checkpoint_state(trainer, run, scoring, progress, metrics, split_record):
     """The checkpoint of the run after progress.epoch (checkpoint.py describes the layout). "model" holds the
     weights that were validated and are deployed: the moving average under --ema, and then "online_model" holds
@@ -689,117 +593,6 @@ def checkpoint_state(trainer, run, scoring, progress, metrics, split_record):
     if trainer.ema is not None:
         state.update(online_model=trainer.model.state_dict(), ema_steps=int(trainer.ema.n_averaged))
     return state
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Resuming
-
-
-def resume_point(args, given):
-    """-> (checkpoint state, its path, args with the run's own flags) for --resume, or (None, None, args).
-
-    Flags not given on the command line take the checkpoint's values; a flag given with another value is
-    refused unless RESUMABLE_CHANGES allows it, since the resumed epochs would otherwise be another run's."""
-    if not args.resume:
-        return None, None, args
-    path = Path(args.output_dir) / "last.pth" if args.resume == "last" else Path(args.resume)
-    if not path.exists():
-        raise CheckpointError(f"nothing to resume: {path} does not exist")
-    state = load_checkpoint(path)
-    needed = ["optimizer", "lr_scheduler", "epoch", "args", "split"] + (["ema_steps"] if "online_model" in state
-                                                                       else [])
-    missing = [k for k in needed if k not in state]
-    if missing:
-        raise CheckpointError(f"{path} holds no training state to resume from (it lacks {', '.join(missing)}; a "
-                              "release checkpoint keeps only what predicting needs)")
-    recorded = {k: recorded_value(k, v) for k, v in state["args"].items() if hasattr(args, k)}
-    # A version-1 run from before --tta, --tta-scales or --logit-adjust was scored without them.
-    scoring = state["scoring"]
-    recorded.update({k: v for k, v in (("tta", scoring["tta_flip"]), ("tta_scales", tuple(scoring["tta_scales"])),
-                                       ("logit_adjust", scoring["logit_adjust"])) if recorded.get(k) is None})
-    for dest in sorted(given):
-        if dest in recorded and dest not in RESUMABLE_CHANGES and comparable(getattr(args, dest)) != \
-                comparable(recorded[dest]):
-            raise CheckpointError(
-                f"--{dest.replace('_', '-')} {shown(getattr(args, dest))} differs from the run in {path} "
-                f"({shown(recorded[dest])}); --resume continues a run with its own flags (only --epochs, "
-                "--patience, --data and runtime flags may change): start a new run in another --output-dir")
-    if "output_dir" in given and "log_dir" not in given and \
-            Path(args.output_dir).resolve() != Path(recorded.get("output_dir", args.output_dir)).resolve():
-        raise CheckpointError(f"resuming {path} into another --output-dir: give its --log-dir too (the run's logs "
-                              f"are in {recorded.get('log_dir')}, and the resumed run would write there)")
-    merged = argparse.Namespace(**{**vars(args), **{k: v for k, v in recorded.items() if k not in given}})
-    return state, path, merged
-
-
-def recorded_value(dest, value):
-    """A flag's value as an older checkpoint recorded it, in today's parsed form."""
-    if dest == "aug" and isinstance(value, str):
-        return augmentation_list(value)
-    if dest == "arch":
-        return ARCH_ALIASES.get(value, value)
-    if dest == "recipe":
-        return RECIPE_ALIASES.get(value, value)
-    return value
-
-
-def comparable(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
-def shown(value):
-    if value is None:
-        return "the default"
-    if isinstance(value, (tuple, list)):
-        return ",".join(map(str, value)) or "none"
-    return value
-
-
-def restore(state, path, trainer, args, run):
-    """Load a resumed checkpoint's weights and optimizer, scheduler and moving-average states -> Progress."""
-    trainer.model.load_state_dict(state.get("online_model", state["model"]))
-    if trainer.ema is not None:  # --ema cannot change on resume, so the run kept its average
-        trainer.ema.module.load_state_dict(state["model"])
-        trainer.ema.n_averaged.fill_(state["ema_steps"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["lr_scheduler"])
-    # The optimizer carries the learning rate of the step it stopped at; under a changed --epochs the
-    # schedule's factor at that step is another, and it applies from the first resumed step on.
-    for group, base, factor in zip(trainer.optimizer.param_groups, trainer.scheduler.base_lrs,
-                                   trainer.scheduler.lr_lambdas):
-        group["lr"] = base * factor(trainer.scheduler.last_epoch)
-    started_with = state["args"].get("epochs", args.epochs)
-    if started_with != args.epochs:
-        run.say(f"note: the run was started for {started_with} epochs; resumed for {args.epochs}, its remaining "
-                f"epochs follow the learning-rate schedule of a {args.epochs}-epoch run")
-    progress = state.get("progress", {})
-    return Progress(state["epoch"], progress.get("best"), progress.get("bad_epochs", 0))
-
-
-def carry_best(path, state, out_dir, write=True):
-    """Make sure OUTPUT_DIR/best.pth is the resumed run's best checkpoint: resuming into a new --output-dir
-    copies it from beside the resumed one (or writes the resumed one, if it is the best; only with write).
-    CheckpointError before any training if the run's best.pth cannot be found, or OUTPUT_DIR holds another's."""
-    target = out_dir / "best.pth"
-    best_epoch = (state.get("progress", {}).get("best") or {}).get("epoch")
-    beside = path.parent / "best.pth"
-    if target.exists():
-        # best.pth is written before last.pth: after a crash between the two it is one epoch ahead, which the
-        # resumed run replays exactly.
-        if load_checkpoint(target).get("epoch") not in (best_epoch, state["epoch"] + 1):
-            raise CheckpointError(f"{target} is not the best checkpoint of the run in {path} (epoch {best_epoch}); "
-                                  "resume into the run's own --output-dir or an empty one")
-        return
-    if beside.is_file() and load_checkpoint(beside).get("epoch") == best_epoch:
-        if write:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(beside, target)
-    elif best_epoch == state["epoch"]:
-        if write:
-            save_checkpoint(state, target)
-    else:
-        raise CheckpointError(f"the best checkpoint of the run in {path} (epoch {best_epoch}) is neither "
-                              f"{target} nor {beside}; resume from the folder that holds it")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1018,7 +811,7 @@ def check_splits(data, test_split, args):
 
 
 def report_leakage(full_train, test_split, log_dir, run):
-    """Test images that are copies or near-copies of training images (dataset.near_duplicates: re-encoded,
+    """Test images that are copies or near-copies of training images (leakage.near_duplicates: re-encoded,
     re-scaled or re-toned), said before training and written pair by pair to LOG_DIR/leakage.csv.
     -> the counts the test report keeps, or None without a test split."""
     if test_split is None:

@@ -6,7 +6,7 @@ ECE a perfectly calibrated model would measure on that many faces, and the NLL; 
         --class-map angry=Angry,happy=Happy,neutral=Neutral,sad=Sad,surprise=Surprise --balance
 
 Without --data, each checkpoint's own test split (the one training scored). --unseen leaves out the faces that are
-copies of the checkpoint's training faces (dataset.unseen, the leakage check; FER2013's splits share some).
+copies of the checkpoint's training faces (leakage.unseen, the leakage check; FER2013's splits share some).
 --balance then keeps as many faces of every class as the rarest class has (the first by file name, so every
 checkpoint sees the same faces): models decided with logit adjustment (tau 1) are made for a class-balanced world,
 and their confidences are judged in one. The temperature is each checkpoint's own (fitted on validation by
@@ -24,9 +24,10 @@ from recipes import mean_sd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
 from cli import class_map  # noqa: E402
-from dataset import load_split, unseen  # noqa: E402
+from dataset import load_split  # noqa: E402
 from errors import exit_code  # noqa: E402
 from inference import ModelClassifier  # noqa: E402
+from leakage import unseen  # noqa: E402
 
 
 def main(argv=None):

@@ -30,9 +30,11 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faces as face_lib  # noqa: E402
 from cli import positive_int  # noqa: E402
-from dataset import ASSIGNMENT_CLASSES, data_files, read_image, recorded_validation  # noqa: E402
-from faces import analyze_image, box_iou, make_detector  # noqa: E402
+from dataset import ASSIGNMENT_CLASSES  # noqa: E402
+from faces import analyze_image, box_ious, make_detector  # noqa: E402
+from images import data_files, read_image  # noqa: E402
 from inference import load_classifier  # noqa: E402
+from splits import recorded_validation  # noqa: E402
 from synthetic import draw_face  # noqa: E402
 
 ROTATIONS = (0, 15, 30, 45)
@@ -53,7 +55,7 @@ def load_faces(folder, classes, per_class, seed):
 
 
 def holdout_faces(classifier, root, count, seed):
-    """The faces the checkpoint held out of root's train split for validation (dataset.recorded_validation),
+    """The faces the checkpoint held out of root's train split for validation (splits.recorded_validation),
     which a choice may look at: -> [(uint8 48x48 crop, class index)]."""
     val = recorded_validation(root, classifier.classes, classifier.input, (classifier.record or {}).get("split", {}))
     picked = np.random.default_rng(seed).permutation(len(val))[:count]
@@ -125,14 +127,14 @@ def face_box(center, side, angle):
 def match(detections, truth):
     """-> (index of the detection matched to each true face or None, number of false detections)."""
     boxes = [face_box(c, s, a) for c, s, a, *_ in truth]
+    ious = box_ious(boxes, [d.box for d in detections])
     taken, matched = set(), []
-    for box in boxes:
-        best = max(((box_iou(box, d.box), j) for j, d in enumerate(detections) if j not in taken), default=(0, None))
+    for i in range(len(boxes)):
+        best = max(((ious[i, j], j) for j in range(len(detections)) if j not in taken), default=(0, None))
         matched.append(best[1] if best[0] >= 0.5 else None)
         if best[1] is not None and best[0] >= 0.5:
             taken.add(best[1])
-    false = sum(1 for j, d in enumerate(detections) if j not in taken and max((box_iou(b, d.box) for b in boxes),
-                                                                              default=0) < 0.3)
+    false = sum(1 for j in range(len(detections)) if j not in taken and ious[:, j].max(initial=0) < 0.3)
     return matched, false
 
 

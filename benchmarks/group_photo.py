@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dataset import data_files  # noqa: E402
+from images import data_files  # noqa: E402
 
 
 def main(argv=None):

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import export  # noqa: E402
-from dataset import read_image  # noqa: E402
 from faces import analyze_image, make_detector  # noqa: E402
+from images import read_image  # noqa: E402
 from inference import load_classifier  # noqa: E402
 
 

@@ -27,8 +27,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli import positive_int  # noqa: E402
-from dataset import CLASS_SYNONYMS, data_files, read_image  # noqa: E402
+from dataset import CLASS_SYNONYMS  # noqa: E402
 from faces import classify_faces, cut_faces  # noqa: E402
+from images import data_files, read_image  # noqa: E402
 from recognizer import Recognizer, torch_threads  # noqa: E402
 
 CLASSES = ("angry", "happy", "neutral", "sad", "surprise")

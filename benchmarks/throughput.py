@@ -19,8 +19,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
+from augment import augment_batch  # noqa: E402
 from checkpoint import Scoring  # noqa: E402
-from dataset import augment_batch, load_split, resolve_classes, split_dir  # noqa: E402
+from dataset import load_split, resolve_classes, split_dir  # noqa: E402
 from inference import ModelClassifier  # noqa: E402
 from model import build_model, default_in_channels  # noqa: E402
 

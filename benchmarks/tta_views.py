@@ -15,9 +15,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
 from cli import scale_list  # noqa: E402
-from dataset import held_out_of_train, recorded_validation  # noqa: E402
 from errors import UserError, exit_code  # noqa: E402
 from inference import ModelClassifier  # noqa: E402
+from splits import held_out_of_train, recorded_validation  # noqa: E402
 
 
 def main(argv=None):

@@ -20,8 +20,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli import positive_int  # noqa: E402
-from dataset import data_files, read_image  # noqa: E402
-from faces import box_iou  # noqa: E402
+from faces import box_ious  # noqa: E402
+from images import data_files, read_image  # noqa: E402
 from recognizer import Recognizer  # noqa: E402
 from tracks import FaceTracker  # noqa: E402
 
@@ -72,7 +72,8 @@ def agreement(labels, reference):
     for faces, ref in zip(labels, reference):
         for box, label in ref:
             total += 1
-            same += any(box_iou(box, b) > 0.5 and label == lab for b, lab in faces)
+            overlaps = box_ious([box], [b for b, _ in faces])[0]
+            same += any(iou > 0.5 and label == lab for iou, (_, lab) in zip(overlaps, faces))
     return 100 * same / max(total, 1)
 
 

@@ -48,8 +48,8 @@ def reference_logits(state, images, tau=None):
     mirrors, plus -tau x log(class prior) (tau: the checkpoint's logit_adjust unless given)."""
     import torch
 
+    from augment import zoom
     from checkpoint import model_from_checkpoint
-    from dataset import zoom
 
     scoring = state["scoring"]
     model = model_from_checkpoint(state).eval()

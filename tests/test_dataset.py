@@ -6,20 +6,12 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from dataset import (
-    DataError,
-    FERSplit,
-    augment_batch,
-    available_splits,
-    decode_file,
-    image_to_array,
-    load_split,
-    mix_batch,
-    near_duplicates,
-    resolve_classes,
-    stratified_split,
-    zoom,
-)
+from augment import augment_batch, mix_batch, zoom
+from dataset import FERSplit, available_splits, load_split, resolve_classes
+from errors import DataError
+from images import decode_file, image_to_array
+from leakage import near_duplicates
+from splits import stratified_split
 
 
 def write_image(path, mode="L", size=(48, 48), value=128):
@@ -370,7 +362,7 @@ def test_class_names_in_either_unicode_form_are_one_class(tmp_path):
 
 
 def test_images_that_cannot_be_faces_are_skipped_counted_and_named(tmp_path):
-    from dataset import why_not_a_face
+    from images import why_not_a_face
 
     assert why_not_a_face(8, 8) is None and why_not_a_face(32, 8) is None
     assert why_not_a_face(7, 40) == "7x40 pixels, under 8 on a side"
@@ -388,7 +380,7 @@ def test_images_that_cannot_be_faces_are_skipped_counted_and_named(tmp_path):
 
 
 def test_a_file_of_several_frames_is_read_by_its_first_and_named(tmp_path):
-    from dataset import frames_note, read_image
+    from images import frames_note, read_image
 
     root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}})
     frames = [Image.new("L", (48, 48), v) for v in (10, 200, 90)]
@@ -403,7 +395,7 @@ def test_a_file_of_several_frames_is_read_by_its_first_and_named(tmp_path):
 
 
 def test_a_file_is_an_image_by_its_suffix_or_its_content(tmp_path):
-    from dataset import is_image
+    from images import is_image
 
     root = make_tree(tmp_path, {"train": {"Angry": 2, "Happy": 2}})
     Image.new("L", (48, 48), 7).save(root / "train" / "Happy" / "photo.heic", format="JPEG")  # a JPEG misnamed

@@ -15,7 +15,8 @@ from conftest import ROOT, fast_train_args, fixed_checkpoint, load_script
 from PIL import Image
 
 import ferplus
-from dataset import DataError, available_splits, layout, load_split, resolve_classes
+from dataset import available_splits, layout, load_split, resolve_classes
+from errors import DataError
 from ferplus import EMOTIONS, MultiTargetLoss, label_mode
 from synthetic import draw_face
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import CLASSES, fixed_checkpoint, load_script
 from PIL import Image
 
-from dataset import decode_file, read_image
+from images import decode_file, read_image
 from synthetic import draw_face
 
 

@@ -8,7 +8,7 @@ from conftest import load_script
 from PIL import Image
 
 from errors import UserError
-from faces import LANDMARKS, eye_line, merge_passes
+from faces import LANDMARKS, box_ious, eye_line, merge_passes, non_maximum_suppression
 from recognizer import Recognizer
 from synthetic import draw_face
 
@@ -140,3 +140,19 @@ def test_the_pass_that_saw_a_face_most_upright_gives_its_landmarks():
     # A much better score still wins over a slightly more upright look.
     found = [((80, 80, 80, 80), 0.70, level, 2.0), ((81, 79, 80, 81), 0.95, off, 4.0)]
     assert merge_passes(found)[0][1] == 0.95
+
+
+def test_faces_overlapping_a_better_one_are_suppressed_and_merged_with_it():
+    # Boxes are (x, y, w, h). Two boxes of 10 x 10 shifted by 5 share 50 of 150 pixels: IoU 1/3.
+    ious = box_ious([(0, 0, 10, 10), (5, 0, 10, 10)], [(0, 0, 10, 10), (5, 0, 10, 10), (100, 100, 5, 5)])
+    np.testing.assert_allclose(ious, [[1, 1 / 3, 0], [1 / 3, 1, 0]])
+    assert box_ious([], [(0, 0, 1, 1)]).shape == (0, 1)
+    boxes, scores = [(0, 0, 10, 10), (5, 0, 10, 10), (1, 0, 10, 10), (50, 50, 10, 10)], [0.6, 0.9, 0.8, 0.7]
+    # Best first: (1, 0) overlaps the best, (5, 0), by 60/140 = 0.43 and is kept at 0.5; (0, 0) overlaps it by 0.82.
+    assert non_maximum_suppression(boxes, scores, 0.5) == [1, 2, 3]
+    assert non_maximum_suppression(boxes, scores, 0.3) == [1, 3]
+    # Three passes see one face, a fourth pass another: two faces, each from its most upright pass.
+    level = np.zeros((5, 2))
+    found = [(boxes[0], 0.90, level, 20.0), (boxes[1], 0.91, level, 25.0), (boxes[2], 0.89, level, 0.5),
+             (boxes[3], 0.80, level, 0.0)]
+    assert sorted(f[0] for f in merge_passes(found, overlap=0.3)) == [boxes[2], boxes[3]]

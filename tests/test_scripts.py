@@ -12,8 +12,9 @@ from conftest import ROOT, TINY_COUNTS, fast_train_args, fixed_checkpoint, refer
 from PIL import Image
 
 import engine
+from augment import zoom
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from dataset import load_split, zoom
+from dataset import load_split
 from inference import ModelClassifier
 from metrics import confusion_matrix
 
