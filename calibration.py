@@ -42,15 +42,22 @@ def fit_temperature(logits, labels, steps=100):
     return float(log_t.detach().exp().clamp(*TEMPERATURE_BOUNDS))
 
 
-def calibrate(classifier, val, train, checkpoint=None):
+def calibrate(classifier, val, train, checkpoint=None, val_logits=None):
     """Fit a classifier's temperature on the validation images that are not copies of training images
     (val, train: FERSplits; leakage.unseen), and store it in the scoring block of the checkpoint file when one is
     given. Data where most validation images look like copies (drawn faces, frames of one video) is fitted on all
-    of its validation. -> (the classifier with it, {"temperature", "images", "before", "after"}: ECE, NLL and
-    Brier score on those images at temperature 1 and at the fitted one, metrics.calibration_from_sums)."""
+    of its validation. val_logits: the classifier's decision logits of all of val (float N x classes), where the
+    caller has them, saving a pass over validation. -> (the classifier with it, {"temperature", "images",
+    "before", "after"}: ECE, NLL and Brier score on those images at temperature 1 and at the fitted one,
+    metrics.calibration_from_sums)."""
     new = unseen(val, train)
-    val = new if len(new) >= len(val) / 2 else val
-    logits = classifier.decision_logits(val.images)
+    fitted = new if len(new) >= len(val) / 2 else val
+    if val_logits is None:
+        logits = classifier.decision_logits(fitted.images)
+    else:
+        where = {source: i for i, source in enumerate(val.sources)}
+        logits = val_logits[[where[source] for source in fitted.sources]]
+    val = fitted
     temperature = fit_temperature(logits, val.labels)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)

@@ -342,7 +342,8 @@ def merge_passes(found, overlap=0.3):
 
 
 def _ops():
-    # Imported when first needed: torchvision's import loads torch._dynamo (about 1.4 s), which training never needs.
+    # Imported when first needed: torchvision's import loads torch._dynamo (about 1.4 s), which the page and a
+    # photo given --boxes or --no-detect need not wait for.
     import torchvision.ops
 
     return torchvision.ops
