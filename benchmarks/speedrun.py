@@ -7,8 +7,8 @@ Each run is `python train.py --data DATA --recipe R --seed S [flags]` in its own
 run_one), back to back, never two at once. Per recipe and seed it prints: the wall time from process start to
 exit (start-up, decoding, the leakage check, training, calibration and the test views included), the training
 images per second (over the training epochs), the FLOPs one training image costs (forward and backward of the
-recipe's network at its input size, counted by torch.utils.flop_counter on the model the run saved, not
-estimated by hand), the TFLOP/s the training epochs achieved, and validation and test accuracy and Macro-F1;
+recipe's network at each epoch's input size, counted by torch.utils.flop_counter on the model the run saved,
+not estimated by hand), the TFLOP/s the training epochs achieved, and validation and test accuracy and Macro-F1;
 then mean ± sd per recipe. Choices rest on validation; the test columns are for reporting only.
 """
 import argparse
@@ -26,26 +26,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import load_checkpoint, model_from_checkpoint, scoring_of  # noqa: E402
 
 
-def training_flops(checkpoint, batch=8):
-    """FLOPs of one training step per image (forward + backward, float32 arithmetic counted as
-    torch.utils.flop_counter counts it: 2 per multiply-add) of the network a checkpoint holds, at its input size."""
+def training_flops(checkpoint, size=None, batch=8):
+    """FLOPs of one training step per image (forward + backward, counted as torch.utils.flop_counter counts them:
+    2 per multiply-add) of the network a checkpoint holds, at its input size or at size pixels."""
     from torch.utils.flop_counter import FlopCounterMode
 
     state = load_checkpoint(checkpoint)
     model = model_from_checkpoint(state, checkpoint).train()
     shape = scoring_of(state, checkpoint).input
-    x = torch.randn(batch, shape["channels"], shape["size"], shape["size"])
+    side = size or shape["size"]
+    x = torch.randn(batch, shape["channels"], side, side)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
     return counter.get_total_flops() / batch
 
 
 def speed(work):
-    """(training images per second, seconds in training epochs) of a finished run, from its training_log.jsonl."""
+    """A finished run's training epochs, from its training_log.jsonl -> (images per second, seconds, FLOPs per
+    training image): the FLOPs of each epoch's image size (train.py --progressive-resize), averaged over images."""
     epochs = [json.loads(line) for line in (work / "logs" / "training_log.jsonl").read_text().splitlines()]
     seconds = sum(e["train_time"] for e in epochs)
-    images = sum(e["train_time"] * e["train_img_per_s"] for e in epochs)
-    return images / seconds, seconds
+    images = [e["train_time"] * e["train_img_per_s"] for e in epochs]
+    checkpoint = work / "checkpoints" / "best.pth"
+    flops = {size: training_flops(checkpoint, size) for size in {e.get("train_size") for e in epochs}}
+    per_image = sum(n * flops[e.get("train_size")] for n, e in zip(images, epochs)) / sum(images)
+    return sum(images) / seconds, seconds, per_image
 
 
 def main(argv=None):
@@ -77,8 +82,8 @@ def main(argv=None):
             if row is None:
                 row = run_one(args.data, name, flags, seed, Path(args.out), shlex.split(args.extra))
                 work = Path(args.out) / f"{name}_seed{seed}"
-                row["img_s"], row["epoch_s"] = speed(work)
-                row["gflop_img"] = training_flops(work / "checkpoints" / "best.pth") / 1e9
+                row["img_s"], row["epoch_s"], flops = speed(work)
+                row["gflop_img"] = flops / 1e9
                 row["tflop_s"] = row["gflop_img"] * row["img_s"] / 1e3
                 if args.results:
                     with open(args.results, "a") as f:

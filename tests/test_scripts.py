@@ -584,3 +584,24 @@ def test_plot_curves_names_a_folder_and_points_a_jsonl_log_to_its_text_twin(scri
     (tmp_path / "training_log.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
     assert scripts["plot_curves"].main([str(tmp_path / "training_log.jsonl")]) == 2
     assert f"plot {tmp_path / 'training_log.txt'}, its text twin" in capsys.readouterr().err
+
+
+def test_progressive_resizing_trains_small_images_first_and_scores_at_full_size(scripts, tiny_data, tmp_path, capsys):
+    train = scripts["train"]
+    args = train.parse_args(["--data", "x", "--epochs", "9", "--progressive-resize", "32"])[0]
+    sizes = [train.epoch_input_size(args, epoch) for epoch in range(1, 10)]
+    # From 32 in epoch 1, growing in steps of 4, to 48 at two thirds of the epochs (epoch 6 of 9), then 48.
+    assert sizes[0] == 32 and sizes[5:] == [48] * 4 and sizes == sorted(sizes) and all(s % 4 == 0 for s in sizes)
+    assert train.epoch_input_size(train.parse_args(["--data", "x"])[0], 1) == 48  # off by default
+    work = tmp_path / "progressive"
+    assert train.main(fast_train_args(tiny_data, work, "--epochs", "3", "--progressive-resize", "24")) == 0
+    epochs = [json.loads(line) for line in (work / "logs" / "training_log.jsonl").read_text().splitlines()]
+    assert [e["train_size"] for e in epochs] == [24, 48, 48]
+    # The network is scored at --input-size: the checkpoint says so and test.py reproduces training's figures.
+    state = load_checkpoint(work / "checkpoints" / "best.pth")
+    assert state["scoring"]["input"]["size"] == 48
+    for flags, text in ((["--progressive-resize", "64"], "larger than --input-size 48"),
+                        (["--progressive-resize", "4"], "argument --progressive-resize: input size 4")):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--data", "x", *flags])
+        assert text in capsys.readouterr().err
