@@ -15,8 +15,8 @@ from tracks import FaceTracker
 
 class VideoFrames:
     """The frames of a video file, decoded by PyAV (FFmpeg's libraries): iterate for uint8 H x W x 3 BGR arrays,
-    each at its own size. OpenCV's reader scales every frame to the first one's size, so a stream whose frames
-    change size (an MJPEG stream of 640x480, then 1280x720 frames) gave boxes in squeezed coordinates; and PyAV
+    each at its own size, turned as a player shows it (upright). OpenCV's reader scales every frame to the first
+    one's size, so a stream whose frames change size (an MJPEG stream of 640x480, then 1280x720 frames) gave boxes in squeezed coordinates; and PyAV
     says why reading stopped. fps: frames a second (25 when the file does not say); promised: the frame count the
     file's header gives (0 when unknown); read: how many were read so far; stopped: why decoding ended early, or
     None. UserError for a path that is missing, a folder or not a video, naming it as `called` (a flag, say)."""
@@ -46,7 +46,7 @@ class VideoFrames:
         try:
             for frame in self.container.decode(self.stream):
                 self.read += 1
-                yield frame.to_ndarray(format="bgr24")
+                yield upright(frame.to_ndarray(format="bgr24"), frame.rotation)
         except av.FFmpegError as e:  # a damaged or truncated file: the frames before it are kept
             self.stopped = _first_line(e)
         finally:
@@ -60,6 +60,14 @@ class VideoFrames:
             return (f"{self.path}: reading stopped at frame {self.read}{promised}{why}; the frames read are kept "
                     "(a truncated or damaged file?)")
         return None
+
+
+def upright(pixels, rotation):
+    """A decoded frame (H x W x C) turned as its file's display matrix says a player shows it: rotation is PyAV's
+    frame.rotation, degrees counter-clockwise (a phone held upright records -90 or 90), turned in quarter turns as
+    FFmpeg's own player turns it."""
+    quarter_turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(pixels, quarter_turns)) if quarter_turns else pixels
 
 
 def _first_line(error):

@@ -150,3 +150,44 @@ def test_frames_that_change_size_are_each_read_at_their_own_size(tmp_path, capsy
     for r in rows:
         w = widths[int(r["frame"])]
         assert 0.55 * w <= int(r["x"]) + int(r["w"]) / 2 - w / 8 <= 0.65 * w  # the box's centre, less half a face
+
+
+def rotated_video(path, frames, quarter_turns_clockwise):
+    """An MP4 of frames (BGR arrays) whose track header says to show it turned clockwise by quarter turns, as a
+    phone held upright records its landscape sensor: the 'rotate' tag is no longer written by FFmpeg's muxer, so
+    the matrix of the file's tkhd box (ISO/IEC 14496-12, 8.3.2) is set by hand."""
+    import struct
+
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.height, stream.width = frames[0].shape[:2]
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        out.mux(stream.encode())
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd")
+    times = 8 + 4 + 4 + 8 if data[box + 4] == 1 else 4 + 4 + 4 + 4 + 4  # version 1 has 64-bit times
+    at = box + 4 + 4 + times + 8 + 8  # after version/flags, the times, reserved, layer, group, volume, reserved
+    cos, sin = [(1, 0), (0, 1), (-1, 0), (0, -1)][quarter_turns_clockwise % 4]
+    data[at:at + 36] = struct.pack(">9i", cos << 16, sin << 16, 0, -sin << 16, cos << 16, 0, 0, 0, 1 << 30)
+    path.write_bytes(data)
+
+
+def test_a_phone_video_with_rotation_metadata_is_turned_upright(tmp_path):
+    from videos import VideoFrames
+
+    upright = moving_faces(count=4)
+    stored = [np.ascontiguousarray(np.rot90(f, 1)) for f in upright]  # sideways, as the sensor recorded it
+    clip = tmp_path / "phone.mp4"
+    rotated_video(clip, stored, 1)
+    frames = list(VideoFrames(clip))
+    assert [f.shape for f in frames] == [f.shape for f in upright]  # 320 x 480, not 480 x 320
+    # Lossy coding blurs the pixels; the picture is the upright one, not the stored or a mirrored one.
+    error = {turns: np.abs(frames[0].astype(int) - np.rot90(upright[0], turns)).mean() for turns in (0, 2)}
+    assert 2.5 * error[0] < error[2], error  # measured 3.6 against 10.9
+    # Found as the upright photos' faces are: two a frame, at their places (boxes of the 480 x 320 frame).
+    frames = list(Recognizer(threads=1).analyze_video(clip))
+    assert [len(f["faces"]) for f in frames] == [2] * 4
+    assert all(max(face["box"][0] + face["box"][2] for face in f["faces"]) <= 480 for f in frames)
