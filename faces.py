@@ -344,8 +344,12 @@ def merge_passes(found, overlap=0.3):
 def _ops():
     # Imported when first needed: torchvision's import loads torch._dynamo (about 1.4 s), which the page and a
     # photo given --boxes or --no-detect need not wait for.
-    import torchvision.ops
-
+    try:
+        import torchvision.ops
+    except (ImportError, RuntimeError) as e:  # RuntimeError: a torchvision built for another torch
+        raise UserError(f"torchvision cannot run with torch {torch.__version__} ({_last_line(e)}): install the "
+                        "torchvision built for it (the pair this toolkit is tested with: pip install torch==2.14.1 "
+                        "torchvision==0.29.1)") from None
     return torchvision.ops
 
 

@@ -26,7 +26,8 @@ from runs import SHIPPED_MODELS
 MODELS_DIR = SHIPPED_MODELS
 DEFAULT_MODEL = MODELS_DIR / "ferplus_vgg.pth"
 # The names of what predict.py writes (annotated_name, gradcam_name, Results.write, its video's): never inputs.
-OUTPUT_NAMES = re.compile(r".+_annotated\.(jpg|mp4)|.+_face\d+_gradcam\.png|(predictions|.+_frames)\.(csv|json)")
+OUTPUT_NAMES = re.compile(r".+_annotated\.(jpg|mp4)|.+_face\d+_gradcam\.png|(predictions|.+_frames)\.(csv|json)|"
+                          r".+_tracks\.csv|.+_timeline\.png")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from errors import UserError, exit_code
 from faces import YUNET_MODEL, annotate, heatmap_overlay
 from photos import (
     DEFAULT_MODEL,
+    OUTPUT_NAMES,
     Results,
     annotated_name,
     assign_boxes,
@@ -36,6 +37,7 @@ from photos import (
     read_boxes,
 )
 from recognizer import DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer
+from runs import set_aside_earlier_run
 from videos import VideoFrames, process_video
 
 PHOTOS_PER_BATCH = 8  # photos whose faces go through the network together
@@ -114,10 +116,15 @@ def run(args):
         print(f"warning: {warning}", file=sys.stderr)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    files, skipped, outputs = find_images(args.inputs, out_dir) if not args.video else ([], [], [])
+    # An earlier run's outputs are kept apart, not overwritten in part (its annotated copies of other photos left
+    # beside this run's predictions.csv).
+    moved = set_aside_earlier_run([out_dir], names=OUTPUT_NAMES, hint="each run's predictions stay together")
+    if moved:
+        print(f"note: {moved}", file=sys.stderr)
     if args.video:
         return predict_video(args, recognizer, out_dir)
 
-    files, skipped, outputs = find_images(args.inputs, out_dir)
     warn_of(skipped, f"skipped {len(skipped)} file(s) of the folders that are not images")
     warn_of(outputs, f"left out {len(outputs)} file(s) that predict.py wrote, which are never inputs")
     if boxes is not None:

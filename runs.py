@@ -1,5 +1,5 @@
 """The files a training run leaves in its output and log folders: which they are, where an earlier run's go when a
-new run starts in the same folders, and where reports on a run's checkpoint go.
+new run starts in the same folders (predict.py's earlier outputs too), and where reports on a run's checkpoint go.
 
 A run writes OUTPUT_DIR/best.pth and last.pth (export.py writes its exports beside them: best.onnx, ...) and
 LOG_DIR/training_log.txt, training_log.jsonl, leakage.csv, test_report.json with its PNGs (and test.py's reports,
@@ -16,21 +16,24 @@ RUN_FILES = re.compile(r"(best|last)\..+|training_log\..+|leakage\.csv|test_.+\.
 EARLIER_RUN = re.compile(r"run-(\d+)")
 
 
-def run_files(folder):
-    """The files of a run (RUN_FILES) in folder, sorted; none when it does not exist."""
+def run_files(folder, names=RUN_FILES):
+    """The files of a run (named as names matches: RUN_FILES by default) in folder, sorted; none when it does not
+    exist."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if RUN_FILES.fullmatch(p.name) and (p.is_file() or p.is_symlink()))
+    return sorted(p for p in folder.iterdir() if names.fullmatch(p.name) and (p.is_file() or p.is_symlink()))
 
 
-def set_aside_earlier_run(folders, overwrite=False):
+def set_aside_earlier_run(folders, overwrite=False, names=RUN_FILES,
+                          hint="a new run keeps earlier ones; --resume continues one, --overwrite replaces it"):
     """Make room for a new run in folders (its output and log folders; one folder given twice is one): an earlier
-    run's files (RUN_FILES) are moved into a new sub-folder run-N of each folder that holds some, N the first
-    number no folder has yet, or deleted under overwrite -> one line saying where they went, or None when the
-    folders held none. OSError if a file cannot be moved (nothing is deleted then)."""
+    run's files (names: RUN_FILES, a training run's, or predict.py's photos.OUTPUT_NAMES) are moved into a new
+    sub-folder run-N of each folder that holds some, N the first number no folder has yet, or deleted under
+    overwrite -> one line saying where they went (ending in hint), or None when the folders held none. OSError if a
+    file cannot be moved (nothing is deleted then)."""
     folders = list({Path(f).resolve(): Path(f) for f in folders}.values())
-    found = {f: run_files(f) for f in folders}
+    found = {f: run_files(f, names) for f in folders}
     count = sum(map(len, found.values()))
     if not count:
         return None
@@ -50,8 +53,7 @@ def set_aside_earlier_run(folders, overwrite=False):
             for p in files:
                 p.rename(folder / name / p.name)  # within one folder: a rename, never a copy
             moved.append(str(folder / name))
-    return (f"{where} held an earlier run's {count} file(s): moved to {' and '.join(moved)} (a new run keeps "
-            "earlier ones; --resume continues one, --overwrite replaces it)")
+    return f"{where} held an earlier run's {count} file(s): moved to {' and '.join(moved)} ({hint})"
 
 
 SHIPPED_MODELS = Path(__file__).resolve().parent / "models"

@@ -505,3 +505,19 @@ def test_export_prints_what_was_written_and_nothing_of_the_exporters_progress(tm
     printed = capsys.readouterr()
     assert printed.out.startswith(f"wrote {tmp_path / 'm.onnx'} (") and len(printed.out.splitlines()) == 1
     assert printed.err == "" and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_second_run_into_the_same_folder_keeps_the_first_runs_outputs_apart(predict, trained, group_photo,
+                                                                              tmp_path, capsys):
+    # The second run (other photos) overwrote predictions.csv and left the first run's annotated copy beside it.
+    ckpt, out = str(trained / "checkpoints" / "best.pth"), tmp_path / "out"
+    assert predict.main([str(group_photo), "--ckpt", ckpt, "--out-dir", str(out)]) == 0
+    crop = tmp_path / "crop.png"
+    Image.open(group_photo).crop((0, 0, 200, 200)).save(crop)
+    capsys.readouterr()
+    assert predict.main([str(crop), "--ckpt", ckpt, "--out-dir", str(out), "--no-detect"]) == 0
+    assert f"moved to {out / 'run-1'}" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "run-1").iterdir()) == ["group_annotated.jpg", "predictions.csv",
+                                                                "predictions.json"]
+    assert not (out / "group_annotated.jpg").exists()
+    assert [r["file"] for r in read_rows(out / "predictions.csv")] == [str(crop)]

@@ -1,6 +1,7 @@
 """The Python API (recognizer.Recognizer): every input kind, plain dicts, batches, and agreement with predict.py."""
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -156,3 +157,11 @@ def test_faces_overlapping_a_better_one_are_suppressed_and_merged_with_it():
     found = [(boxes[0], 0.90, level, 20.0), (boxes[1], 0.91, level, 25.0), (boxes[2], 0.89, level, 0.5),
              (boxes[3], 0.80, level, 0.0)]
     assert sorted(f[0] for f in merge_passes(found, overlap=0.3)) == [boxes[2], boxes[3]]
+
+
+def test_a_torchvision_that_does_not_match_torch_is_a_one_line_error(monkeypatch):
+    # A torchvision built for another torch fails at import ("operator torchvision::nms does not exist"), which
+    # reached the user as a traceback from faces.py.
+    monkeypatch.setitem(sys.modules, "torchvision.ops", None)
+    with pytest.raises(UserError, match=r"torchvision cannot run with torch .*pip install torch==2\.14\.1 "):
+        box_ious([(0, 0, 1, 1)], [(0, 0, 1, 1)])
