@@ -40,6 +40,22 @@ def run_one(data, name, flags, seed, out_root, extra):
             "cmd": " ".join(shlex.quote(c) for c in cmd[1:])}
 
 
+def finished_runs(results):
+    """The runs a --results JSONL already holds -> {(name, seed): row}; none without the file."""
+    done = {}
+    if results and Path(results).exists():
+        for line in Path(results).read_text().splitlines():
+            row = json.loads(line)
+            done[(row["name"], row["seed"])] = row
+    return done
+
+
+def configurations(recipes, runs):
+    """--recipes names and --runs "NAME=FLAGS" -> [(name, train.py flags)]."""
+    configs = [(r, ["--recipe", r]) for r in recipes]
+    return configs + [(spec.split("=", 1)[0], shlex.split(spec.split("=", 1)[1])) for spec in runs]
+
+
 def mean_sd(values, digits=2):
     return f"{statistics.mean(values):6.{digits}f} ± {statistics.stdev(values):4.{digits}f}" if len(values) > 1 \
         else f"{values[0]:6.{digits}f}"
@@ -60,14 +76,8 @@ def main(argv=None):
     p.add_argument("--results", help="JSONL of finished runs: runs already in it are not repeated, new ones "
                    "are appended, so a long table can be built over several sessions")
     args = p.parse_args(argv)
-    done = {}
-    if args.results and Path(args.results).exists():
-        for line in Path(args.results).read_text().splitlines():
-            row = json.loads(line)
-            done[(row["name"], row["seed"])] = row
-
-    configs = [(r, ["--recipe", r]) for r in args.recipes]
-    configs += [(spec.split("=", 1)[0], shlex.split(spec.split("=", 1)[1])) for spec in args.runs]
+    done = finished_runs(args.results)
+    configs = configurations(args.recipes, args.runs)
     rows = []
     print(f"{'config':<18}{'seed':>5}{'epochs':>8}{'best':>6}{'train s':>9}{'wall s':>9}"
           f"{'test acc':>10}{'macro-F1':>10}")
