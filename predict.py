@@ -116,7 +116,8 @@ def run(args):
         print(f"warning: {warning}", file=sys.stderr)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files, skipped, outputs = find_images(args.inputs, out_dir) if not args.video else ([], [], [])
+    if not args.video:  # found before an earlier run's outputs move: those are never inputs, wherever they are
+        files, skipped, outputs = find_images(args.inputs, out_dir)
     # An earlier run's outputs are kept apart, not overwritten in part (its annotated copies of other photos left
     # beside this run's predictions.csv).
     moved = set_aside_earlier_run([out_dir], names=OUTPUT_NAMES, hint="each run's predictions stay together")

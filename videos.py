@@ -16,10 +16,11 @@ from tracks import FaceTracker
 class VideoFrames:
     """The frames of a video file, decoded by PyAV (FFmpeg's libraries): iterate for uint8 H x W x 3 BGR arrays,
     each at its own size, turned as a player shows it (upright). OpenCV's reader scales every frame to the first
-    one's size, so a stream whose frames change size (an MJPEG stream of 640x480, then 1280x720 frames) gave boxes in squeezed coordinates; and PyAV
-    says why reading stopped. fps: frames a second (25 when the file does not say); promised: the frame count the
-    file's header gives (0 when unknown); read: how many were read so far; stopped: why decoding ended early, or
-    None. UserError for a path that is missing, a folder or not a video, naming it as `called` (a flag, say)."""
+    one's size, so a stream whose frames change size (an MJPEG stream of 640x480, then 1280x720 frames) gave boxes
+    in squeezed coordinates; and PyAV says why reading stopped. fps: frames a second (25 when the file does not
+    say); promised: the frame count the file's header gives (0 when unknown); read: how many were read so far;
+    stopped: why decoding ended early, or None. UserError for a path that is missing, a folder or not a video,
+    naming it as `called` (a flag, say)."""
 
     def __init__(self, path, called="video"):
         import av
