@@ -869,18 +869,18 @@ def test(best_path, data, test_split, leaks, args, run, log):
     classifier = ModelClassifier.from_checkpoint(best_path, run.device)
     # One pass of best.pth over all of validation serves the balanced accuracies and the temperature's fit. Every
     # process makes it, so all fit on all of validation and agree on the temperature; rank 0 stores it.
-    val_logits = classifier.rescored(logit_adjust=0.0).decision_logits(data.val.images)
+    plain_logits = classifier.rescored(logit_adjust=0.0).decision_logits(data.val.images)
     bias = classifier.scoring.logit_bias
+    val_logits = plain_logits if bias is None else engine.decision_logits([plain_logits], bias)
     if bias is not None:
         # What the adjustment does on data we may look at: balanced accuracy (the accuracy a test with
         # equally many images per class would give) of best.pth on validation, without and with it.
         rank, world = engine.rank_and_world()
         plain, adjusted = (engine.classification_scores(logits[rank::world], data.val.labels[rank::world],
                                                         data.val.classes, run.device)[1]["macro_recall"]
-                           for logits in (val_logits, engine.decision_logits([val_logits], bias)))
+                           for logits in (plain_logits, val_logits))
         log.line(f"Validation balanced accuracy: {100 * plain:.2f}% plain argmax, {100 * adjusted:.2f}% with "
                  f"--logit-adjust {args.logit_adjust:g}")
-        val_logits = engine.decision_logits([val_logits], bias)
     classifier, figures = calibrate(classifier, data.val, data.train, best_path if run.is_main else None,
                                     val_logits)
     log.line(f"Calibration: {summary(figures)}")
