@@ -25,19 +25,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import load_checkpoint, model_from_checkpoint, scoring_of  # noqa: E402
 
 
-def training_flops(checkpoint, size=None, batch=8):
+def training_flops(checkpoint, sizes, batch=8):
     """FLOPs of one training step per image (forward + backward, counted as torch.utils.flop_counter counts them:
-    2 per multiply-add) of the network a checkpoint holds, at its input size or at size pixels."""
+    2 per multiply-add) of the network a checkpoint holds, at each of sizes (pixels; None: its input size) ->
+    {size: FLOPs}."""
     from torch.utils.flop_counter import FlopCounterMode
 
     state = load_checkpoint(checkpoint)
     model = model_from_checkpoint(state, checkpoint).train()
     shape = scoring_of(state, checkpoint).input
-    side = size or shape["size"]
-    x = torch.randn(batch, shape["channels"], side, side)
-    with FlopCounterMode(display=False) as counter:
-        model(x).sum().backward()
-    return counter.get_total_flops() / batch
+    flops = {}
+    for size in sizes:
+        side = size or shape["size"]
+        x = torch.randn(batch, shape["channels"], side, side)
+        with FlopCounterMode(display=False) as counter:
+            model(x).sum().backward()
+        flops[size] = counter.get_total_flops() / batch
+    return flops
 
 
 def speed(work):
@@ -46,8 +50,7 @@ def speed(work):
     epochs = [json.loads(line) for line in (work / "logs" / "training_log.jsonl").read_text().splitlines()]
     seconds = sum(e["train_time"] for e in epochs)
     images = [e["train_time"] * e["train_img_per_s"] for e in epochs]
-    checkpoint = work / "checkpoints" / "best.pth"
-    flops = {size: training_flops(checkpoint, size) for size in {e.get("train_size") for e in epochs}}
+    flops = training_flops(work / "checkpoints" / "best.pth", {e.get("train_size") for e in epochs})
     per_image = sum(n * flops[e.get("train_size")] for n, e in zip(images, epochs)) / sum(images)
     return sum(images) / seconds, seconds, per_image
 
