@@ -44,8 +44,8 @@ def fit_temperature(logits, labels, steps=100):
 
 def calibrate(classifier, val, train, checkpoint=None, val_logits=None):
     """Fit a classifier's temperature on the validation images that are not copies of training images
-    (val, train: FERSplits; leakage.unseen), and store it in the scoring block of the checkpoint file when one is
-    given. Data where most validation images look like copies (drawn faces, frames of one video) is fitted on all
+    (val, train: FERSplits; leakage.unseen), and store it, with the views and logit adjustment it was fitted for
+    (the classifier's scoring), as the scoring block of the checkpoint file when one is given. Data where most validation images look like copies (drawn faces, frames of one video) is fitted on all
     of its validation. val_logits: the classifier's decision logits of all of val (float N x classes), where the
     caller has them, saving a pass over validation. -> (the classifier with it, {"temperature", "images",
     "before", "after"}: ECE, NLL and Brier score on those images at temperature 1 and at the fitted one,
@@ -59,15 +59,17 @@ def calibrate(classifier, val, train, checkpoint=None, val_logits=None):
         logits = val_logits[[where[source] for source in fitted.sources]]
     val = fitted
     temperature = fit_temperature(logits, val.labels)
+    classifier = classifier.rescored(temperature=temperature)
     if checkpoint is not None:
+        # The whole scoring: a temperature holds only for the views and logit bias it was fitted with.
         state = load_checkpoint(checkpoint)
-        state["scoring"] = {**state["scoring"], "temperature": temperature}
+        state["scoring"] = classifier.scoring.to_dict()
         save_checkpoint(state, checkpoint)
     figures = {"temperature": temperature, "images": len(val)}
     for name, t in (("before", 1.0), ("after", temperature)):
         figures[name] = calibration_from_sums(calibration_sums(torch.softmax(logits.double() / t, 1).numpy(),
                                                                val.labels.numpy()))
-    return classifier.rescored(temperature=temperature), figures
+    return classifier, figures
 
 
 def bound_note(figures):

@@ -57,7 +57,8 @@ def get_args_parser():
     g.add_argument("--calibrate", action="store_true",
                    help="fit the checkpoint's temperature afresh on the validation split its training used and store "
                    "it in the checkpoint (so that its confidences mean what they say; decisions do not change), "
-                   "then score")
+                   "with the views and logit adjustment given by the flags above if any (so that they become the "
+                   "checkpoint's own: choose them on validation, e.g. benchmarks/tta_views.py), then score")
     g = p.add_argument_group("runtime")
     add_runtime_args(g, amp="off")
     g.add_argument("--batch-size", type=positive_int, default=256)
@@ -141,12 +142,10 @@ def run(args):
 
 def calibrate_checkpoint(classifier, args):
     """--calibrate: fit the temperature on the validation split the checkpoint's training used (its recorded
-    split, on the data it was trained on), store it in the checkpoint -> the classifier with it."""
+    split, on the data it was trained on) for the scoring given (the checkpoint's own, with --tta, --tta-scales
+    and --logit-adjust where given), store that scoring in the checkpoint -> the classifier with it."""
     if not isinstance(classifier, ModelClassifier):
         raise UserError("--calibrate takes one checkpoint (.pth): it stores the temperature it fits in the file")
-    if args.tta is not None or args.tta_scales is not None or args.logit_adjust is not None:
-        raise UserError("--calibrate fits the temperature of the checkpoint's own scoring: leave out --tta, "
-                        "--tta-scales and --logit-adjust")
     record = classifier.record
     split, trained = record.get("split", {}), record.get("args", {})
     root = split.get("root") or trained.get("data")

@@ -92,6 +92,25 @@ def test_calibrate_stores_a_temperature_that_changes_confidences_not_decisions(o
     assert reports["before"]["calibration"]["after"] == reports["before"]["calibration"]["before"]  # T was 1
 
 
+def test_calibrate_with_other_views_stores_them_with_the_temperature_fitted_for_them(overconfident, tmp_path,
+                                                                                      scripts):
+    # The fixture records its own views (fixed_checkpoint's); --calibrate with others makes them the checkpoint's.
+    own = load_checkpoint(overconfident)["scoring"]
+    flip = not own["tta_flip"]
+    flags = ["--tta" if flip else "--no-tta", "--tta-scales", "0.8,1.2"]
+    assert scripts["test"].main(["--ckpt", str(overconfident), "--calibrate", *flags, "--out-dir",
+                                 str(tmp_path / "a")]) == 0
+    stored = load_checkpoint(overconfident)["scoring"]
+    assert stored["tta_flip"] == flip and stored["tta_scales"] == [0.8, 1.2]
+    report = json.loads(next((tmp_path / "a").glob("*.json")).read_text())
+    assert report["temperature"] == stored["temperature"] != own["temperature"]
+    # Scored again without flags, the checkpoint now decides with those views and that temperature.
+    assert scripts["test"].main(["--ckpt", str(overconfident), "--out-dir", str(tmp_path / "b")]) == 0
+    again = json.loads(next((tmp_path / "b").glob("*.json")).read_text())
+    for key in ("accuracy", "confusion_matrix", "temperature"):
+        assert again[key] == report[key]
+
+
 def test_the_temperature_travels_with_exports_and_into_probabilities(overconfident, tiny_data, tmp_path, scripts):
     crops = load_split(tiny_data, "test", CLASSES).images.numpy()
     raw = load_classifier(overconfident).probabilities(crops)
