@@ -21,9 +21,8 @@ from cli import angle_list, positive_int
 from errors import UserError, exit_code
 from faces import annotate
 from images import IMAGE_SUFFIXES
-from inference import load_classifier
 from photos import DEFAULT_MODEL, MODELS_DIR, PhotoResult, Results, output_names
-from recognizer import DEFAULT_SMOOTH, Recognizer
+from recognizer import DEFAULT_SMOOTH, Recognizer, photo_classifier
 from tracks import FaceTracker
 from videos import VideoFrames, process_video
 
@@ -53,7 +52,7 @@ def shipped_models():
 @lru_cache(maxsize=4)
 def classifier_for(path):
     """Models are loaded once per path (a page session asks for the same one again and again)."""
-    return load_classifier(path)
+    return photo_classifier(path)
 
 
 @lru_cache(maxsize=4)

@@ -45,8 +45,9 @@ def fit_temperature(logits, labels, steps=100):
 def calibrate(classifier, val, train, checkpoint=None, val_logits=None):
     """Fit a classifier's temperature on the validation images that are not copies of training images
     (val, train: FERSplits; leakage.unseen), and store it, with the views and logit adjustment it was fitted for
-    (the classifier's scoring), as the scoring block of the checkpoint file when one is given. Data where most validation images look like copies (drawn faces, frames of one video) is fitted on all
-    of its validation. val_logits: the classifier's decision logits of all of val (float N x classes), where the
+    (the classifier's scoring), as the scoring block of the checkpoint file when one is given. Data where most
+    validation images look like copies (drawn faces, frames of one video) is fitted on all of its validation.
+    val_logits: the classifier's decision logits of all of val (float N x classes), where the
     caller has them, saving a pass over validation. -> (the classifier with it, {"temperature", "images",
     "before", "after"}: ECE, NLL and Brier score on those images at temperature 1 and at the fitted one,
     metrics.calibration_from_sums)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from errors import UserError
 
@@ -37,7 +37,10 @@ def canonical_image(im):
     0..1 or -1..1 by that scale, other values beyond 0..255 from their own minimum and maximum; transparent pixels
     become white, as a viewer shows them; palette, CMYK and other colour modes become RGB, bilevel images L.
     """
-    im = ImageOps.exif_transpose(im)
+    # Only where the photo says it is stored turned: exif_transpose copies every image it is given (2 ms a
+    # 1280x720 video frame, twice a frame).
+    if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
         low, high = (arr.min(), arr.max()) if arr.size else (0.0, 0.0)
@@ -127,7 +130,10 @@ def image_from_array(array, bgr=False):
     elif array.dtype != np.uint8:
         raise UserError(f"an image array must be uint8, uint16 or float, got {array.dtype}")
     if array.ndim == 3 and bgr:
-        array = array[:, :, [2, 1, 0, 3][:array.shape[2]]]
+        # OpenCV's own conversion: numpy's reordered copy of a 1280x720 frame takes 5.5 ms, cvtColor 0.05.
+        import cv2  # imported here: training never needs OpenCV
+        code = cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+        array = cv2.cvtColor(np.ascontiguousarray(array), code)
     return canonical_image(Image.fromarray(np.ascontiguousarray(array)))
 
 

@@ -77,11 +77,12 @@ def test_a_version_1_checkpoint_from_before_the_scoring_flags_scores_the_image_a
 @pytest.mark.parametrize("name, views, tau, temperature", [
     ("fer2013_5class_vgg.pth", (False, ()), 0.0, 0.853),
     ("fer2013_7class_vgg.pth", (True, (0.9, 0.95, 1.05, 1.1)), 0.0, 0.890),
-    ("ferplus_vgg.pth", (True, (0.9, 1.1)), 0.0, 0.544)])
+    ("ferplus_vgg.pth", (True, ()), 0.0, 0.562)])
 def test_the_shipped_models_keep_the_scoring_they_were_tested_with_and_a_fitted_temperature(name, views, tau,
                                                                                             temperature):
     # The FER2013 models were made as version-1 files; `test.py --calibrate` rewrote them as version 2 with their
-    # temperature. FER+'s was fitted by train.py; the model cards give all three.
+    # temperature. FER+'s was rescored with the mirror alone (chosen on its held-out validation) by `test.py
+    # --calibrate --tta-scales none`, which fitted its temperature for those views; the model cards give all three.
     scoring = Scoring.from_dict(load_checkpoint(MODELS / name)["scoring"])
     assert (scoring.tta_flip, scoring.tta_scales, scoring.logit_adjust) == (*views, tau)
     assert scoring.temperature == pytest.approx(temperature, abs=5e-4)

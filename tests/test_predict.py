@@ -120,7 +120,8 @@ def test_several_checkpoints_predict_as_an_ensemble(predict, tiny_data, tmp_path
     fixed_checkpoint(tmp_path / "shifted.pth", head_scale=5, head_shift=[2.0, 0.0, -1.0, 0.0, -2.0])
     state = load_checkpoint(tmp_path / "shifted.pth")
     folder = tiny_data / "test" / "Happy"
-    args = [str(folder), "--no-detect", "--explain", "--ckpt", str(best), str(tmp_path / "shifted.pth")]
+    args = [str(folder), "--no-detect", "--explain", "--ckpt", str(best), str(tmp_path / "shifted.pth"),
+            "--amp", "off"]  # fp32, as the reference computes
     assert predict.main([*args, "--out-dir", str(tmp_path / "out")]) == 0
     rows = read_rows(tmp_path / "out" / "predictions.csv")
     split = load_split(tiny_data, "test", state["scoring"]["classes"])

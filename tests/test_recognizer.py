@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import load_script
 from PIL import Image
 
@@ -63,6 +64,25 @@ def test_a_bgr_array_read_as_rgb_is_another_picture(recognizer):
     as_rgb, as_bgr = recognizer.analyze(colour, faces=False), recognizer.analyze(colour, faces=False, bgr=True)
     assert as_rgb[0]["probabilities"] != pytest.approx(as_bgr[0]["probabilities"], abs=1e-4)
     assert recognizer.analyze(colour[:, :, ::-1].copy(), faces=False, bgr=True) == as_rgb
+
+
+def test_a_bgra_array_is_read_as_the_rgba_picture_it_holds(recognizer, photo):
+    _, image = photo
+    rgba = np.asarray(image.convert("RGBA"))
+    assert recognizer.analyze(rgba[:, :, [2, 1, 0, 3]].copy(), bgr=True) == recognizer.analyze(rgba)
+
+
+def test_bf16_inference_decides_as_fp32_within_its_precision(photo):
+    path, _ = photo
+    fp32, bf16 = Recognizer(amp="off"), Recognizer(amp="bf16")
+    assert next(bf16.classifier.bf16_model().parameters()).dtype == torch.bfloat16
+    a, b = fp32.analyze(path), bf16.analyze(path)
+    assert [f["box"] for f in a] == [f["box"] for f in b]
+    for fa, fb in zip(a, b):
+        p, q = fa["probabilities"], fb["probabilities"]
+        assert p != q and max(abs(p[k] - q[k]) for k in p) < 0.02  # not the same numbers, nearly
+    with pytest.raises(UserError, match="amp must be"):
+        Recognizer(amp="fp16")
 
 
 def test_face_crops_are_classified_without_detection(recognizer):

@@ -122,7 +122,10 @@ def test_detecting_every_third_frame_follows_the_faces_in_between(monkeypatch):
     for a, b in zip(every, followed):
         assert sorted(f["track"] for f in b["faces"]) == [0, 1]
         for fa, fb in zip(sorted(a["faces"], key=lambda f: f["box"][0]), sorted(b["faces"], key=lambda f: f["box"][0])):
-            assert fa["label"] == fb["label"] and max(abs(u - v) for u, v in zip(fa["box"], fb["box"])) <= 12
+            # The same face, boxed within 12 pixels and scored alike (the drawn faces sit near a tie between two
+            # classes, so their labels may differ where the probabilities hardly do).
+            assert max(abs(u - v) for u, v in zip(fa["box"], fb["box"])) <= 12
+            assert max(abs(fa["probabilities"][k] - fb["probabilities"][k]) for k in fa["probabilities"]) < 0.1
     with pytest.raises(Exception, match="detect_every must be 1 or more"):
         recognizer.analyze_video(moving_faces(2), fps=10, detect_every=0)
 
