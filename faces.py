@@ -129,7 +129,10 @@ class YuNetDetector:
         # the coarsest stride.
         step = max(YUNET_STRIDES)
         blob = np.zeros((1, 3, -(-h // step) * step, -(-w // step) * step), np.float32)
-        blob[0, :, :h, :w] = rgb[:, :, ::-1].transpose(2, 0, 1)
+        # Plane by plane from OpenCV's split: numpy's copy of the reversed, transposed pixels reads them with
+        # strides, twice the time (0.47 against 0.25 ms a 960x540 frame, for every pass).
+        for channel, plane in enumerate(reversed(self.cv2.split(rgb))):
+            blob[0, channel, :h, :w] = plane
         try:
             outputs = dict(zip(YUNET_OUTPUTS, self.session.run(list(YUNET_OUTPUTS), {self.input_name: blob})))
         except Exception as e:  # onnxruntime's own error types, for a graph that passed the checks at load
@@ -431,9 +434,10 @@ def alignment(landmarks, scale=None, center=None):
 
 
 def cut(image, center, side, angle=0.0):
-    """The square of the photo with this centre, side and turn, resampled at its own resolution (so that
-    image_to_array then shrinks it as it shrank the training images); parts beyond the photo repeat its edge
-    pixels. -> (PIL image, 2 x 3 affine from its pixels to the photo's)."""
+    """The square of the photo (a PIL image, or its pixels: uint8 H x W or H x W x 3) with this centre, side and
+    turn, resampled at its own resolution (so that image_to_array then shrinks it as it shrank the training
+    images); parts beyond the photo repeat its edge pixels. -> (PIL image, 2 x 3 affine from its pixels to the
+    photo's)."""
     cv2 = _cv2()
     n = max(1, int(round(side)))
     step = side / n
@@ -443,18 +447,19 @@ def cut(image, center, side, angle=0.0):
     to_photo = np.array([[cos, -sin, corner[0]], [sin, cos, corner[1]]])
     patch = cv2.warpAffine(np.asarray(image), to_photo, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                            borderMode=cv2.BORDER_REPLICATE)
-    return Image.fromarray(patch, image.mode), to_photo
+    return Image.fromarray(patch, "RGB" if patch.ndim == 3 else "L"), to_photo
 
 
-def face_crop(image, detection, input_cfg, align=True, margin=0.15):
+def face_crop(image, detection, input_cfg, align=True, margin=0.15, pixels=None):
     """What the model sees of one detection -> (uint8 C x size x size, aligned?, 2 x 3 affine crop -> photo).
 
     With landmarks and align: the aligned square (alignment). Otherwise the box grown by margin of its size on
-    every side, clipped to the photo.
+    every side, clipped to the photo. pixels: the image's as an array, where the caller has them (numpy's copy of
+    a 1280x720 photo takes 0.45 ms, each face's).
     """
     size, channels = input_cfg["size"], input_cfg["channels"]
     if align and detection.landmarks is not None:
-        patch, to_photo = cut(image, *alignment(detection.landmarks))
+        patch, to_photo = cut(image if pixels is None else pixels, *alignment(detection.landmarks))
         crop = image_to_array(patch, size, channels)
         return crop, True, to_photo @ np.diag([patch.width / size, patch.height / size, 1.0])
     x, y, w, h = detection.box
@@ -467,9 +472,9 @@ def face_crop(image, detection, input_cfg, align=True, margin=0.15):
 def cut_faces(image, detections, input_cfg, align=True, margin=0.15):
     """Each detection of one decoded photo (images.read_image) cut out as the model sees it (face_crop) ->
     [Face] without probabilities yet, in the order of detections."""
-    faces = []
+    faces, pixels = [], np.asarray(image) if detections else None
     for d in detections:
-        crop, aligned, to_photo = face_crop(image, d, input_cfg, align, margin)
+        crop, aligned, to_photo = face_crop(image, d, input_cfg, align, margin, pixels)
         faces.append(Face(d.box, d.score, d.landmarks, crop=crop, aligned=aligned, to_photo=to_photo))
     return faces
 
