@@ -22,7 +22,7 @@ from errors import UserError, exit_code
 from faces import annotate
 from images import IMAGE_SUFFIXES
 from photos import DEFAULT_MODEL, MODELS_DIR, PhotoResult, Results, output_names
-from recognizer import DEFAULT_SMOOTH, Recognizer, photo_classifier
+from recognizer import DEFAULT_DETECT_EVERY, DEFAULT_SMOOTH, Recognizer, photo_classifier
 from tracks import FaceTracker
 from videos import VideoFrames, process_video
 
@@ -264,7 +264,8 @@ def build_page(ckpt=str(DEFAULT_MODEL)):
                 with gr.Column():
                     clip = gr.Video(label="A video", sources=["upload"], elem_id="clip")
                     smooth = gr.Slider(0, 3, value=DEFAULT_SMOOTH, step=0.1, label="Smooth each face over (seconds)")
-                    every = gr.Slider(1, 10, value=1, step=1, label="Search the whole frame every N-th frame")
+                    every = gr.Slider(1, 10, value=DEFAULT_DETECT_EVERY, step=1,
+                                      label="Search the whole frame every N-th frame")
                     run_video = gr.Button("Analyze the video", variant="primary", elem_id="analyze-video")
                 with gr.Column():
                     video_message = gr.Markdown(elem_id="video-message")

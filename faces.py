@@ -174,12 +174,14 @@ class YuNetDetector:
     def follow(self, image, previous):
         """The faces of previous (Detections with landmarks, from the frame before) found again in image, each
         looked for in the square around where it was (_look), not in the whole photo: one small pass a face where a
-        full search takes three over the photo. -> [Detection], largest first; a face not found again is left
-        out (the next full search finds it)."""
+        full search takes three over the photo. -> [Detection], largest first. Where a face is not found again
+        (it moved too far, turned away or left), the whole photo is searched instead, as for the first frame."""
         rgb, scale = shrink(pixels(image, "RGB"), self.max_side)
         looks = [self._look(rgb, tuple(v * scale for v in d.box), 0.0 if d.landmarks is None else eye_line(d.landmarks))
                  for d in previous]
-        return self._in_photo([seen[:3] for seen in looks if seen is not None], scale)
+        if any(seen is None for seen in looks):
+            return self(image)
+        return self._in_photo([seen[:3] for seen in looks], scale)
 
     def _detect_turned(self, rgb, degrees):
         """Faces of the photo turned by degrees about its centre (same size), turned back -> [(box, score,

@@ -36,7 +36,7 @@ from photos import (
     output_names,
     read_boxes,
 )
-from recognizer import DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer
+from recognizer import DEFAULT_DETECT_EVERY, DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer
 from runs import set_aside_earlier_run
 from videos import VideoFrames, process_video
 
@@ -54,9 +54,9 @@ def get_args_parser():
                    "and a tracks CSV (per track: first and last time, frames, dominant expression, share of each)")
     p.add_argument("--smooth", type=non_negative_float, default=DEFAULT_SMOOTH, metavar="SECONDS",
                    help="--video: each track's probabilities are smoothed over this many seconds (0: each frame's own)")
-    p.add_argument("--detect-every", type=positive_int, default=1, metavar="N",
+    p.add_argument("--detect-every", type=positive_int, default=DEFAULT_DETECT_EVERY, metavar="N",
                    help="--video: search the whole frame every N-th frame and follow the faces found in between "
-                   "(YuNet; faster, may miss a face that enters until the next search)")
+                   "(YuNet; 1 searches every frame, slower; a face that enters is found at the next search)")
     p.add_argument("--explain", action="store_true",
                    help="Grad-CAM of every face: a heat-map PNG per face, and drawn where the face is")
     p.add_argument("--out-dir", type=output_folder, default="predictions",

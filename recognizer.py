@@ -34,6 +34,11 @@ from videos import VideoFrames
 DEFAULT_THREADS = 1
 # Seconds over which a video's face probabilities are smoothed along its track (predict.py --smooth).
 DEFAULT_SMOOTH = 0.5
+# A video's whole frame is searched every this many frames, its faces followed in between (predict.py
+# --detect-every): the search's two turned passes over the frame are most of its cost. On benchmarks/video.py's clips
+# the faces followed got the label of searching every frame for 99.6-100% of faces, at 36 frames a second for four
+# faces at 1280x720 where searching every frame gave 22-30; a face that enters is found within two frames.
+DEFAULT_DETECT_EVERY = 3
 
 
 def photo_classifier(model, device="cpu", amp="auto"):
@@ -148,7 +153,7 @@ class Recognizer:
             out.append([face_record(face, self.classes) for face in result.faces])
         return out
 
-    def video_photos(self, frames, fps, tracker, faces=True, explain=False, detect_every=1):
+    def video_photos(self, frames, fps, tracker, faces=True, explain=False, detect_every=DEFAULT_DETECT_EVERY):
         """A video's frames (numpy arrays in OpenCV's BGR, as VideoFrames gives them, or PIL images) at fps frames a
         second -> yields (index, time in seconds, photos.PhotoResult) frame by frame, each face with its track id
         (face.track) and its track's smoothed probabilities from tracker (tracks.FaceTracker). detect_every: faces
@@ -177,7 +182,8 @@ class Recognizer:
         for face, track in zip(photo.faces, tracker.update(photo.faces, time_s, size)):
             face.track = track
 
-    def analyze_video(self, video, fps=None, faces=True, smooth=DEFAULT_SMOOTH, detect_every=1):
+    def analyze_video(self, video, fps=None, faces=True, smooth=DEFAULT_SMOOTH,
+                      detect_every=DEFAULT_DETECT_EVERY):
         """A video file's path, or an iterable of frames (numpy arrays in OpenCV's BGR, or PIL images; fps then
         says how many a second, 25 when None) -> a VideoAnalysis: iterating it yields, frame by frame, {"frame":
         index, "time_s": seconds, "faces": analyze's dicts, each with its "track" id}; its tracks() gives one

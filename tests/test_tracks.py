@@ -116,7 +116,7 @@ def test_detecting_every_third_frame_follows_the_faces_in_between(monkeypatch):
     detector = recognizer.detector
     monkeypatch.setattr(recognizer, "detector", lambda image: searched.append(1) or detector(image))
     recognizer.detector.follow = detector.follow
-    every = list(Recognizer().analyze_video(moving_faces(), fps=10))
+    every = list(Recognizer().analyze_video(moving_faces(), fps=10, detect_every=1))
     followed = list(recognizer.analyze_video(moving_faces(), fps=10, detect_every=3))
     assert len(searched) == 4  # frames 0, 3, 6 and 9; the others followed from where the faces were
     for a, b in zip(every, followed):
@@ -176,6 +176,22 @@ def rotated_video(path, frames, quarter_turns_clockwise):
     cos, sin = [(1, 0), (0, 1), (-1, 0), (0, -1)][quarter_turns_clockwise % 4]
     data[at:at + 36] = struct.pack(">9i", cos << 16, sin << 16, 0, -sin << 16, cos << 16, 0, 0, 0, 1 << 30)
     path.write_bytes(data)
+
+
+def test_a_face_that_cannot_be_followed_makes_the_frame_a_whole_search(monkeypatch):
+    from faces import YuNetDetector
+
+    searched = []
+    search = YuNetDetector.__call__
+    monkeypatch.setattr(YuNetDetector, "__call__", lambda self, image: searched.append(1) or search(self, image))
+    frames = moving_faces(6)
+    frames[1:] = [np.roll(f, 100, axis=0) for f in frames[1:]]  # from frame 1 on, 100 pixels lower (a cut)
+    frames[4][:, 300:] = 100  # and in frame 4 the right one has left, between searches (frames 0 and 3)
+    seen = list(Recognizer().analyze_video(frames, fps=10, detect_every=3))
+    # Frames 0 and 3 by schedule, 1 and 4 because a face was not where it had been; 2 and 5 followed.
+    assert len(searched) == 4
+    assert [len(f["faces"]) for f in seen] == [2, 2, 2, 2, 1, 1]
+    assert all(face["box"][1] > 180 for face in seen[1]["faces"])  # found where they went
 
 
 def test_a_phone_video_with_rotation_metadata_is_turned_upright(tmp_path):
