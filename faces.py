@@ -80,7 +80,7 @@ class YuNetDetector:
     """
 
     def __init__(self, model=YUNET_MODEL, score_threshold=0.6, min_face=24, max_side=960, turns=(-30, 30),
-                 nms_threshold=0.3):
+                 nms_threshold=0.3, threads=0):
         cv2 = _cv2()
         model = Path(model)
         if not 0 < score_threshold <= 1:
@@ -88,7 +88,7 @@ class YuNetDetector:
         why = not_a_file(model, "an ONNX file")
         if why:
             raise UserError(f"detector model {model} {why}")
-        self.model, self.session = model, yunet_session(model)
+        self.model, self.session = model, yunet_session(model, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.cv2, self.min_face, self.max_side, self.turns = cv2, min_face, max_side, tuple(turns)
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
@@ -220,11 +220,12 @@ YUNET_OUTPUTS = {f"{kind}_{stride}": (stride, k) for kind, k in (("cls", 1), ("o
                  for stride in YUNET_STRIDES}
 
 
-def yunet_session(model):
+def yunet_session(model, threads=0):
     """An ONNX Runtime session of a YuNet ONNX file, with the input's height and width left free: the file
     declares 640x640, but the network is fully convolutional and its outputs are reshaped with -1, so any
-    multiple of 32 runs. Raises UserError for a file that cannot be read or is not YuNet (its outputs are not
-    YUNET_OUTPUTS' names and shapes, or its input is not one 3-channel image, N x 3 x H x W)."""
+    multiple of 32 runs. threads: ONNX Runtime's threads for one pass (0: its own choice, one a core). Raises
+    UserError for a file that cannot be read or is not YuNet (its outputs are not YUNET_OUTPUTS' names and shapes,
+    or its input is not one 3-channel image, N x 3 x H x W)."""
     try:
         import onnx
         import onnxruntime
@@ -254,6 +255,9 @@ def yunet_session(model):
     del graph.value_info[:]  # the 640x640 shapes recorded inside would be checked, and warned about
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    # Its own choice, a spinning thread a core, took a 256x256 photo's passes from 6-7 to 13-17 ms while other work
+    # held the cores, where one thread kept 6-7 (quiet, the two were alike).
+    options.intra_op_num_threads = int(threads)
     try:
         return onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's own error types, for a graph it cannot build
@@ -399,11 +403,13 @@ class HaarDetector:
         return sorted(detections, key=lambda d: -d.box[2] * d.box[3])
 
 
-def make_detector(name="yunet", model=None, score_threshold=0.6, min_face=24, max_side=960, turns=(-30, 30)):
-    """A detector by name (DETECTORS); model, score_threshold and turns apply to YuNet only."""
+def make_detector(name="yunet", model=None, score_threshold=0.6, min_face=24, max_side=960, turns=(-30, 30),
+                  threads=0):
+    """A detector by name (DETECTORS); model, score_threshold, turns and threads (ONNX Runtime's; 0: its own
+    choice) apply to YuNet only."""
     if name == "haar":
         return HaarDetector(min_face, max_side)
-    return YuNetDetector(model or YUNET_MODEL, score_threshold, min_face, max_side, turns)
+    return YuNetDetector(model or YUNET_MODEL, score_threshold, min_face, max_side, turns, threads=threads)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -86,8 +86,8 @@ def get_args_parser():
                    help="bf16 inference of PyTorch checkpoints; auto uses it where the device runs bf16 natively "
                    "(decisions as fp32's but for about 1 in 1,000 faces)")
     g.add_argument("--threads", type=non_negative_int, default=DEFAULT_THREADS,
-                   help="torch's threads while classifying (0: torch's own choice); one suits per-photo work, and "
-                   "stays fast while other programs keep the cores busy")
+                   help="threads for detecting (YuNet) and classifying (0: each library's own choice); one suits "
+                   "per-photo work, and stays fast while other programs keep the cores busy")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p
 

@@ -28,9 +28,9 @@ from photos import DEFAULT_MODEL, FaceSettings, analyze_photos, face_record
 from tracks import FaceTracker
 from videos import VideoFrames
 
-# Torch's threads for per-photo work when the caller does not say: one face's views are a batch of six 48x48
-# images, too little work to share between threads, and threads that wait for each other are what make a photo
-# take many times longer while other work holds the cores (benchmarks/photo_speed.py measures both).
+# Torch's and YuNet's threads for per-photo work when the caller does not say: one face's views are a batch of two
+# 48x48 images, too little work to share between threads, and threads that wait for each other are what make a
+# photo take many times longer while other work holds the cores (benchmarks/photo_speed.py measures both).
 DEFAULT_THREADS = 1
 # Seconds over which a video's face probabilities are smoothed along its track (predict.py --smooth).
 DEFAULT_SMOOTH = 0.5
@@ -73,8 +73,9 @@ class Recognizer:
     "cuda"... (PyTorch models only). detector: "yunet" (with landmarks) or "haar" (boxes only). turns: angles
     (degrees) of turned copies of each photo also searched for tilted heads (YuNet; () for upright only, the
     fastest). align: cut faces out aligned by their landmarks (else the box plus margin). threads: the number of
-    threads torch uses while this Recognizer works (set for each call and restored after, so the rest of the
-    process keeps its own; DEFAULT_THREADS when None, which suits a photo at a time; 0: torch's own setting).
+    threads YuNet's ONNX Runtime session and torch use while this Recognizer works (torch's set for each call and
+    restored after, so the rest of the process keeps its own; DEFAULT_THREADS when None, which suits a photo at a
+    time; 0: each library's own choice).
     score_threshold, min_face (pixels), max_side (pixels), detector_model and margin: as predict.py's flags of
     those names. amp: "auto" runs a PyTorch model in bf16 where the device does so natively (CPUs with AVX-512
     BF16 or AMX, most GPUs), "bf16" always, "off" in fp32 (photo_classifier).
@@ -96,7 +97,7 @@ class Recognizer:
             self.classifier = photo_classifier(model or DEFAULT_MODEL, device, amp)
         self.settings = FaceSettings(detector, str(detector_model or YUNET_MODEL), float(score_threshold),
                                      int(min_face), int(max_side), tuple(float(t) for t in turns), align=bool(align),
-                                     margin=float(margin))
+                                     margin=float(margin), threads=self.threads)
         self.detector = self.settings.detector_for()
 
     @property

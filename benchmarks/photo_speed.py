@@ -6,11 +6,12 @@
 Portraits like a studio set's: --count held-out faces of the five classes both tools know (angry, happy, neutral,
 sad, surprise; drawn evenly), each upscaled to 160 pixels and pasted in the middle of a 256x256 canvas of a plain
 colour, saved as JPEG. Our side runs recognizer.Recognizer with its default settings (the shipped FER+ model,
-YuNet with its turned passes, aligned crops, six views): the whole photo (read, detect, cut, classify) and, apart,
-each stage. `fer` (FER().detect_emotions: OpenCV's Haar cascade and its mini-Xception) runs in its own Python,
-given by --fer-python, on the same files, the two taking turns round by round, so that a slow spell of the machine
-falls on both. Each setting runs quiet and then loaded: while another process keeps both cores busy with matrix
-products. Accuracy counts a photo right when its largest face's label is the photo's class (no face: wrong).
+YuNet with its turned passes, aligned crops, the model's views): the whole photo (take the array in, detect, cut,
+classify) and, apart, each stage. Both tools are given the photos decoded by OpenCV before the clock starts (the
+fer worker reads them so), ours as BGR arrays (analyze(..., bgr=True)). `fer` (FER().detect_emotions: OpenCV's
+Haar cascade and its mini-Xception) runs in its own Python, given by --fer-python, on the same files, the two
+taking turns round by round, so that a slow spell of the machine falls on both. Each setting runs quiet and then
+loaded: while another process keeps both cores busy with matrix products. Accuracy counts a photo right when its largest face's label is the photo's class (no face: wrong).
 `fer` is never a dependency of the toolkit: install it in another environment (pip install --no-deps
 fer==25.10.3, then tensorflow-cpu and opencv-contrib-python-headless).
 """
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli import positive_int  # noqa: E402
 from dataset import CLASS_SYNONYMS  # noqa: E402
 from faces import classify_faces, cut_faces  # noqa: E402
-from images import data_files, read_image  # noqa: E402
+from images import data_files, image_from_array, read_image  # noqa: E402
 from recognizer import Recognizer, torch_threads  # noqa: E402
 
 CLASSES = ("angry", "happy", "neutral", "sad", "surprise")
@@ -71,24 +72,25 @@ def make_portraits(folder, count, seed, out):
     return portraits
 
 
-def time_ours(recognizer, paths):
-    """-> (ms per photo for the whole path, labels of each photo's largest face)."""
+def time_ours(recognizer, photos):
+    """photos: BGR arrays, as OpenCV reads them -> (ms per photo for the whole path, labels of each photo's
+    largest face)."""
     start = time.perf_counter()
     labels = []
-    for path in paths:
-        faces = recognizer.analyze(path)
+    for photo in photos:
+        faces = recognizer.analyze(photo, bgr=True)
         big = max(faces, key=lambda f: f["box"][2] * f["box"][3], default=None)
         labels.append(None if big is None else OURS.get(big["label"], big["label"]))
-    return 1000 * (time.perf_counter() - start) / len(paths), labels
+    return 1000 * (time.perf_counter() - start) / len(photos), labels
 
 
-def time_stages(recognizer, paths):
-    """-> {stage: ms per photo}: reading, every detection pass together, cutting out, classifying."""
-    spent = dict.fromkeys(("read", "detect", "cut", "classify"), 0.0)
+def time_stages(recognizer, photos):
+    """-> {stage: ms per photo}: taking the array in, every detection pass together, cutting out, classifying."""
+    spent = dict.fromkeys(("take in", "detect", "cut", "classify"), 0.0)
     with torch_threads(recognizer.threads):
-        for path in paths:
+        for photo in photos:
             t0 = time.perf_counter()
-            image = read_image(path)
+            image = image_from_array(photo, bgr=True)
             t1 = time.perf_counter()
             found = recognizer.detector(image)
             t2 = time.perf_counter()
@@ -98,7 +100,7 @@ def time_stages(recognizer, paths):
             t4 = time.perf_counter()
             for stage, (a, b) in zip(spent, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
                 spent[stage] += b - a
-    return {stage: 1000 * s / len(paths) for stage, s in spent.items()}
+    return {stage: 1000 * s / len(photos) for stage, s in spent.items()}
 
 
 def accuracy(labels, truth):
@@ -110,7 +112,8 @@ def main(argv=None):
     p.add_argument("--faces", required=True, help="a split folder of <class>/ images (e.g. fer2013/val)")
     p.add_argument("--count", type=positive_int, default=152)
     p.add_argument("--rounds", type=positive_int, default=5, help="turns each tool takes per setting")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to time (0: torch's own)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                   help="Recognizer threads to time (torch's and YuNet's; 0: each library's own)")
     p.add_argument("--fer-python", help="a Python with the fer package installed, to time it beside ours")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -118,16 +121,19 @@ def main(argv=None):
     out = Path(tempfile.mkdtemp(prefix="portraits_"))
     portraits = make_portraits(args.faces, args.count, args.seed, out)
     paths, truth = [p for p, _ in portraits], [c for _, c in portraits]
+    import cv2
+
+    photos = [cv2.imread(str(p)) for p in paths]  # decoded before timing, as the fer worker decodes them
     fer = None
     if args.fer_python:
         fer = subprocess.Popen([args.fer_python, "-c", FER_WORKER, json.dumps([str(p) for p in paths])],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     print(f"{len(paths)} portraits of 256x256 in {out}; median of {args.rounds} rounds, ms per photo")
-    print("| threads | machine | ours | read | detect | cut | classify | fer | ours / fer | ours acc | fer acc |")
+    print("| threads | machine | ours | take in | detect | cut | classify | fer | ours / fer | ours acc | fer acc |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for threads in args.threads:
         recognizer = Recognizer(threads=threads)
-        time_ours(recognizer, paths)  # warm-up: kernels chosen, caches filled
+        time_ours(recognizer, photos)  # warm-up: kernels chosen, caches filled
         for machine in ("quiet", "loaded"):
             load = subprocess.Popen([sys.executable, "-c", LOAD]) if machine == "loaded" else None
             try:
@@ -135,9 +141,9 @@ def main(argv=None):
                     time.sleep(2)
                 ours, theirs, stages, ratios = [], [], [], []
                 for _ in range(args.rounds):
-                    ms, our_labels = time_ours(recognizer, paths)
+                    ms, our_labels = time_ours(recognizer, photos)
                     ours.append(ms)
-                    stages.append(time_stages(recognizer, paths))
+                    stages.append(time_stages(recognizer, photos))
                     if fer:
                         fer.stdin.write("go\n")
                         fer.stdin.flush()
@@ -152,7 +158,7 @@ def main(argv=None):
             fer_cells = (f"{np.median(theirs):.1f} | {np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
                          if fer else "- | -")
             fer_acc = f"{accuracy(reply['labels'], truth):.1f}%" if fer else "-"
-            print(f"| {threads or 'torch'} | {machine} | {np.median(ours):.1f} | {stage['read']:.1f} | "
+            print(f"| {threads or 'torch'} | {machine} | {np.median(ours):.1f} | {stage['take in']:.1f} | "
                   f"{stage['detect']:.1f} | {stage['cut']:.1f} | {stage['classify']:.1f} | {fer_cells} | "
                   f"{accuracy(our_labels, truth):.1f}% | {fer_acc} |", flush=True)
     if fer:
