@@ -11,7 +11,8 @@ classify) and, apart, each stage. Both tools are given the photos decoded by Ope
 fer worker reads them so), ours as BGR arrays (analyze(..., bgr=True)). `fer` (FER().detect_emotions: OpenCV's
 Haar cascade and its mini-Xception) runs in its own Python, given by --fer-python, on the same files, the two
 taking turns round by round, so that a slow spell of the machine falls on both. Each setting runs quiet and then
-loaded: while another process keeps both cores busy with matrix products. Accuracy counts a photo right when its largest face's label is the photo's class (no face: wrong).
+loaded: while another process keeps both cores busy with matrix products. Accuracy counts a photo right when its
+largest face's label is the photo's class (no face: wrong).
 `fer` is never a dependency of the toolkit: install it in another environment (pip install --no-deps
 fer==25.10.3, then tensorflow-cpu and opencv-contrib-python-headless).
 """
