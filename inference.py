@@ -112,8 +112,8 @@ class ModelClassifier(Classifier):
 
     def view_logits(self, x):
         if self.amp and self.device.type == "cpu":
-            # bf16 weights, not autocast's per-call cast of fp32 ones: a face's two views take 1.7 ms here at
-            # one thread against 2.1 under autocast and 3.1 in fp32 (benchmarks/photo_speed.py's classify stage).
+            # bf16 weights, not autocast's cast of the fp32 ones at every call, which took a quarter longer for a
+            # face's two views at one thread (benchmarks/inference_latency.py times bf16 against fp32).
             return self.bf16_model()(x.to(torch.bfloat16))
         return self.model(x)
 

@@ -43,9 +43,10 @@ DEFAULT_DETECT_EVERY = 3
 
 def photo_classifier(model, device="cpu", amp="auto"):
     """The classifier of model (load_classifier's paths) for photos and video: in bf16 where amp ("auto", "bf16",
-    "off"; engine.use_amp) says so. On this project's CPU bf16 takes a face's views from 3.1 to 1.7 ms and, on the
-    shipped FER+ model's held-out validation faces, changed 2 of 2,494 decisions and no accuracy (89.25% both);
-    test.py scores in fp32 unless told --amp bf16. UserError for an amp it does not know."""
+    "off"; engine.use_amp) says so. On this project's CPU bf16 takes a face's two views from 2.7 to 2.0 ms (32 faces:
+    2.7 to 1.2 ms a face; benchmarks/inference_latency.py) and, on the shipped FER+ model's held-out validation
+    faces, changed 2 of 2,494 decisions and no accuracy (89.25% both; benchmarks/tta_views.py --bf16). test.py
+    scores in fp32 unless told --amp bf16. UserError for an amp it does not know."""
     if amp not in ("auto", "bf16", "off"):
         raise UserError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
     return load_classifier(model, device, engine.use_amp(amp, engine.select_device(device)))

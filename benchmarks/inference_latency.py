@@ -3,7 +3,8 @@ its torch.export program (.pt2).
 
     python benchmarks/inference_latency.py --ckpt models/fer2013_5class_vgg.pth [--photo group.jpg]
 
-Times classification of preprocessed face crops (batch 1 and batch 32; median of repeated runs) and, with
+Times classification of preprocessed face crops (batch 1 and batch 32, each face with the checkpoint's views;
+median of repeated runs), in fp32 and, where the CPU runs bf16 natively, in bf16 as predict.py does, and, with
 --photo, the whole predict path for that photo: detection, cropping and classification.
 """
 import argparse
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: E402
 import export  # noqa: E402
 from faces import analyze_image, make_detector  # noqa: E402
 from images import read_image  # noqa: E402
@@ -38,17 +40,24 @@ def main(argv=None):
     p.add_argument("--ckpt", required=True)
     p.add_argument("--photo", help="a photo to time detection + classification on")
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1, help="torch's threads (0: its own; 1: as a Recognizer runs)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     exports = Path(tempfile.mkdtemp())
     runtimes = {"PyTorch": load_classifier(args.ckpt)}
+    if engine.bf16_supported(torch.device("cpu")):  # as predict.py and Recognizer run it here (--amp auto)
+        runtimes["PyTorch bf16"] = load_classifier(args.ckpt, amp=True)
     for name, fmt in (("ONNX Runtime", "onnx"), ("torch.export", "pt2")):
         export.main(["--ckpt", args.ckpt, "--format", fmt, "--out", str(exports / f"model.{fmt}")])
         runtimes[name] = load_classifier(exports / f"model.{fmt}")
     cfg = runtimes["PyTorch"].input
+    scoring = runtimes["PyTorch"].scoring
+    views = (1 + len(scoring.tta_scales)) * (2 if scoring.tta_flip else 1)
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"input {cfg['channels']}x{cfg['size']}x{cfg['size']}")
-    print(f"{'runtime':<14}{'1 face (ms)':>14}{'32 faces (ms/face)':>22}")
+    print(f"{'runtime':<14}{'1 face (ms)':>14}{'32 faces (ms/face)':>22}   (each face's views: {views})")
     for name, runtime in runtimes.items():
         one = rng.integers(0, 256, (1, cfg["channels"], cfg["size"], cfg["size"]), dtype=np.uint8)
         many = rng.integers(0, 256, (32, cfg["channels"], cfg["size"], cfg["size"]), dtype=np.uint8)
