@@ -462,8 +462,8 @@ def face_crop(image, detection, input_cfg, align=True, margin=0.15, pixels=None)
     """What the model sees of one detection -> (uint8 C x size x size, aligned?, 2 x 3 affine crop -> photo).
 
     With landmarks and align: the aligned square (alignment). Otherwise the box grown by margin of its size on
-    every side, clipped to the photo. pixels: the image's as an array, where the caller has them (numpy's copy of
-    a 1280x720 photo takes 0.45 ms, each face's).
+    every side, clipped to the photo. pixels: the image as an array, where the caller has it for all of a photo's
+    faces (numpy's copy of a 1280x720 photo takes 0.45 ms).
     """
     size, channels = input_cfg["size"], input_cfg["channels"]
     if align and detection.landmarks is not None:

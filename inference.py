@@ -94,12 +94,15 @@ class Classifier:
 
 
 class ModelClassifier(Classifier):
-    """A PyTorch network in memory, run in eval mode on `device` (channels_last, optional bf16 autocast)."""
+    """A PyTorch network in memory, run in eval mode on `device` (channels_last, optional bf16). frozen: its
+    weights will not change (a loaded checkpoint), so bf16 on the CPU may run a bf16 copy of them; a model still
+    training (train.py's validation) runs under autocast, which reads its weights as they are at each call."""
     channels_last = True
 
-    def __init__(self, model, scoring, source="model", record=None, device="cpu", amp=False, batch_size=256):
+    def __init__(self, model, scoring, source="model", record=None, device="cpu", amp=False, batch_size=256,
+                 frozen=False):
         super().__init__(scoring, source, record, device, amp, batch_size)
-        self.model = model
+        self.model, self.frozen, self._bf16 = model, frozen, None
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu", amp=False, batch_size=256, state=None):
@@ -108,18 +111,18 @@ class ModelClassifier(Classifier):
         model = fuse_batch_norms(model_from_checkpoint(state, path).float())
         model = engine.prepare_model(model, torch.device(device))
         record = {k: v for k, v in state.items() if k not in ("model", "optimizer", "online_model")}
-        return cls(model, scoring_of(state, path), path, record, device, amp, batch_size)
+        return cls(model, scoring_of(state, path), path, record, device, amp, batch_size, frozen=True)
 
     def view_logits(self, x):
-        if self.amp and self.device.type == "cpu":
+        if self.amp and self.frozen and self.device.type == "cpu":
             # bf16 weights, not autocast's cast of the fp32 ones at every call, which took a quarter longer for a
             # face's two views at one thread (benchmarks/inference_latency.py times bf16 against fp32).
             return self.bf16_model()(x.to(torch.bfloat16))
         return self.model(x)
 
     def bf16_model(self):
-        """A bf16 copy of the model for inference, made on first use (grad_cam keeps the fp32 one)."""
-        if getattr(self, "_bf16", None) is None:
+        """A bf16 copy of the frozen model for inference, made on first use (grad_cam keeps the fp32 one)."""
+        if self._bf16 is None:
             self._bf16 = copy.deepcopy(self.model).to(torch.bfloat16).eval()
         return self._bf16
 

@@ -330,3 +330,25 @@ def test_no_release_is_made_of_a_checkpoint_whose_model_cannot_be_built(tmp_path
         == 2
     assert "c.pth: arch 'vgg' cannot be built" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bf16_scores_a_model_in_training_at_its_current_weights_and_a_loaded_one_from_a_bf16_copy(tmp_path):
+    # train.py validates the model it is training through a ModelClassifier with bf16 on: every epoch's weights,
+    # never a copy made at the first epoch.
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, widths=(8, 16, 16, 16)).eval()
+    scoring = Scoring(("a", "b", "c"), {"size": 48, "channels": 1, "mean": 0.5, "std": 0.5})
+    images = torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8)
+    training = ModelClassifier(model, scoring, amp=True)
+    before = training.decision_logits(images)
+    with torch.no_grad():
+        model.head[-1].bias += torch.tensor([5.0, 0.0, -5.0])
+    after = training.decision_logits(images)
+    assert (after - before)[:, [0, 2]].mean(0).tolist() == pytest.approx([5, -5], abs=0.1)  # the new bias counts
+    # A loaded checkpoint keeps one bf16 copy, whose decisions are fp32's within bf16's precision.
+    path = tmp_path / "m.pth"
+    save_checkpoint({"model": model.state_dict(), "arch": "vgg", "arch_args": {"widths": [8, 16, 16, 16]},
+                     "scoring": scoring.to_dict()}, path)
+    fp32, bf16 = (ModelClassifier.from_checkpoint(path, amp=amp) for amp in (False, True))
+    assert bf16.frozen and next(bf16.bf16_model().parameters()).dtype == torch.bfloat16
+    assert torch.allclose(bf16.decision_logits(images), fp32.decision_logits(images), atol=0.1)
