@@ -35,8 +35,8 @@ class FaceSettings:
     """How faces are found and cut out: detector ("yunet" or "haar"), its model file, score threshold, smallest
     face, largest side detected at and extra turned passes (faces.make_detector); or no detection (each image is
     one face crop) or boxes a user gave (--boxes rows, by file); align by landmarks, else box plus margin; the
-    detector's threads (YuNet's ONNX Runtime; 0: its own choice). Frozen,
-    so that settings without boxes can key a cache of detectors (app.py)."""
+    detector's threads (YuNet's ONNX Runtime; 0: its own choice). Frozen, so that settings without boxes can key a
+    cache of detectors (app.py)."""
     detector: str = "yunet"
     detector_model: str = None
     score_threshold: float = 0.6
