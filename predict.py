@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from cli import angle_list, fraction_or_zero, non_negative_float, non_negative_int, output_folder, positive_int, share
+from cli import angle_list, fraction_or_zero, non_negative_float, output_folder, positive_int, share
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, annotate, heatmap_overlay
 from photos import (
@@ -36,11 +36,19 @@ from photos import (
     output_names,
     read_boxes,
 )
-from recognizer import DEFAULT_DETECT_EVERY, DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer
+from recognizer import DEFAULT_DETECT_EVERY, DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer, thread_count
 from runs import set_aside_earlier_run
 from videos import VideoFrames, process_video
 
 PHOTOS_PER_BATCH = 8  # photos whose faces go through the network together
+
+
+def thread_flag(text):
+    """--threads: recognizer.thread_count's check, as an argparse error naming the flag."""
+    try:
+        return thread_count(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("threads ")) from None
 
 
 def get_args_parser():
@@ -85,7 +93,7 @@ def get_args_parser():
     g.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 inference of PyTorch checkpoints; auto uses it where the device runs bf16 natively "
                    "(decisions as fp32's but for about 1 in 1,000 faces)")
-    g.add_argument("--threads", type=non_negative_int, default=DEFAULT_THREADS,
+    g.add_argument("--threads", type=thread_flag, default=DEFAULT_THREADS,
                    help="threads for detecting (YuNet) and classifying (0: each library's own choice); one suits "
                    "per-photo work, and stays fast while other programs keep the cores busy")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")

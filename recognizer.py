@@ -11,6 +11,7 @@ the detector's score, five landmarks {name: [x, y]}, label, confidence and proba
 path predict.py and the page run (photos.analyze_photos), so the three give the same faces and numbers.
 """
 import contextlib
+import os
 import warnings
 from dataclasses import replace
 from functools import partial
@@ -39,6 +40,23 @@ DEFAULT_SMOOTH = 0.5
 # the faces followed got the label of searching every frame for 99.6-100% of faces, at 36 frames a second for four
 # faces at 1280x720 where searching every frame gave 22-30; a face that enters is found within two frames.
 DEFAULT_DETECT_EVERY = 3
+
+
+def thread_count(threads):
+    """A Recognizer's threads (an int, or text of one) checked -> int in 0 .. the cores this process may use.
+    UserError otherwise: more threads than cores only wait for each other (10,000 made ONNX Runtime start 10,000
+    spinning threads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        count = int(threads)
+        if count != float(threads):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"threads must be a whole number from 0 to {cores}, got {threads!r}") from None
+    if not 0 <= count <= cores:
+        raise UserError(f"threads must be from 0 (each library's own choice) to {cores} (the cores this process "
+                        f"may use), got {count}")
+    return count
 
 
 def photo_classifier(model, device="cpu", amp="auto"):
@@ -89,7 +107,7 @@ class Recognizer:
                  score_threshold=0.6, min_face=24, max_side=960, detector_model=None, margin=0.15, amp="auto"):
         if detector not in ("yunet", "haar"):
             raise UserError(f"detector must be 'yunet' or 'haar', got {detector!r}")
-        self.threads = DEFAULT_THREADS if threads is None else int(threads)
+        self.threads = DEFAULT_THREADS if threads is None else thread_count(threads)
         if isinstance(model, Classifier):
             self.classifier = model
         else:

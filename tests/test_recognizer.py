@@ -85,6 +85,16 @@ def test_bf16_inference_decides_as_fp32_within_its_precision(photo):
         Recognizer(amp="fp16")
 
 
+def test_threads_are_checked_and_reach_the_detector():
+    assert Recognizer(threads=1).detector.session.get_session_options().intra_op_num_threads == 1
+    for bad in (-1, 10_000, 1.5, "two"):
+        with pytest.raises(UserError, match="threads must be"):
+            Recognizer(threads=bad)
+    predict = load_script("predict")
+    with pytest.raises(SystemExit):
+        predict.main(["x.jpg", "--threads", "10000"])
+
+
 def test_face_crops_are_classified_without_detection(recognizer):
     crop = draw_face("Happy", np.random.default_rng(0), 48)
     faces = recognizer.analyze(crop, faces=False)
