@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cli import angle_list, positive_int
+from cli import angle_list, attach_negative_values, positive_int
 from errors import UserError, exit_code
 from faces import annotate
 from images import IMAGE_SUFFIXES
@@ -292,7 +292,7 @@ def build_page(ckpt=str(DEFAULT_MODEL)):
 
 def main(argv=None):
     """The command line: -> exit code (2, with a one-line message, for bad input)."""
-    return exit_code("app.py", run, get_args_parser().parse_args(argv))
+    return exit_code("app.py", run, get_args_parser().parse_args(attach_negative_values(argv, ("--turns",))))
 
 
 def run(args):

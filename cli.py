@@ -6,6 +6,7 @@ so no later code splits or strips the text again, and a bad value is an argparse
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 
 from augment import AFFINE_RANGES, AUGMENTATIONS
@@ -137,11 +138,27 @@ def float_list(text, valid, expected):
 
 
 def scale_list(text):
-    """Zoom factors for test-time augmentation: "0.9,1.1" -> (0.9, 1.1); "none" -> ()."""
+    """Zoom factors for test-time augmentation: "0.9,1.1" -> (0.9, 1.1); "none" -> (). 1 (the image itself, always
+    scored) and a factor given twice are refused: each would count one view twice."""
     if text.strip().lower() == "none":
         return ()
-    return float_list(text, lambda scales: all(0 < v < math.inf for v in scales),
-                      "none or comma-separated positive numbers")
+    return float_list(text, lambda scales: all(0 < v < math.inf and v != 1 for v in scales)
+                      and len(set(scales)) == len(scales),
+                      "none or distinct comma-separated positive numbers other than 1 (the image itself is always "
+                      "scored)")
+
+
+def attach_negative_values(argv, flags):
+    """Command-line words (argv; None: sys.argv[1:]) with each of flags followed by a value that starts with "-"
+    joined to it ("--turns -30,30" -> "--turns=-30,30"): argparse takes "-30,30" for a flag of its own."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    out = []
+    for word in words:
+        if out and out[-1] in flags and word.startswith("-") and word[1:2].isdigit():
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
 
 
 TTA_HELP = ("score each image and its mirror, and each --tta-scales zoom and its mirror, logits averaged; --no-tta "

@@ -43,14 +43,10 @@ def canonical_image(im):
         im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
-        low, high = (arr.min(), arr.max()) if arr.size else (0.0, 0.0)
-        if im.mode.startswith("I;16") or (im.mode == "I" and low >= 0 and 255 < high <= 65535):
-            arr = arr / 257.0
-        elif im.mode == "F" and low >= -1.0 and high <= 1.0:
-            arr = (arr + 1.0) * 127.5 if low < 0 else arr * 255.0
-        elif low < 0 or high > 255:
-            arr = (arr - low) * (255.0 / (high - low))
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+        high = arr.max() if arr.size else 0.0
+        if im.mode.startswith("I;16") or (im.mode == "I" and arr.min(initial=0) >= 0 and 255 < high <= 65535):
+            return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(scaled_to_uint8(arr, floats=im.mode == "F"), "L")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -111,6 +107,18 @@ def is_image(path):
         return False
 
 
+def scaled_to_uint8(arr, floats):
+    """Samples (a float64 array of any shape, NaN already replaced) -> uint8 in 0..255: floats (float samples) in
+    0..1 or -1..1 by that scale, any values beyond 0..255 from their own minimum and maximum, others as they are.
+    The one rule for float and 32-bit images, whether they come as files or arrays."""
+    low, high = (arr.min(), arr.max()) if arr.size else (0.0, 0.0)
+    if floats and low >= -1.0 and high <= 1.0:
+        arr = (arr + 1.0) * 127.5 if low < 0 else arr * 255.0
+    elif low < 0 or high > 255:
+        arr = (arr - low) * (255.0 / (high - low)) if high > low else np.zeros_like(arr)
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
 def image_from_array(array, bgr=False):
     """A photo held as a numpy array -> canonical_image of it. array: H x W (gray), H x W x 1, H x W x 3 (RGB, or
     BGR as OpenCV holds it when bgr) or H x W x 4 (RGBA, or BGRA); uint8, uint16 (0..65535) or float (0..1, or
@@ -123,8 +131,7 @@ def image_from_array(array, bgr=False):
     if array.dtype == np.uint16 and array.ndim == 2:
         return canonical_image(Image.fromarray(np.ascontiguousarray(array)))  # mode I;16, scaled as 16-bit files are
     if np.issubdtype(array.dtype, np.floating):
-        finite = np.nan_to_num(array.astype(np.float64))
-        array = np.clip(np.rint(finite * (255.0 if finite.max(initial=0) <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+        array = scaled_to_uint8(np.nan_to_num(array.astype(np.float64)), floats=True)
     elif array.dtype == np.uint16:
         array = (array // 257).astype(np.uint8)
     elif array.dtype != np.uint8:

@@ -22,7 +22,15 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from cli import angle_list, fraction_or_zero, non_negative_float, output_folder, positive_int, share
+from cli import (
+    angle_list,
+    attach_negative_values,
+    fraction_or_zero,
+    non_negative_float,
+    output_folder,
+    positive_int,
+    share,
+)
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, annotate, heatmap_overlay
 from photos import (
@@ -102,7 +110,7 @@ def get_args_parser():
 
 def main(argv=None):
     """The command line: -> exit code (2, with a one-line message, for bad input)."""
-    return exit_code("predict.py", run, get_args_parser().parse_args(argv))
+    return exit_code("predict.py", run, get_args_parser().parse_args(attach_negative_values(argv, ("--turns",))))
 
 
 def run(args):

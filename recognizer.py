@@ -11,8 +11,10 @@ the detector's score, five landmarks {name: [x, y]}, label, confidence and proba
 path predict.py and the page run (photos.analyze_photos), so the three give the same faces and numbers.
 """
 import contextlib
+import math
 import os
 import warnings
+from argparse import ArgumentTypeError
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -22,9 +24,10 @@ import torch
 from PIL import Image
 
 import engine
+from cli import angle_list, fraction_or_zero, positive_int, share
 from errors import UserError
 from faces import YUNET_MODEL
-from inference import Classifier, load_classifier
+from inference import Classifier, ModelClassifier, load_classifier
 from photos import DEFAULT_MODEL, FaceSettings, analyze_photos, face_record
 from tracks import FaceTracker
 from videos import VideoFrames
@@ -40,6 +43,42 @@ DEFAULT_SMOOTH = 0.5
 # the faces followed got the label of searching every frame for 99.6-100% of faces, at 36 frames a second for four
 # faces at 1280x720 where searching every frame gave 22-30; a face that enters is found within two frames.
 DEFAULT_DETECT_EVERY = 3
+
+
+def checked(name, value, parse):
+    """A Recognizer setting checked by the parser of predict.py's flag of that name (cli.py) -> its value;
+    UserError naming the setting otherwise."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"must be a number, got {value!r}")
+        return parse(str(value))
+    except (ArgumentTypeError, ValueError) as e:
+        why = str(e) if str(e).startswith("must") else f"must be a number, got {value!r}"
+        raise UserError(f"{name} {why}") from None
+
+
+def checked_turns(turns):
+    """turns: angles in degrees (a list or tuple, or predict.py's "-30,30" text; None or () for none) -> a tuple of
+    floats; UserError otherwise."""
+    if turns is None or (isinstance(turns, (list, tuple)) and not turns):
+        return ()
+    if isinstance(turns, (int, float)):
+        raise UserError(f"turns must be a list of angles, e.g. (-30, 30), got {turns!r}")
+    text = turns if isinstance(turns, str) else ",".join(str(t) for t in turns)
+    return checked("turns", text, angle_list)
+
+
+def check_video_settings(fps, detect_every, smooth=0.0):
+    """UserError unless fps is a finite number above 0, detect_every a whole number of 1 or more and smooth a
+    finite number of 0 or more (seconds)."""
+    def number(v):
+        return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+    if not (number(fps) and fps > 0):
+        raise UserError(f"fps must be a number above 0 (frames a second), got {fps!r}")
+    if not (number(detect_every) and detect_every >= 1 and detect_every == int(detect_every)):
+        raise UserError(f"detect_every must be a whole number of 1 or more, got {detect_every!r}")
+    if not (number(smooth) and smooth >= 0):
+        raise UserError(f"smooth must be a number of 0 or more (seconds), got {smooth!r}")
 
 
 def thread_count(threads):
@@ -67,7 +106,11 @@ def photo_classifier(model, device="cpu", amp="auto"):
     scores in fp32 unless told --amp bf16. UserError for an amp it does not know."""
     if amp not in ("auto", "bf16", "off"):
         raise UserError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
-    return load_classifier(model, device, engine.use_amp(amp, engine.select_device(device)))
+    classifier = load_classifier(model, device, engine.use_amp(amp, engine.select_device(device)))
+    if amp == "bf16" and not any(isinstance(m, ModelClassifier) for m in getattr(classifier, "members", [classifier])):
+        warnings.warn(f"bf16 is left unused: {classifier.source} is an exported model, which runs as it was exported",
+                      stacklevel=2)
+    return classifier
 
 
 @contextlib.contextmanager
@@ -114,9 +157,12 @@ class Recognizer:
             if model is None and not DEFAULT_MODEL.exists():
                 raise UserError(f"the shipped model {DEFAULT_MODEL} is missing; pass model=PATH to a checkpoint")
             self.classifier = photo_classifier(model or DEFAULT_MODEL, device, amp)
-        self.settings = FaceSettings(detector, str(detector_model or YUNET_MODEL), float(score_threshold),
-                                     int(min_face), int(max_side), tuple(float(t) for t in turns), align=bool(align),
-                                     margin=float(margin), threads=self.threads)
+        self.settings = FaceSettings(detector, str(detector_model or YUNET_MODEL),
+                                     checked("score_threshold", score_threshold, share),
+                                     checked("min_face", min_face, positive_int),
+                                     checked("max_side", max_side, positive_int), checked_turns(turns),
+                                     align=bool(align), margin=checked("margin", margin, fraction_or_zero),
+                                     threads=self.threads)
         self.detector = self.settings.detector_for()
 
     @property
@@ -179,8 +225,7 @@ class Recognizer:
         (face.track) and its track's smoothed probabilities from tracker (tracks.FaceTracker). detect_every: faces
         are searched for in the whole frame on every detect_every-th frame and, in between, followed from where
         they were (faces.YuNetDetector.follow; YuNet only, Haar searches every frame)."""
-        if detect_every < 1 or not fps > 0:
-            raise UserError(f"detect_every must be 1 or more and fps above 0, got {detect_every} and {fps}")
+        check_video_settings(fps, detect_every)
         follow = getattr(self.detector, "follow", None) if faces and detect_every > 1 else None
         last = []
         for index, frame in enumerate(frames):
@@ -210,13 +255,18 @@ class Recognizer:
         summary dict a track seen so far (tracks.FaceTracker.summary). Probabilities are smoothed along each track
         over smooth seconds (0: each frame's own); detect_every: as video_photos. Raises UserError for a path that
         cannot be read as a video."""
+        if isinstance(video, (np.ndarray, Image.Image)):
+            raise UserError("analyze_video takes a video file's path or a list (or other iterable) of frames; for "
+                            "one image, use analyze")
         if isinstance(video, (str, Path)):
             frames = VideoFrames(video)
+            if fps is not None and fps != frames.fps:
+                warnings.warn(f"fps={fps} is left unused: {video} says its own ({frames.fps:g} a second); fps "
+                              "applies to a list of frames", stacklevel=2)
             fps = frames.fps
         else:
             frames, fps = video, 25.0 if fps is None else fps
-        if detect_every < 1 or not fps > 0:
-            raise UserError(f"detect_every must be 1 or more and fps above 0, got {detect_every} and {fps}")
+        check_video_settings(fps, detect_every, smooth)
         return VideoAnalysis(self, frames, fps, FaceTracker(smooth), faces, detect_every)
 
 
@@ -235,6 +285,8 @@ class VideoAnalysis:
         steps = self.recognizer.video_photos(self.frames, self.fps, self.tracker, self.faces,
                                              detect_every=self.detect_every)
         for index, time_s, photo in steps:
+            if not photo.readable:  # as analyze_many(errors="skip") says of an image it cannot read
+                warnings.warn(f"frame {index}: {photo.status}; it gives no faces", stacklevel=2)
             yield {"frame": index, "time_s": round(time_s, 3),
                    "faces": [face_record(face, classes) for face in photo.faces]}
 

@@ -86,8 +86,6 @@ def run(args):
         output_folder(str(out_dir))
     except argparse.ArgumentTypeError as e:
         raise UserError(f"the report on {first} would go to {out_dir}, but {e}; pass --out-dir") from None
-    if args.calibrate:
-        classifier = calibrate_checkpoint(classifier, args)
     trained = record.get("args", {})
     root = args.data or record.get("split", {}).get("root") or trained.get("data")
     if not root:
@@ -123,6 +121,8 @@ def run(args):
     loud = data.coverage_warning()
     if loud:
         print(f"WARNING: {loud}", file=sys.stderr)
+    if args.calibrate:  # once the split to score is found: a bad --data or --split leaves the file as it was
+        classifier = calibrate_checkpoint(classifier, args)
 
     for member in members:
         about = member.record or {}
@@ -155,7 +155,11 @@ def calibrate_checkpoint(classifier, args):
     train, val = recorded_splits(root, classifier.classes, classifier.input, split,
                                  trained.get("label_mode") or "majority")
     classifier, figures = calibrate(classifier, val, train, classifier.source)
-    print(f"{classifier.source}: {summary(figures)} of {root}; stored in the checkpoint")
+    s = classifier.scoring
+    views = f"the image{' and its mirror' if s.tta_flip else ''}" + \
+        (f", zoomed by {', '.join(f'{v:g}' for v in s.tta_scales)}" if s.tta_scales else "")
+    print(f"{classifier.source}: {summary(figures)} of {root}; stored in the checkpoint with the views it was fitted "
+          f"for ({views}; logit adjustment {s.logit_adjust:g})")
     bound = bound_note(figures)
     if bound:
         print(f"warning: {bound}", file=sys.stderr)

@@ -111,6 +111,14 @@ def test_calibrate_with_other_views_stores_them_with_the_temperature_fitted_for_
         assert again[key] == report[key]
 
 
+def test_calibrate_leaves_the_checkpoint_as_it_was_when_the_data_or_split_is_wrong(overconfident, tmp_path, scripts):
+    before = overconfident.read_bytes()
+    for flags in (["--data", str(tmp_path / "no_such_folder")], ["--split", "val", "--data", str(tmp_path)]):
+        assert scripts["test"].main(["--ckpt", str(overconfident), "--calibrate", "--no-tta", *flags,
+                                     "--out-dir", str(tmp_path / "out")]) == 2
+        assert overconfident.read_bytes() == before
+
+
 def test_the_temperature_travels_with_exports_and_into_probabilities(overconfident, tiny_data, tmp_path, scripts):
     crops = load_split(tiny_data, "test", CLASSES).images.numpy()
     raw = load_classifier(overconfident).probabilities(crops)

@@ -95,6 +95,28 @@ def test_threads_are_checked_and_reach_the_detector():
         predict.main(["x.jpg", "--threads", "10000"])
 
 
+def test_float_arrays_are_scaled_as_float_images_are(recognizer, photo):
+    # -1..1 (a network's normalised input) and 0..1 floats are the same picture as the uint8 one, as a PIL "F"
+    # image in -1..1 is: the dark half is not clipped away.
+    _, image = photo
+    gray = np.asarray(image.convert("L")).astype(np.float64)
+    expected = recognizer.analyze(gray.astype(np.uint8))
+    for scaled in (gray / 127.5 - 1, gray / 255):
+        assert [f["label"] for f in recognizer.analyze(scaled)] == [f["label"] for f in expected]
+    as_pil = recognizer.analyze(Image.fromarray((gray / 127.5 - 1).astype(np.float32), "F"))
+    assert recognizer.analyze(gray / 127.5 - 1) == as_pil
+
+
+def test_settings_out_of_range_are_errors_that_name_them():
+    for settings, name in ((dict(turns=30), "turns"), (dict(turns=["a"]), "turns"), (dict(margin=-1), "margin"),
+                           (dict(max_side=0), "max_side"), (dict(min_face=-5), "min_face"),
+                           (dict(score_threshold=2), "score_threshold"), (dict(margin="x"), "margin")):
+        with pytest.raises(UserError, match=f"^{name} "):
+            Recognizer(**settings)
+    assert Recognizer(turns="-20,20").settings.turns == (-20.0, 20.0)  # predict.py's text form
+    assert Recognizer(turns=None).settings.turns == ()
+
+
 def test_face_crops_are_classified_without_detection(recognizer):
     crop = draw_face("Happy", np.random.default_rng(0), 48)
     faces = recognizer.analyze(crop, faces=False)

@@ -373,7 +373,7 @@ def test_values_that_would_fail_later_are_refused_by_their_flag(scripts, capsys,
     assert exit_info.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text", ["0", "-1,1", "a", "1.1,", "inf"])
+@pytest.mark.parametrize("text", ["0", "-1,1", "a", "1.1,", "inf", "1", "0.9,1", "0.9,0.9"])
 def test_bad_tta_scales_are_refused(scripts, text):
     with pytest.raises(SystemExit) as exit_info:
         scripts["train"].parse_args(["--data", "x", "--tta-scales", text])
@@ -607,3 +607,13 @@ def test_progressive_resizing_trains_small_images_first_and_scores_at_full_size(
         with pytest.raises(SystemExit):
             train.parse_args(["--data", "x", *flags])
         assert text in capsys.readouterr().err
+
+
+def test_negative_turns_can_follow_the_flag_with_a_space(scripts):
+    # argparse alone takes "-20,20" for a flag of its own and refuses "--turns -20,20".
+    from cli import attach_negative_values
+
+    argv = attach_negative_values(["x.jpg", "--turns", "-20,20", "--min-face", "30"], ("--turns",))
+    args = scripts["predict"].get_args_parser().parse_args(argv)
+    assert args.turns == (-20.0, 20.0) and args.min_face == 30 and args.inputs == ["x.jpg"]
+    assert attach_negative_values(["--turns", "20,-20", "-h"], ("--turns",)) == ["--turns", "20,-20", "-h"]

@@ -80,7 +80,7 @@ def test_the_video_api_gives_each_face_its_track_and_a_summary():
         list(analysis)
     with pytest.raises(UserError, match="iterate over the analysis first"):
         recognizer.analyze_video(moving_faces(2), fps=10).tracks()
-    with pytest.raises(UserError, match="fps above 0"):
+    with pytest.raises(UserError, match="fps must be a number above 0"):
         recognizer.analyze_video(moving_faces(2), fps=0)
 
 
@@ -126,8 +126,21 @@ def test_detecting_every_third_frame_follows_the_faces_in_between(monkeypatch):
             # classes, so their labels may differ where the probabilities hardly do).
             assert max(abs(u - v) for u, v in zip(fa["box"], fb["box"])) <= 12
             assert max(abs(fa["probabilities"][k] - fb["probabilities"][k]) for k in fa["probabilities"]) < 0.1
-    with pytest.raises(Exception, match="detect_every must be 1 or more"):
-        recognizer.analyze_video(moving_faces(2), fps=10, detect_every=0)
+    for bad in (0, 1.5, "3", None):
+        with pytest.raises(UserError, match="detect_every must be a whole number of 1 or more"):
+            recognizer.analyze_video(moving_faces(2), fps=10, detect_every=bad)
+    for bad in ("25", 0, float("inf")):
+        with pytest.raises(UserError, match="fps must be a number above 0"):
+            recognizer.analyze_video(moving_faces(2), fps=bad)
+    with pytest.raises(UserError, match="smooth must be"):
+        recognizer.analyze_video(moving_faces(2), fps=10, smooth="x")
+    with pytest.raises(UserError, match="for one image, use analyze"):
+        recognizer.analyze_video(moving_faces(1)[0], fps=10)  # one frame is not a video of its rows
+    frames = moving_faces(3)
+    frames[1] = "no/such/frame.png"
+    with pytest.warns(UserWarning, match="frame 1: .*gives no faces"):
+        seen = list(recognizer.analyze_video(frames, fps=10))
+    assert [len(f["faces"]) for f in seen] == [2, 0, 2]
 
 
 def test_frames_that_change_size_are_each_read_at_their_own_size(tmp_path, capsys):
