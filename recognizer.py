@@ -12,6 +12,7 @@ path predict.py and the page run (photos.analyze_photos), so the three give the 
 """
 import contextlib
 import math
+import numbers
 import os
 import warnings
 from argparse import ArgumentTypeError
@@ -49,7 +50,7 @@ def checked(name, value, parse):
     """A Recognizer setting checked by the parser of predict.py's flag of that name (cli.py) -> its value;
     UserError naming the setting otherwise."""
     try:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):  # numpy's scalars are Real
             raise ValueError(f"must be a number, got {value!r}")
         return parse(str(value))
     except (ArgumentTypeError, ValueError) as e:

@@ -115,6 +115,7 @@ def test_settings_out_of_range_are_errors_that_name_them():
             Recognizer(**settings)
     assert Recognizer(turns="-20,20").settings.turns == (-20.0, 20.0)  # predict.py's text form
     assert Recognizer(turns=None).settings.turns == ()
+    assert Recognizer(min_face=np.int64(30), margin=np.float32(0.25)).settings.min_face == 30  # numpy's numbers
 
 
 def test_face_crops_are_classified_without_detection(recognizer):
