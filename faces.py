@@ -150,12 +150,12 @@ class YuNetDetector:
 
     def _look(self, rgb, box, degrees):
         """Look at one face again, turned so that an eye line at degrees (eye_line's angle) comes out level: the
-        square around its box (twice its side, at most LEVEL_SIDE pixels) turned about the box's centre and searched
-        once more -> (box, score, landmarks of the face found there, in pixels of rgb as _detect_turned maps them
-        back; its eye line's angle in that square, degrees), or None when no face there overlaps the box by IoU
-        0.3."""
+        square around its box (LEVEL_CONTEXT times its side, at most LEVEL_SIDE pixels) turned about the box's
+        centre and searched once more -> (box, score, landmarks of the face found there, in pixels of rgb as
+        _detect_turned maps them back; its eye line's angle in that square, degrees), or None when no face there
+        overlaps the box by IoU 0.3."""
         cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
-        side = 2 * max(box[2], box[3])
+        side = LEVEL_CONTEXT * max(box[2], box[3])
         zoom = min(1.0, LEVEL_SIDE / side)
         n = max(32, int(round(side * zoom)))
         turn = self.cv2.getRotationMatrix2D((cx, cy), degrees, zoom)
@@ -276,12 +276,14 @@ def decode_yunet(outputs, padded_width, score_threshold):
     Intelligence Research 2023): one anchor per cell of each stride's grid (8, 16, 32 pixels), score
     sqrt(cls x obj) with both clipped to [0, 1], box centre at (cell + offset) x stride, width and height
     exp(output) x stride, landmarks at (cell + offset) x stride."""
-    rows = []
+    rows = [np.zeros((0, 15), np.float32)]
     for stride in YUNET_STRIDES:
         cls = np.clip(outputs[f"cls_{stride}"][0, :, 0], 0, 1)
         obj = np.clip(outputs[f"obj_{stride}"][0, :, 0], 0, 1)
         score = np.sqrt(cls * obj)
         keep = np.flatnonzero(score >= score_threshold)
+        if not keep.size:  # most grids of most passes: nothing to decode
+            continue
         cell = np.stack([keep % (padded_width // stride), keep // (padded_width // stride)], 1).astype(np.float32)
         box = outputs[f"bbox_{stride}"][0, keep]
         size = np.exp(box[:, 2:4]) * stride
@@ -315,15 +317,20 @@ def shrink(array, max_side):
 # puts its eye line 8-37 degrees off, and a face 15 degrees off level gets an eye line about 10 degrees off. So of
 # the passes that found a face, the one that saw it most upright gives its landmarks, a degree of tilt weighing
 # SCORE_PER_DEGREE of detector score (merge_passes); and a face still seen more than LEVEL_TOLERANCE degrees off
-# level is looked at again turned level (YuNetDetector._look; at most LEVEL_LOOKS looks, in a square of at
-# most LEVEL_SIDE pixels). Chosen on FER2013 Training faces (not test faces) pasted at 0-45 degrees: the score
-# rule moved 1.0% of upright faces' eye lines more than 15 degrees off the upright pass's, where the best score
-# alone moved 1.6%; the looks cut the eye lines more than 5 degrees off from 42% to 15% at 15 degrees and from 40%
-# to 13% at 45 (30 degrees: 0.3% to 1.1%).
+# level is looked at again turned level (YuNetDetector._look; at most LEVEL_LOOKS looks, in a square LEVEL_CONTEXT
+# times the face's side, of at most LEVEL_SIDE pixels). Chosen on FER2013 Training faces (not test faces) pasted at
+# 0-45 degrees: the score rule moved 1.0% of upright faces' eye lines more than 15 degrees off the upright pass's,
+# where the best score alone moved 1.6%; the looks cut the eye lines more than 5 degrees off from 42% to 15% at 15
+# degrees and from 40% to 13% at 45 (30 degrees: 0.3% to 1.1%). The square was twice the face's side at first;
+# 1.5 times, a 256-pixel pass instead of 320 for a portrait's face of 160 (a look 1.5 ms instead of 1.9), kept the
+# same eye lines on 240 Training faces of 160 px turned 8, 15 and 22 degrees (more than 5 degrees from the face's
+# eye line found upright, turned: 23.8, 25.4, 25.4% against 20.4, 25.0, 25.0) and the same accuracy after alignment
+# in benchmarks/detection.py's scenes of Training faces (docs/report.md, 14.2).
 SCORE_PER_DEGREE = 0.005
 LEVEL_TOLERANCE = 3.0
 LEVEL_LOOKS = 2
 LEVEL_SIDE = 320
+LEVEL_CONTEXT = 1.5
 
 
 def eye_line(landmarks):
@@ -377,11 +384,14 @@ def box_ious(boxes, others):
 
 
 def non_maximum_suppression(boxes, scores, overlap):
-    """Greedy non-maximum suppression (torchvision.ops.nms) of (x, y, w, h) boxes with scores: a box overlapping a
-    better-scored kept one by IoU > overlap is dropped -> indices of the kept boxes (list of int), best first."""
+    """Greedy non-maximum suppression of (x, y, w, h) boxes with scores (above 0): a box overlapping a better-scored
+    kept one by IoU > overlap is dropped -> indices of the kept boxes (list of int), best first. By OpenCV's
+    NMSBoxes, the suppression FaceDetectorYN itself applies: for the handful of boxes a pass yields it takes 3 us
+    where torchvision's nms, with its tensors, took 35, four times a photo."""
     if len(boxes) == 0:
         return []
-    return _ops().nms(_corners(boxes), torch.as_tensor(np.asarray(scores, dtype=np.float64)), overlap).tolist()
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return _cv2().dnn.NMSBoxes(boxes, np.asarray(scores, dtype=np.float64), 0.0, overlap).tolist()
 
 
 class HaarDetector:
