@@ -312,7 +312,8 @@ def given_boxes(known_boxes, path, image, warnings):
 class Results:
     """Collects a row per face (and per input without one) and writes predictions.csv and predictions.json:
     file, face index, status, box, label, confidence, detector score, aligned, landmarks, every class's
-    probability."""
+    probability. A value a row does not have (the face index of an input without one, the score of a box that
+    no detector gave) is null in the JSON and empty in the CSV."""
 
     def __init__(self, classes):
         self.classes, self.rows = classes, []
@@ -324,7 +325,7 @@ class Results:
         row = {"file": str(source), **extra, "face": index, **({"track": record["track"]} if "track" in record else {}),
                "status": "ok", "x": x, "y": y, "w": w, "h": h,
                "label": record["label"], "confidence": round(record["confidence"], 6),
-               "detector_score": "" if record["score"] is None else round(record["score"], 4),
+               "detector_score": None if record["score"] is None else round(record["score"], 4),
                "aligned": record["aligned"]}
         for name, (px, py) in (record["landmarks"] or {}).items():
             row[f"{name}_x"], row[f"{name}_y"] = px, py
@@ -334,7 +335,7 @@ class Results:
 
     def add_failure(self, source, why, **extra):
         """A row for an input that gave no face: why (no face found, unreadable, too large...)."""
-        self.rows.append({"file": str(source), **extra, "face": "", "status": why})
+        self.rows.append({"file": str(source), **extra, "face": None, "status": why})
 
     def write(self, out_dir, stem="predictions"):
         out_dir.mkdir(parents=True, exist_ok=True)

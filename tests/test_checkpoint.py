@@ -352,3 +352,18 @@ def test_bf16_scores_a_model_in_training_at_its_current_weights_and_a_loaded_one
     fp32, bf16 = (ModelClassifier.from_checkpoint(path, amp=amp) for amp in (False, True))
     assert bf16.frozen and next(bf16.bf16_model().parameters()).dtype == torch.bfloat16
     assert torch.allclose(bf16.decision_logits(images), fp32.decision_logits(images), atol=0.1)
+
+
+def test_a_model_put_back_into_training_is_scored_in_eval_mode_at_every_call():
+    # train.py's epochs put the network back into training mode (dropout on) between validations; the classifier
+    # switches it to eval mode only when it finds it training, so each validation must still see eval mode.
+    torch.manual_seed(0)
+    model = build_model("vgg", 3, widths=(8, 16, 16, 16), dropout=0.9)
+    scoring = Scoring(("a", "b", "c"), {"size": 48, "channels": 1, "mean": 0.5, "std": 0.5})
+    images = torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8)
+    classifier = ModelClassifier(model, scoring)
+    first = classifier.decision_logits(images)
+    assert not model.training
+    model.train()
+    assert torch.equal(classifier.decision_logits(images), first)  # dropout at 0.9 would change every logit
+    assert not model.training

@@ -1,6 +1,7 @@
 """Users' files on every path: image modes and EXIF orientation decoded alike everywhere, boxes outside the image,
 unreadable files, and predict.py's outputs (one set per input, a row for every input)."""
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -232,6 +233,10 @@ def test_a_boxes_row_naming_several_inputs_by_name_is_left_out_and_a_repeated_ro
     rows = rows_of(tmp_path / "o" / "predictions.csv")
     assert [(r["file"], r["face"], r["status"], r["x"]) for r in rows] == [
         (inputs[0], "", "no --boxes row names it", ""), (inputs[1], "0", "ok", "20"), (inputs[1], "1", "ok", "200")]
+    # The JSON says null where the CSV leaves a cell empty: no face index for the input without a face, no detector
+    # score for a box given by hand.
+    faces = json.loads((tmp_path / "o" / "predictions.json").read_text())["faces"]
+    assert [(f["face"], f.get("detector_score", "absent")) for f in faces] == [(None, "absent"), (0, None), (1, None)]
 
 
 def test_pictures_that_cannot_be_faces_are_not_classified_as_face_crops(predict, model, tmp_path, capsys):
