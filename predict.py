@@ -205,7 +205,8 @@ def predict_video(args, recognizer, out_dir):
         print(f"warning: {warning}", file=sys.stderr)
     for note in video.notes:
         print(f"note: {note}", file=sys.stderr)
-    written = [str(p) for p in (video.annotated, video.frames_csv, video.tracks_csv, video.timeline) if p]
+    frames_json = video.frames_csv.with_suffix(".json")  # Results.write writes the two side by side
+    written = [str(p) for p in (video.annotated, video.frames_csv, frames_json, video.tracks_csv, video.timeline) if p]
     print(f"{video.frames} frames, {video.detections} face detections in {video.tracks} track(s); wrote "
           f"{', '.join(written[:-1])} and {written[-1]}")
     return 0

@@ -2,6 +2,7 @@
 import csv
 import json
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -188,7 +189,8 @@ def test_grad_cam_points_at_the_evidence_for_the_class():
     assert cams[1].max() == 0
 
 
-def test_video_gives_an_annotated_video_and_a_row_per_frame_and_face(predict, trained, group_photo, tmp_path):
+def test_video_gives_an_annotated_video_and_a_row_per_frame_and_face(predict, trained, group_photo, tmp_path,
+                                                                     capsys):
     video = tmp_path / "clip.mp4"
     frame = cv2.cvtColor(np.asarray(Image.open(group_photo)), cv2.COLOR_RGB2BGR)
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (640, 480))
@@ -198,6 +200,9 @@ def test_video_gives_an_annotated_video_and_a_row_per_frame_and_face(predict, tr
     args = ["--video", str(video), "--ckpt", str(trained / "checkpoints" / "best.pth"),
             "--out-dir", str(tmp_path / "out")]
     assert predict.main(args) == 0
+    # The summary names every file written, the frames' JSON beside their CSV among them.
+    wrote = capsys.readouterr().out.split("wrote ")[-1].replace(" and ", ", ").strip().split(", ")
+    assert sorted(Path(p).name for p in wrote) == sorted(p.name for p in (tmp_path / "out").iterdir())
     rows = read_rows(tmp_path / "out" / "clip_frames.csv")
     assert sorted({r["frame"] for r in rows}) == ["0", "1", "2", "3"]
     assert len(rows) == 4 * len(FACES)
