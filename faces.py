@@ -322,10 +322,9 @@ def shrink(array, max_side):
 # 0-45 degrees: the score rule moved 1.0% of upright faces' eye lines more than 15 degrees off the upright pass's,
 # where the best score alone moved 1.6%; the looks cut the eye lines more than 5 degrees off from 42% to 15% at 15
 # degrees and from 40% to 13% at 45 (30 degrees: 0.3% to 1.1%). The square was twice the face's side at first;
-# 1.5 times, a 256-pixel pass instead of 320 for a portrait's face of 160 (a look 1.5 ms instead of 1.9), kept the
-# same eye lines on 240 Training faces of 160 px turned 8, 15 and 22 degrees (more than 5 degrees from the face's
-# eye line found upright, turned: 23.8, 25.4, 25.4% against 20.4, 25.0, 25.0) and the same accuracy after alignment
-# in benchmarks/detection.py's scenes of Training faces (docs/report.md, 14.2).
+# 1.5 times is a 256-pixel pass instead of 320 for a portrait's face of 160 (a look 1.5 ms instead of 1.9), with
+# the same eye lines and accuracy after alignment in benchmarks/detection.py's scenes of Training faces
+# (--level-context; docs/report.md, 14.2).
 SCORE_PER_DEGREE = 0.005
 LEVEL_TOLERANCE = 3.0
 LEVEL_LOOKS = 2

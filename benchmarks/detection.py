@@ -357,7 +357,13 @@ def main(argv=None):
     p.add_argument("--choose", action="store_true", help="score framings and thresholds (use a training split)")
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed passes over 5 scenes per canvas size")
+    p.add_argument("--level-context", type=float, default=face_lib.LEVEL_CONTEXT, metavar="SIDES",
+                   help="the second look's square, in sides of the face's box (faces.LEVEL_CONTEXT), to compare "
+                   f"(default {face_lib.LEVEL_CONTEXT:g})")
     args = p.parse_args(argv)
+    if not 1 <= args.level_context <= 4:
+        p.error(f"--level-context must be 1 to 4 sides of the face, got {args.level_context:g}")
+    face_lib.LEVEL_CONTEXT = args.level_context
     classifier = load_classifier(args.ckpt)
     rng = np.random.default_rng(args.seed)
     pool = []

@@ -5,17 +5,16 @@
 
 Portraits like a studio set's: --count held-out faces of the five classes both tools know (angry, happy, neutral,
 sad, surprise; drawn evenly), each upscaled to 160 pixels and pasted in the middle of a 256x256 canvas of a plain
-colour, saved as JPEG. Our side runs recognizer.Recognizer with its default settings (the shipped FER+ model,
-YuNet with its turned passes, aligned crops, the model's views): the whole photo (take the array in, detect, cut,
-classify) and, apart, each stage. Both tools are given the photos decoded by OpenCV before the clock starts (the
-fer worker reads them so), ours as BGR arrays (analyze(..., bgr=True)). `fer` (FER().detect_emotions: OpenCV's
-Haar cascade and its mini-Xception) runs in its own Python, given by --fer-python, on the same files, the two
-taking turns round by round, so that a slow spell of the machine falls on both. Each setting runs quiet and then
+colour, saved as JPEG. Our side runs recognizer.Recognizer with its default settings (the shipped FER+ model, YuNet
+with its turned passes, aligned crops, the model's views): the whole photo (take the array in, detect, cut,
+classify) and, apart, each stage (of detection, the time YuNet's network takes in ONNX Runtime and its calls a
+photo; the rest is the work around the passes). Both tools are given the photos decoded by OpenCV before the clock
+starts (the fer worker reads them so), ours as BGR arrays (analyze(..., bgr=True)). `fer` (FER().detect_emotions:
+OpenCV's Haar cascade and its mini-Xception) runs in its own Python, given by --fer-python, on the same files, the
+two taking turns round by round, so that a slow spell of the machine falls on both. Each setting runs quiet and then
 loaded: while another process keeps both cores busy with matrix products. Accuracy counts a photo right when its
-largest face's label is the photo's class (no face: wrong).
-`fer` is never a dependency of the toolkit: install it in another environment (pip install --no-deps
-fer==25.10.3, then tensorflow-cpu and opencv-contrib-python-headless).
-"""
+largest face's label is the photo's class (no face: wrong). `fer` is never a dependency of the toolkit: install it
+in another environment (pip install --no-deps fer==25.10.3, then tensorflow-cpu and opencv-contrib-python-headless)."""
 import argparse
 import json
 import subprocess
@@ -85,23 +84,55 @@ def time_ours(recognizer, photos):
     return 1000 * (time.perf_counter() - start) / len(photos), labels
 
 
+class TimedSession:
+    """An ONNX Runtime session that adds up the time its run() takes (seconds) and counts the calls."""
+
+    def __init__(self, session):
+        self.session, self.seconds, self.calls = session, 0.0, 0
+
+    def run(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.session.run(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
 def time_stages(recognizer, photos):
-    """-> {stage: ms per photo}: taking the array in, every detection pass together, cutting out, classifying."""
+    """-> {stage: ms per photo}: taking the array in, every detection pass together ("detect"; of it, YuNet's
+    network in ONNX Runtime, "network", and its calls a photo, "passes": the upright and turned passes and the
+    second looks), cutting out, classifying."""
     spent = dict.fromkeys(("take in", "detect", "cut", "classify"), 0.0)
-    with torch_threads(recognizer.threads):
-        for photo in photos:
-            t0 = time.perf_counter()
-            image = image_from_array(photo, bgr=True)
-            t1 = time.perf_counter()
-            found = recognizer.detector(image)
-            t2 = time.perf_counter()
-            faces = cut_faces(image, found, recognizer.classifier.input)
-            t3 = time.perf_counter()
-            classify_faces(faces, recognizer.classifier)
-            t4 = time.perf_counter()
-            for stage, (a, b) in zip(spent, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
-                spent[stage] += b - a
-    return {stage: 1000 * s / len(photos) for stage, s in spent.items()}
+    detector = recognizer.detector
+    session = getattr(detector, "session", None)  # YuNet's; Haar has none
+    if session is not None:
+        detector.session = TimedSession(session)
+    try:
+        with torch_threads(recognizer.threads):
+            for photo in photos:
+                t0 = time.perf_counter()
+                image = image_from_array(photo, bgr=True)
+                t1 = time.perf_counter()
+                found = detector(image)
+                t2 = time.perf_counter()
+                faces = cut_faces(image, found, recognizer.classifier.input)
+                t3 = time.perf_counter()
+                classify_faces(faces, recognizer.classifier)
+                t4 = time.perf_counter()
+                for stage, (a, b) in zip(spent, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
+                    spent[stage] += b - a
+        timed = detector.session if session is not None else None
+    finally:
+        if session is not None:
+            detector.session = session
+    per_photo = {stage: 1000 * s / len(photos) for stage, s in spent.items()}
+    per_photo["network"] = 1000 * timed.seconds / len(photos) if timed else float("nan")
+    per_photo["passes"] = timed.calls / len(photos) if timed else float("nan")
+    return per_photo
 
 
 def accuracy(labels, truth):
@@ -130,8 +161,9 @@ def main(argv=None):
         fer = subprocess.Popen([args.fer_python, "-c", FER_WORKER, json.dumps([str(p) for p in paths])],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     print(f"{len(paths)} portraits of 256x256 in {out}; median of {args.rounds} rounds, ms per photo")
-    print("| threads | machine | ours | take in | detect | cut | classify | fer | ours / fer | ours acc | fer acc |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| threads | machine | ours | take in | detect | of it, YuNet's network (passes) | cut | classify | fer | "
+          "ours / fer | ours acc | fer acc |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for threads in args.threads:
         recognizer = Recognizer(threads=threads)
         time_ours(recognizer, photos)  # warm-up: kernels chosen, caches filled
@@ -160,7 +192,8 @@ def main(argv=None):
                          if fer else "- | -")
             fer_acc = f"{accuracy(reply['labels'], truth):.1f}%" if fer else "-"
             print(f"| {threads or 'torch'} | {machine} | {np.median(ours):.1f} | {stage['take in']:.1f} | "
-                  f"{stage['detect']:.1f} | {stage['cut']:.1f} | {stage['classify']:.1f} | {fer_cells} | "
+                  f"{stage['detect']:.1f} | {stage['network']:.1f} ({stage['passes']:.2f}) | {stage['cut']:.1f} | "
+                  f"{stage['classify']:.1f} | {fer_cells} | "
                   f"{accuracy(our_labels, truth):.1f}% | {fer_acc} |", flush=True)
     if fer:
         fer.stdin.close()
