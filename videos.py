@@ -12,6 +12,8 @@ from faces import annotate
 from photos import Results
 from tracks import FaceTracker
 
+MOV_SUFFIXES = (".mp4", ".m4v", ".mov", ".3gp")  # QuickTime's file layout, whose index may come last
+
 
 class VideoFrames:
     """The frames of a video file, decoded by PyAV (FFmpeg's libraries): iterate for uint8 H x W x 3 BGR arrays,
@@ -32,7 +34,12 @@ class VideoFrames:
         try:
             self.container = av.open(str(self.path))
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise UserError(f"{called} {self.path} cannot be opened as a video ({_first_line(e)})") from None
+            # An MP4 or MOV keeps its index (the moov box) at the end: one cut off while recording or copying
+            # cannot be opened at all, and FFmpeg says only "Invalid data".
+            hint = ("; an MP4 or MOV cut off while recording or copying lacks the index at its end and cannot be "
+                    "read: copy it again, or repair it (e.g. with untrunc)"
+                    if isinstance(e, av.InvalidDataError) and self.path.suffix.lower() in MOV_SUFFIXES else "")
+            raise UserError(f"{called} {self.path} cannot be opened as a video ({_first_line(e)}){hint}") from None
         if not self.container.streams.video:
             self.container.close()
             raise UserError(f"{called} {self.path} cannot be opened as a video (it has no video stream)")

@@ -207,6 +207,21 @@ def test_a_face_that_cannot_be_followed_makes_the_frame_a_whole_search(monkeypat
     assert all(face["box"][1] > 180 for face in seen[1]["faces"])  # found where they went
 
 
+def test_an_mp4_cut_off_before_its_index_says_so_in_one_line(tmp_path, capsys):
+    # OpenCV writes an MP4's index at the end: half the file cannot be opened, and FFmpeg says only "Invalid data".
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (480, 320))
+    for frame in moving_faces(10):
+        writer.write(frame)
+    writer.release()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(video.read_bytes()[:video.stat().st_size // 2])
+    assert load_script("predict").main(["--video", str(cut), "--out-dir", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--video {cut} cannot be opened as a video (" in err
+    assert "cut off while recording or copying lacks the index at its end" in err
+
+
 def test_a_phone_video_with_rotation_metadata_is_turned_upright(tmp_path):
     from videos import VideoFrames
 
