@@ -358,8 +358,8 @@ def main(argv=None):
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed passes over 5 scenes per canvas size")
     p.add_argument("--level-context", type=float, default=face_lib.LEVEL_CONTEXT, metavar="SIDES",
-                   help="the second look's square, in sides of the face's box (faces.LEVEL_CONTEXT), to compare "
-                   f"(default {face_lib.LEVEL_CONTEXT:g})")
+                   help="the second look's square, in sides of the face's box (faces.LEVEL_CONTEXT), 1 to 4, to "
+                   f"compare (default {face_lib.LEVEL_CONTEXT:g})")
     args = p.parse_args(argv)
     if not 1 <= args.level_context <= 4:
         p.error(f"--level-context must be 1 to 4 sides of the face, got {args.level_context:g}")

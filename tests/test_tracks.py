@@ -1,5 +1,6 @@
 """Faces followed through a video: track ids, smoothing, the tracks summary, the video API and damaged files."""
 import csv
+import re
 
 import cv2
 import numpy as np
@@ -108,6 +109,10 @@ def test_predict_video_writes_tracks_and_says_when_a_file_stops_early(tmp_path, 
     assert predict.main(["--video", str(cut), "--out-dir", str(tmp_path / "c"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "reading stopped at frame" in err and "of the 30 its header promises" in err
+    # The API says it too, once its frames are read (it had ended early in silence).
+    with pytest.warns(UserWarning, match=f"{re.escape(str(cut))}: reading stopped at frame .* of the 30 its header"):
+        read = list(Recognizer(threads=1).analyze_video(cut))
+    assert 0 < len(read) < 30
 
 
 def test_detecting_every_third_frame_follows_the_faces_in_between(monkeypatch):
