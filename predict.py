@@ -121,13 +121,9 @@ def run(args):
                         "each frame is one face)")
     if args.video and args.inputs:
         raise UserError(f"--video takes no photos (got {', '.join(args.inputs)}); classify them in a run of their own")
-    if args.detector == "haar" and not (args.no_detect or args.boxes):
-        defaults = get_args_parser()
-        yunet_only = [f"--{dest.replace('_', '-')}" for dest in ("detector_model", "score_threshold", "turns")
-                      if getattr(args, dest) != defaults.get_default(dest)]
-        if yunet_only:
-            print(f"warning: {', '.join(yunet_only)} apply to YuNet only; --detector haar leaves them unused",
-                  file=sys.stderr)
+    for flags, why in unused_flags(args):
+        verb, them = ("apply", "them") if len(flags) > 1 else ("applies", "it")
+        print(f"warning: {', '.join(flags)} {verb} {why.format(them=them)}", file=sys.stderr)
     recognizer = Recognizer(args.ckpt, args.device, args.detector, args.turns, not args.no_align, args.threads,
                             args.score_threshold, args.min_face, args.max_side, args.detector_model, args.margin,
                             args.amp)
@@ -196,6 +192,23 @@ def warn_of(names, what):
     if names:
         print(f"warning: {what}: {', '.join(map(str, names[:5]))}{' and more' if len(names) > 5 else ''}",
               file=sys.stderr)
+
+
+def unused_flags(args):
+    """Flags given other values than their defaults that this run leaves unused -> [(flags, why: a sentence's end
+    with {them} for "it" or "them")], said as warnings rather than dropped in silence."""
+    defaults = get_args_parser()
+
+    def given(*dests):
+        return [f"--{d.replace('_', '-')}" for d in dests if getattr(args, d) != defaults.get_default(d)]
+
+    unused = []
+    if args.detector == "haar" and not (args.no_detect or args.boxes):
+        unused.append((given("detector_model", "score_threshold", "turns"),
+                       "to YuNet only; --detector haar leaves {them} unused"))
+    if not args.video:
+        unused.append((given("smooth", "detect_every"), "to --video only; photos leave {them} unused"))
+    return [(flags, why) for flags, why in unused if flags]
 
 
 def predict_video(args, recognizer, out_dir):

@@ -430,6 +430,12 @@ def test_predictions_carry_landmarks_and_detector_scores(predict, trained, group
                          "--turns", "none", "--score-threshold", "0.5"]) == 0
     assert ("warning: --score-threshold, --turns apply to YuNet only; --detector haar leaves them unused"
             in capsys.readouterr().err)
+    # So were a video's settings given with photos; one flag is said in the singular.
+    assert predict.main([str(group_photo), "--ckpt", ckpt, "--out-dir", str(tmp_path / "v"), "--detector", "haar",
+                         "--turns", "none", "--detect-every", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --turns applies to YuNet only; --detector haar leaves it unused" in err
+    assert "warning: --detect-every applies to --video only; photos leave it unused" in err
 
 
 def yunet_altered(change):
