@@ -103,7 +103,7 @@ def analyze(files, snapshot, model, detector, find_faces, align, score_threshold
         annotated = out_dir / f"{name}_annotated.jpg"
         annotate(photo.image, photo.faces, classes).save(annotated, quality=92)
         gallery.append((str(annotated), f"{shown}: {len(photo.faces)} face(s)"))
-    csv_path = results.write(out_dir)
+    csv_path, _ = results.write(out_dir)
     faces = [r for r in results.rows if r["status"] == "ok"]
     table = [[r["file"], r["face"], r["label"], f"{r['confidence']:.2f}", f"{r['x']},{r['y']},{r['w']},{r['h']}"]
              for r in faces]

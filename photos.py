@@ -338,6 +338,7 @@ class Results:
         self.rows.append({"file": str(source), **extra, "face": None, "status": why})
 
     def write(self, out_dir, stem="predictions"):
+        """-> (the CSV's path, the JSON's path), STEM.csv and STEM.json in out_dir."""
         out_dir.mkdir(parents=True, exist_ok=True)
         csv_path = out_dir / f"{stem}.csv"
         fields = list(dict.fromkeys(k for row in self.rows for k in row)) or ["file", "face", "status"]
@@ -345,5 +346,6 @@ class Results:
             writer = csv.DictWriter(f, fieldnames=fields, restval="")
             writer.writeheader()
             writer.writerows(self.rows)
-        (out_dir / f"{stem}.json").write_text(json.dumps({"classes": self.classes, "faces": self.rows}, indent=1))
-        return csv_path
+        json_path = out_dir / f"{stem}.json"
+        json_path.write_text(json.dumps({"classes": self.classes, "faces": self.rows}, indent=1))
+        return csv_path, json_path

@@ -159,10 +159,10 @@ def run(args):
             for (path, name), photo in zip(chunk, photos):
                 report_photo(args, path, name, photo, classes, results, written, out_dir)
             bar.update(len(chunk))
-    csv_path = results.write(out_dir)
+    csv_path, json_path = results.write(out_dir)
     faces_found = sum(1 for r in results.rows if r["status"] == "ok")
     also = "".join(f", {n} {what}{'s' if n > 1 else ''}" for what, n in written.items())
-    print(f"{faces_found} face(s) in {len(files)} image(s); wrote {csv_path}, {csv_path.with_suffix('.json').name}"
+    print(f"{faces_found} face(s) in {len(files)} image(s); wrote {csv_path}, {json_path.name}"
           f"{also} to {out_dir}")
     return 0
 
@@ -218,8 +218,8 @@ def predict_video(args, recognizer, out_dir):
         print(f"warning: {warning}", file=sys.stderr)
     for note in video.notes:
         print(f"note: {note}", file=sys.stderr)
-    frames_json = video.frames_csv.with_suffix(".json")  # Results.write writes the two side by side
-    written = [str(p) for p in (video.annotated, video.frames_csv, frames_json, video.tracks_csv, video.timeline) if p]
+    written = [str(p) for p in (video.annotated, video.frames_csv, video.frames_json, video.tracks_csv, video.timeline)
+               if p]
     print(f"{video.frames} frames, {video.detections} face detections in {video.tracks} track(s); wrote "
           f"{', '.join(written[:-1])} and {written[-1]}")
     return 0

@@ -291,8 +291,9 @@ class VideoAnalysis:
             yield {"frame": index, "time_s": round(time_s, 3),
                    "faces": [face_record(face, classes) for face in photo.faces]}
         shortfall = getattr(self.frames, "shortfall", None)  # a file's VideoFrames; a list of frames has none
-        if shortfall is not None and shortfall():  # as predict.py --video says it
-            warnings.warn(shortfall(), stacklevel=2)
+        why = shortfall() if shortfall is not None else None
+        if why:  # as predict.py --video says it
+            warnings.warn(why, stacklevel=2)
 
     def tracks(self):
         """-> one dict a track seen so far (track, first_s, last_s, frames, dominant, share_<class>); UserError

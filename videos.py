@@ -85,10 +85,11 @@ def _first_line(error):
 @dataclass
 class VideoOutputs:
     """What process_video wrote and counted: the annotated video (None when the codec could not write it), the
-    frames CSV, the tracks CSV, the timeline PNG (None without a track), frames read, face detections, tracks,
+    frames CSV and JSON, the tracks CSV, the timeline PNG (None without a track), frames read, face detections, tracks,
     the tracks' summary rows, and warnings and notes to show."""
     annotated: Path
     frames_csv: Path
+    frames_json: Path
     tracks_csv: Path
     timeline: Path
     frames: int
@@ -153,7 +154,7 @@ def process_video(recognizer, frames, out_dir, smooth, detect_every=1, faces=Tru
                         f"its own size, and {video_path.name} shows them scaled to {size[0]}x{size[1]}")
     if faceless:
         warnings.append(f"{frames.path}: no face found in {faceless} of {frames.read} frames")
-    frames_csv = results.write(Path(out_dir), f"{stem}_frames")
+    frames_csv, frames_json = results.write(Path(out_dir), f"{stem}_frames")
     summary = tracker.summary(classes)
     tracks_csv = write_tracks(summary, Path(out_dir) / f"{stem}_tracks.csv")
     timeline = Path(out_dir) / f"{stem}_timeline.png"
@@ -162,8 +163,9 @@ def process_video(recognizer, frames, out_dir, smooth, detect_every=1, faces=Tru
         notes.append(f"{timeline.name} draws the {drawn} tracks seen in most frames of {len(tracker.tracks)} (at most "
                      f"{TIMELINE_TRACKS}); {tracks_csv.name} lists them all")
     detections = sum(1 for r in results.rows if r["status"] == "ok")
-    return VideoOutputs(video_path if wrote_video else None, frames_csv, tracks_csv, timeline if drawn else None,
-                        frames.read, detections, len(tracker.tracks), summary, warnings, notes)
+    return VideoOutputs(video_path if wrote_video else None, frames_csv, frames_json, tracks_csv,
+                        timeline if drawn else None, frames.read, detections, len(tracker.tracks), summary, warnings,
+                        notes)
 
 
 def write_tracks(rows, path):

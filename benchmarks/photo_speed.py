@@ -109,8 +109,9 @@ def time_stages(recognizer, photos):
     spent = dict.fromkeys(("take in", "detect", "cut", "classify"), 0.0)
     detector = recognizer.detector
     session = getattr(detector, "session", None)  # YuNet's; Haar has none
-    if session is not None:
-        detector.session = TimedSession(session)
+    timed = TimedSession(session) if session is not None else None
+    if timed is not None:
+        detector.session = timed
     try:
         with torch_threads(recognizer.threads):
             for photo in photos:
@@ -125,13 +126,12 @@ def time_stages(recognizer, photos):
                 t4 = time.perf_counter()
                 for stage, (a, b) in zip(spent, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
                     spent[stage] += b - a
-        timed = detector.session if session is not None else None
     finally:
-        if session is not None:
+        if timed is not None:
             detector.session = session
     per_photo = {stage: 1000 * s / len(photos) for stage, s in spent.items()}
-    per_photo["network"] = 1000 * timed.seconds / len(photos) if timed else float("nan")
-    per_photo["passes"] = timed.calls / len(photos) if timed else float("nan")
+    per_photo["network"] = 1000 * timed.seconds / len(photos) if timed is not None else float("nan")
+    per_photo["passes"] = timed.calls / len(photos) if timed is not None else float("nan")
     return per_photo
 
 
