@@ -22,7 +22,14 @@ import torch
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import output_file
 from errors import UserError, exit_code
-from inference import EXPORT_METADATA_FILE, ONNX_METADATA_KEY, ModelClassifier, export_metadata, quiet_logger
+from inference import (
+    EXPORT_METADATA_FILE,
+    ONNX_METADATA_KEY,
+    ModelClassifier,
+    export_metadata,
+    file_sha256,
+    quiet_logger,
+)
 
 # The opset torch.onnx's exporter writes a model in; it converts that up to a later opset, but converting down
 # fails for these networks and then leaves the model at this one.
@@ -133,7 +140,9 @@ def run(args):
         model = classifier.model.to(memory_format=torch.contiguous_format).eval()  # fp32, the default layout
         cfg = classifier.input
         example = torch.zeros(2, cfg["channels"], cfg["size"], cfg["size"])
-        info = export_metadata(classifier)
+        # The checkpoint's SHA-256 lets a Recognizer run an .onnx beside its checkpoint in its place, and only while
+        # the checkpoint is the one it was exported from (inference.onnx_twin).
+        info = {**export_metadata(classifier), "checkpoint_sha256": file_sha256(args.ckpt)}
         out.parent.mkdir(parents=True, exist_ok=True)
         {"onnx": lambda: export_onnx(model, example, info, out, args.opset),
          "pt2": lambda: export_program(model, example, info, out),

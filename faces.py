@@ -10,7 +10,9 @@ Detectors: YuNet (Wu, Peng, Yu, "YuNet: A Tiny Millisecond-level Face Detector",
 2023; models/yunet_s_640_640.onnx, run by ONNX Runtime and decoded as OpenCV's FaceDetectorYN decodes it), which
 returns five landmarks per face, and OpenCV's Haar cascade (Viola and Jones, CVPR 2001), boxes only.
 """
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +73,11 @@ class YuNetDetector:
     smallest face kept (pixels of the photo); max_side: photos are detected at a size whose longer side is at most
     this, boxes and landmarks mapped back (bounds the time on large photos); turns: angles (degrees) of turned
     copies of the photo also searched, for tilted heads, their faces turned back and merged; nms_threshold: within
-    one pass, a face overlapping a better-scored one by more IoU than this is dropped (FaceDetectorYN's 0.3).
-    Raises UserError for a missing or non-YuNet model file or a score threshold outside (0, 1].
+    one pass, a face overlapping a better-scored one by more IoU than this is dropped (FaceDetectorYN's 0.3);
+    threads: ONNX Runtime's threads for one pass (0: its own choice); passes_at_once: how many passes over a photo
+    run side by side, each on its own thread (the caller's and passes_at_once - 1 of a pool), with the same
+    results as one after another. Raises UserError for a missing or non-YuNet model file or a score threshold
+    outside (0, 1].
 
     The network runs in ONNX Runtime, which takes under half the time of OpenCV's DNN module on this project's
     CPU (benchmarks/detection.py), and its outputs are decoded as OpenCV's FaceDetectorYN decodes them
@@ -80,7 +85,7 @@ class YuNetDetector:
     """
 
     def __init__(self, model=YUNET_MODEL, score_threshold=0.6, min_face=24, max_side=960, turns=(-30, 30),
-                 nms_threshold=0.3, threads=0):
+                 nms_threshold=0.3, threads=0, passes_at_once=1):
         cv2 = _cv2()
         model = Path(model)
         if not 0 < score_threshold <= 1:
@@ -92,19 +97,31 @@ class YuNetDetector:
         self.input_name = self.session.get_inputs()[0].name
         self.cv2, self.min_face, self.max_side, self.turns = cv2, min_face, max_side, tuple(turns)
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
+        # ONNX Runtime's passes and OpenCV's warps let go of Python's lock, so passes on threads of their own run at
+        # once: a 256x256 portrait's detection took 4.7 ms instead of 6.6 on two cores (docs/report.md, 14.3).
+        self.pool = ThreadPoolExecutor(passes_at_once - 1, "yunet") if passes_at_once > 1 else None
 
     def __call__(self, image):
         """PIL image ('L' or 'RGB') -> [Detection], largest first."""
         rgb, scale = shrink(pixels(image, "RGB"), self.max_side)
-        found = [(*d, eye_line(d[2])) for d in self._detect(rgb)]
-        for degrees in self.turns:
-            found += self._detect_turned(rgb, degrees)
+        # With a pool the turned passes start on it now, beside the upright pass; without, map runs them below.
+        turned = (self.pool.map if self.pool else map)(partial(self._detect_turned, rgb), self.turns)
+        upright = [(*d, eye_line(d[2])) for d in self._detect(rgb)]
+        # While the turned passes run, each face the upright pass saw off level gets the look the loop below would
+        # give it should the upright pass's detection win the merge, as it does for all but steeply tilted heads
+        # (a turned pass sees an upright face 30 degrees off); a look taken for a face that another pass wins is
+        # left unused, so the results are those of one pass after another.
+        early = {id(face): self._look(rgb, face[0], face[3]) for face in upright
+                 if self.pool and abs(face[3]) > LEVEL_TOLERANCE}
+        found = upright + [face for faces in turned for face in faces]
         faces = []
-        for box, score, landmarks, tilt in merge_passes(found):
-            for _ in range(LEVEL_LOOKS):  # a face seen off level is looked at again, turned level
+        for face in merge_passes(found):
+            box, score, landmarks, tilt = face
+            for look in range(LEVEL_LOOKS):  # a face seen off level is looked at again, turned level
                 if abs(tilt) <= LEVEL_TOLERANCE:
                     break
-                seen = self._look(rgb, box, eye_line(landmarks))
+                seen = early[id(face)] if look == 0 and id(face) in early else \
+                    self._look(rgb, box, eye_line(landmarks))
                 if seen is None:
                     break
                 _, _, landmarks, tilt = seen
@@ -177,8 +194,13 @@ class YuNetDetector:
         full search takes three over the photo. -> [Detection], largest first. Where a face is not found again
         (it moved too far, turned away or left), the whole photo is searched instead, as for the first frame."""
         rgb, scale = shrink(pixels(image, "RGB"), self.max_side)
-        looks = [self._look(rgb, tuple(v * scale for v in d.box), 0.0 if d.landmarks is None else eye_line(d.landmarks))
-                 for d in previous]
+
+        def look(d):
+            tilt = 0.0 if d.landmarks is None else eye_line(d.landmarks)
+            return self._look(rgb, tuple(v * scale for v in d.box), tilt)
+        # With a pool, the faces after the first are looked at on it while this thread looks at the first.
+        later = [self.pool.submit(look, d) for d in previous[1:]] if self.pool else None
+        looks = [look(d) for d in previous[:1 if self.pool else None]] + [task.result() for task in later or ()]
         if any(seen is None for seen in looks):
             return self(image)
         return self._in_photo([seen[:3] for seen in looks], scale)
@@ -414,12 +436,13 @@ class HaarDetector:
 
 
 def make_detector(name="yunet", model=None, score_threshold=0.6, min_face=24, max_side=960, turns=(-30, 30),
-                  threads=0):
-    """A detector by name (DETECTORS); model, score_threshold, turns and threads (ONNX Runtime's; 0: its own
-    choice) apply to YuNet only."""
+                  threads=0, passes_at_once=1):
+    """A detector by name (DETECTORS); model, score_threshold, turns, threads (ONNX Runtime's a pass; 0: its own
+    choice) and passes_at_once (YuNetDetector's) apply to YuNet only."""
     if name == "haar":
         return HaarDetector(min_face, max_side)
-    return YuNetDetector(model or YUNET_MODEL, score_threshold, min_face, max_side, turns, threads=threads)
+    return YuNetDetector(model or YUNET_MODEL, score_threshold, min_face, max_side, turns, threads=threads,
+                         passes_at_once=passes_at_once)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ A Classifier holds a model and its Scoring (checkpoint.Scoring: classes, input n
 logit bias) and applies both the same way wherever it is used: train.py's final test, test.py, predict.py,
 export.py and the benchmarks. Kinds:
 - ModelClassifier: a network in memory (a checkpoint's, or one being trained);
-- OnnxClassifier, ExportedProgramClassifier: files export.py wrote, run without this toolkit's model code;
+- OnnxClassifier, ExportedProgramClassifier: files export.py wrote, run without this toolkit's model code (a
+  checkpoint's own .onnx export, beside it, can also run its network: onnx_twin);
 - EnsembleClassifier: several of them deciding on the mean of their decision logits.
 `load_classifier(paths)` picks the kind by file suffix.
 """
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -96,13 +98,16 @@ class Classifier:
 class ModelClassifier(Classifier):
     """A PyTorch network in memory, run in eval mode on `device` (channels_last, optional bf16). frozen: its
     weights will not change (a loaded checkpoint), so bf16 on the CPU may run a bf16 copy of them; a model still
-    training (train.py's validation) runs under autocast, which reads its weights as they are at each call."""
+    training (train.py's validation) runs under autocast, which reads its weights as they are at each call. twin:
+    where set (onnx_twin), the checkpoint's own ONNX export runs the network instead; Grad-CAM still reads the
+    PyTorch layers."""
     channels_last = True
 
     def __init__(self, model, scoring, source="model", record=None, device="cpu", amp=False, batch_size=256,
                  frozen=False):
         super().__init__(scoring, source, record, device, amp, batch_size)
         self.model, self.frozen, self._bf16 = model, frozen, None
+        self.twin = None  # an OnnxClassifier of the same network that runs it instead (onnx_twin), or None
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu", amp=False, batch_size=256, state=None):
@@ -114,6 +119,8 @@ class ModelClassifier(Classifier):
         return cls(model, scoring_of(state, path), path, record, device, amp, batch_size, frozen=True)
 
     def view_logits(self, x):
+        if self.twin is not None:
+            return self.twin.view_logits(x)
         if self.amp and self.frozen and self.device.type == "cpu":
             # bf16 weights, not autocast's cast of the fp32 ones at every call, which took a quarter longer for a
             # face's two views at one thread (benchmarks/inference_latency.py times bf16 against fp32).
@@ -140,24 +147,56 @@ class ModelClassifier(Classifier):
 class OnnxClassifier(Classifier):
     """An .onnx file export.py wrote, run by ONNX Runtime on the CPU; its scoring travels in its metadata."""
 
-    def __init__(self, path, batch_size=256):
+    def __init__(self, path, batch_size=256, threads=0):
+        """threads: ONNX Runtime's threads (0: its own choice, a spinning thread a core); n threads wait for work
+        without spinning, which keeps them from taking the cores from other work between calls."""
         try:
             import onnxruntime
         except ImportError:
             raise UserError("running an .onnx model needs onnxruntime: pip install onnxruntime") from None
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise UserError(f"{path} is not a readable ONNX model: {str(e).splitlines()[0][:100]}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if ONNX_METADATA_KEY not in meta:
             raise UserError(f"{path} was not exported by this toolkit (no {ONNX_METADATA_KEY} metadata)")
-        super().__init__(scoring_from_export(json.loads(meta[ONNX_METADATA_KEY]), path), path,
-                         batch_size=batch_size)
+        self.metadata = json.loads(meta[ONNX_METADATA_KEY])
+        super().__init__(scoring_from_export(self.metadata, path), path, batch_size=batch_size)
         self.input_name = self.session.get_inputs()[0].name
 
     def view_logits(self, x):
-        return torch.from_numpy(self.session.run(None, {self.input_name: x.contiguous().numpy()})[0])
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.float().contiguous().numpy()})[0])
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, as hex (a 2.4 MB checkpoint: about 3 ms)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def onnx_twin(classifier, threads=0):
+    """Run a checkpoint's network (a ModelClassifier on the CPU) in ONNX Runtime where export.py wrote its .onnx
+    beside it (the same name, suffix .onnx) from this very file: the export records the checkpoint's SHA-256, so a
+    checkpoint changed since (retrained, or calibrated by test.py) keeps its PyTorch network. A face's two views
+    took 1.2 ms in ONNX Runtime on two threads against 1.7 ms in PyTorch's bf16 on one, where PyTorch's two threads
+    take longer than its one (docs/report.md, 14.3). threads: OnnxClassifier's. -> classifier, with its twin set
+    when there is one; the scoring (views, bias, temperature) stays the checkpoint's."""
+    if not isinstance(classifier, ModelClassifier) or classifier.device.type != "cpu" or not classifier.frozen:
+        return classifier
+    export = Path(classifier.source).with_suffix(".onnx")
+    if not export.is_file():
+        return classifier
+    try:
+        twin = OnnxClassifier(export, classifier.batch_size, threads)
+    except UserError:  # an unreadable or foreign file of that name is not the checkpoint's export
+        return classifier
+    if twin.metadata.get("checkpoint_sha256") == file_sha256(classifier.source):
+        classifier.twin = twin
+    return classifier
 
 
 class ExportedProgramClassifier(Classifier):
@@ -271,20 +310,21 @@ def check_same_task(members):
                                   f"({task(members[0])}); an ensemble's models need the same classes and input")
 
 
-def load_classifier(paths, device="cpu", amp=False, batch_size=256, **overrides):
+def load_classifier(paths, device="cpu", amp=False, batch_size=256, onnx_threads=0, **overrides):
     """A checkpoint (.pth), an exported .onnx or .pt2 file, or a list of them (an ensemble) -> a Classifier.
-    overrides (tta_flip, tta_scales, logit_adjust; None keeps each file's own) change how they score."""
+    overrides (tta_flip, tta_scales, logit_adjust; None keeps each file's own) change how they score;
+    onnx_threads: OnnxClassifier's threads."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    members = [_load_one(path, device, amp, batch_size).rescored(**overrides) for path in paths]
+    members = [_load_one(path, device, amp, batch_size, onnx_threads).rescored(**overrides) for path in paths]
     return members[0] if len(members) == 1 else EnsembleClassifier(members)
 
 
-def _load_one(path, device, amp, batch_size):
+def _load_one(path, device, amp, batch_size, onnx_threads=0):
     why = not_a_file(path, "a checkpoint or export")
     if why:
         raise UserError(f"model file {path} {why}")
     if path.suffix.lower() == ".onnx":
-        return OnnxClassifier(path, batch_size)
+        return OnnxClassifier(path, batch_size, onnx_threads)
     if path.suffix.lower() == ".pt2":
         return ExportedProgramClassifier(path, batch_size)
     return ModelClassifier.from_checkpoint(path, engine.select_device(device), amp, batch_size)

@@ -35,7 +35,8 @@ class FaceSettings:
     """How faces are found and cut out: detector ("yunet" or "haar"), its model file, score threshold, smallest
     face, largest side detected at and extra turned passes (faces.make_detector); or no detection (each image is
     one face crop) or boxes a user gave (--boxes rows, by file); align by landmarks, else box plus margin; the
-    detector's threads (YuNet's ONNX Runtime; 0: its own choice). Frozen, so that settings without boxes can key a
+    detector's threads (YuNet's ONNX Runtime, a pass; 0: its own choice) and how many of its passes run at once.
+    Frozen, so that settings without boxes can key a
     cache of detectors (app.py)."""
     detector: str = "yunet"
     detector_model: str = None
@@ -48,13 +49,14 @@ class FaceSettings:
     align: bool = True
     margin: float = 0.15
     threads: int = 0
+    passes_at_once: int = 1
 
     def detector_for(self):
         """The detector these settings use, or None when faces are not detected."""
         if self.no_detect or self.boxes is not None:
             return None
         return make_detector(self.detector, self.detector_model, self.score_threshold, self.min_face,
-                             self.max_side, self.turns, self.threads)
+                             self.max_side, self.turns, self.threads, self.passes_at_once)
 
 
 @dataclass

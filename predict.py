@@ -102,8 +102,9 @@ def get_args_parser():
                    help="bf16 inference of PyTorch checkpoints; auto uses it where the device runs bf16 natively "
                    "(decisions as fp32's but for about 1 in 1,000 faces)")
     g.add_argument("--threads", type=thread_flag, default=DEFAULT_THREADS,
-                   help="threads for detecting (YuNet) and classifying (0: each library's own choice); one suits "
-                   "per-photo work, and stays fast while other programs keep the cores busy")
+                   help="threads to work on: N runs YuNet's passes over a photo N at once and classifies on N "
+                   "threads; 0: each library's own choice (default: the passes two at once, classifying on one "
+                   "thread, which suits per-photo work and stays fast while other programs keep the cores busy)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p
 

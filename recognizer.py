@@ -19,6 +19,7 @@ from argparse import ArgumentTypeError
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,15 +29,19 @@ import engine
 from cli import angle_list, fraction_or_zero, positive_int, share
 from errors import UserError
 from faces import YUNET_MODEL
-from inference import Classifier, ModelClassifier, load_classifier
+from inference import Classifier, ModelClassifier, load_classifier, onnx_twin
 from photos import DEFAULT_MODEL, FaceSettings, analyze_photos, face_record
 from tracks import FaceTracker
 from videos import VideoFrames
 
-# Torch's and YuNet's threads for per-photo work when the caller does not say: one face's views are a batch of two
-# 48x48 images, too little work to share between threads, and threads that wait for each other are what make a
-# photo take many times longer while other work holds the cores (benchmarks/photo_speed.py measures both).
-DEFAULT_THREADS = 1
+# How a Recognizer spreads a photo's work when the caller does not say (threads=None): torch on one thread, since
+# one face's views are a batch of two 48x48 images, too little work to share between threads, and threads that wait
+# for each other are what make a photo take many times longer while other work holds the cores; YuNet's passes over
+# the photo (upright, turned, second looks) side by side on up to DEFAULT_PASSES_AT_ONCE threads (no more than the
+# cores), one thread a pass, which shares out whole passes rather than splitting each. benchmarks/photo_speed.py
+# times both, quiet and loaded (docs/report.md, 14.3).
+DEFAULT_THREADS = None
+DEFAULT_PASSES_AT_ONCE = 2
 # Seconds over which a video's face probabilities are smoothed along its track (predict.py --smooth).
 DEFAULT_SMOOTH = 0.5
 # A video's whole frame is searched every this many frames, its faces followed in between (predict.py
@@ -86,7 +91,7 @@ def thread_count(threads):
     """A Recognizer's threads (an int, or text of one) checked -> int in 0 .. the cores this process may use.
     UserError otherwise: more threads than cores only wait for each other (10,000 made ONNX Runtime start 10,000
     spinning threads)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     try:
         count = int(threads)
         if count != float(threads):
@@ -99,18 +104,53 @@ def thread_count(threads):
     return count
 
 
-def photo_classifier(model, device="cpu", amp="auto"):
-    """The classifier of model (load_classifier's paths) for photos and video: in bf16 where amp ("auto", "bf16",
-    "off"; engine.use_amp) says so. On this project's CPU bf16 takes a face's two views from 2.7 to 2.0 ms (32 faces:
-    2.7 to 1.2 ms a face; benchmarks/inference_latency.py) and, on the shipped FER+ model's held-out validation
-    faces, changed 2 of 2,494 decisions and no accuracy (89.25% both; benchmarks/tta_views.py --bf16). test.py
-    scores in fp32 unless told --amp bf16. UserError for an amp it does not know."""
+def usable_cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class ThreadPlan(NamedTuple):
+    """How many threads each library gets (thread_plan)."""
+    torch: int  # torch's threads (0: as they are)
+    onnx_classifier: int  # ONNX Runtime's for an .onnx model's network or a checkpoint's twin (0: its own)
+    yunet_pass: int  # ONNX Runtime's for one YuNet pass (0: its own)
+    passes_at_once: int  # YuNet's passes over a photo run side by side
+
+
+def thread_plan(threads):
+    """A Recognizer's threads (None, or thread_count's 0 .. cores) -> ThreadPlan. None: per-photo work, as
+    DEFAULT_THREADS' comment says; 0: each library's own choice, one pass at a time; n: n threads for the
+    classifier and YuNet's passes n at once, one thread each."""
+    if threads is None:
+        two = max(1, min(DEFAULT_PASSES_AT_ONCE, usable_cores()))
+        return ThreadPlan(torch=1, onnx_classifier=two, yunet_pass=1, passes_at_once=two)
+    if threads == 0:
+        return ThreadPlan(0, 0, 0, 1)
+    return ThreadPlan(torch=threads, onnx_classifier=threads, yunet_pass=1, passes_at_once=threads)
+
+
+def photo_classifier(model, device="cpu", amp="auto", onnx_threads=0):
+    """The classifier of model (load_classifier's paths) for photos and video. A checkpoint whose own .onnx export
+    sits beside it runs its network in ONNX Runtime (inference.onnx_twin), unless amp is "bf16" or bf16 would run on
+    one thread (onnx_threads 1), where PyTorch's bf16 is faster; otherwise in bf16
+    where amp ("auto", "bf16", "off"; engine.use_amp) says so. On this project's CPU bf16 takes a face's two views
+    from 2.7 to 2.0 ms (32 faces: 2.7 to 1.2 ms a face; benchmarks/inference_latency.py) and, on the shipped FER+
+    model's held-out validation faces, changed 2 of 2,494 decisions and no accuracy (89.25% both;
+    benchmarks/tta_views.py --bf16); the twin runs in fp32, as test.py scores. onnx_threads: ONNX Runtime's threads
+    for an .onnx model or twin (0: its own choice). UserError for an amp it does not know."""
     if amp not in ("auto", "bf16", "off"):
         raise UserError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
-    classifier = load_classifier(model, device, engine.use_amp(amp, engine.select_device(device)))
-    if amp == "bf16" and not any(isinstance(m, ModelClassifier) for m in getattr(classifier, "members", [classifier])):
+    classifier = load_classifier(model, device, engine.use_amp(amp, engine.select_device(device)),
+                                 onnx_threads=onnx_threads)
+    members = getattr(classifier, "members", [classifier])
+    if amp == "bf16" and not any(isinstance(m, ModelClassifier) for m in members):
         warnings.warn(f"bf16 is left unused: {classifier.source} is an exported model, which runs as it was exported",
                       stacklevel=2)
+    for member in members:
+        # The twin runs in fp32, faster than PyTorch's fp32 at any thread count and than its bf16 but on one thread
+        # (a face's two views: 2.1 ms against 1.7; docs/report.md, 14.3).
+        if amp != "bf16" and not (getattr(member, "amp", False) and onnx_threads == 1):
+            onnx_twin(member, onnx_threads)
     return classifier
 
 
@@ -135,10 +175,11 @@ class Recognizer:
     inference.Classifier; None: the shipped models/ferplus_vgg.pth (FER+'s eight classes). device: "cpu",
     "cuda"... (PyTorch models only). detector: "yunet" (with landmarks) or "haar" (boxes only). turns: angles
     (degrees) of turned copies of each photo also searched for tilted heads (YuNet; () for upright only, the
-    fastest). align: cut faces out aligned by their landmarks (else the box plus margin). threads: the number of
-    threads YuNet's ONNX Runtime session and torch use while this Recognizer works (torch's set for each call and
-    restored after, so the rest of the process keeps its own; DEFAULT_THREADS when None, which suits a photo at a
-    time; 0: each library's own choice).
+    fastest). align: cut faces out aligned by their landmarks (else the box plus margin). threads: how many threads
+    this Recognizer works on (thread_plan): n runs YuNet's passes over a photo n at once, one thread each, and torch
+    on n threads (torch's count set for each call and restored after, so the rest of the process keeps its own);
+    None (DEFAULT_THREADS) suits a photo at a time: the passes two at once and torch on one thread; 0: each
+    library's own choice.
     score_threshold, min_face (pixels), max_side (pixels), detector_model and margin: as predict.py's flags of
     those names. amp: "auto" runs a PyTorch model in bf16 where the device does so natively (CPUs with AVX-512
     BF16 or AMX, most GPUs), "bf16" always, "off" in fp32 (photo_classifier).
@@ -151,19 +192,20 @@ class Recognizer:
                  score_threshold=0.6, min_face=24, max_side=960, detector_model=None, margin=0.15, amp="auto"):
         if detector not in ("yunet", "haar"):
             raise UserError(f"detector must be 'yunet' or 'haar', got {detector!r}")
-        self.threads = DEFAULT_THREADS if threads is None else thread_count(threads)
+        self.threads = None if threads is None else thread_count(threads)
+        self.plan = thread_plan(self.threads)
         if isinstance(model, Classifier):
             self.classifier = model
         else:
             if model is None and not DEFAULT_MODEL.exists():
                 raise UserError(f"the shipped model {DEFAULT_MODEL} is missing; pass model=PATH to a checkpoint")
-            self.classifier = photo_classifier(model or DEFAULT_MODEL, device, amp)
+            self.classifier = photo_classifier(model or DEFAULT_MODEL, device, amp, self.plan.onnx_classifier)
         self.settings = FaceSettings(detector, str(detector_model or YUNET_MODEL),
                                      checked("score_threshold", score_threshold, share),
                                      checked("min_face", min_face, positive_int),
                                      checked("max_side", max_side, positive_int), checked_turns(turns),
                                      align=bool(align), margin=checked("margin", margin, fraction_or_zero),
-                                     threads=self.threads)
+                                     threads=self.plan.yunet_pass, passes_at_once=self.plan.passes_at_once)
         self.detector = self.settings.detector_for()
 
     @property
@@ -181,7 +223,7 @@ class Recognizer:
         settings = self.settings
         if not faces or boxes is not None:
             settings = replace(settings, no_detect=not faces, boxes=boxes)
-        with torch_threads(self.threads):
+        with torch_threads(self.plan.torch):
             return analyze_photos(images, self.classifier, settings,
                                   (detector or self.detector) if faces and boxes is None else None, explain, bgr)
 

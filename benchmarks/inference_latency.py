@@ -1,5 +1,5 @@
 """Per-face inference latency on this machine: the PyTorch checkpoint, its ONNX export under ONNX Runtime and
-its torch.export program (.pt2).
+its torch.export program (.pt2), at each --threads count.
 
     python benchmarks/inference_latency.py --ckpt models/fer2013_5class_vgg.pth [--photo group.jpg]
 
@@ -40,30 +40,33 @@ def main(argv=None):
     p.add_argument("--ckpt", required=True)
     p.add_argument("--photo", help="a photo to time detection + classification on")
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--threads", type=int, default=1, help="torch's threads (0: its own; 1: as a Recognizer runs)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                   help="thread counts to time each runtime at: torch's, and ONNX Runtime's (waiting without "
+                   "spinning, as a Recognizer runs it)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     exports = Path(tempfile.mkdtemp())
-    runtimes = {"PyTorch": load_classifier(args.ckpt)}
-    if engine.bf16_supported(torch.device("cpu")):  # as predict.py and Recognizer run it here (--amp auto)
-        runtimes["PyTorch bf16"] = load_classifier(args.ckpt, amp=True)
     for name, fmt in (("ONNX Runtime", "onnx"), ("torch.export", "pt2")):
         export.main(["--ckpt", args.ckpt, "--format", fmt, "--out", str(exports / f"model.{fmt}")])
-        runtimes[name] = load_classifier(exports / f"model.{fmt}")
-    cfg = runtimes["PyTorch"].input
-    scoring = runtimes["PyTorch"].scoring
-    views = (1 + len(scoring.tta_scales)) * (2 if scoring.tta_flip else 1)
     rng = np.random.default_rng(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"input {cfg['channels']}x{cfg['size']}x{cfg['size']}")
-    print(f"{'runtime':<14}{'1 face (ms)':>14}{'32 faces (ms/face)':>22}   (each face's views: {views})")
-    for name, runtime in runtimes.items():
-        one = rng.integers(0, 256, (1, cfg["channels"], cfg["size"], cfg["size"]), dtype=np.uint8)
-        many = rng.integers(0, 256, (32, cfg["channels"], cfg["size"], cfg["size"]), dtype=np.uint8)
-        single = median_ms(lambda: runtime.probabilities(one), args.repeats)
-        batch = median_ms(lambda: runtime.probabilities(many), max(5, args.repeats // 5)) / 32
-        print(f"{name:<14}{single:>14.2f}{batch:>22.3f}")
+    runtimes = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        runtimes = {"PyTorch": load_classifier(args.ckpt)}
+        if engine.bf16_supported(torch.device("cpu")):  # as predict.py and Recognizer run it here (--amp auto)
+            runtimes["PyTorch bf16"] = load_classifier(args.ckpt, amp=True)
+        runtimes["ONNX Runtime"] = load_classifier(exports / "model.onnx", onnx_threads=threads)
+        runtimes["torch.export"] = load_classifier(exports / "model.pt2")
+        cfg = runtimes["PyTorch"].input
+        scoring = runtimes["PyTorch"].scoring
+        views = (1 + len(scoring.tta_scales)) * (2 if scoring.tta_flip else 1)
+        print(f"torch {torch.__version__}, {threads} thread(s); input {cfg['channels']}x{cfg['size']}x{cfg['size']}")
+        print(f"{'runtime':<14}{'1 face (ms)':>14}{'32 faces (ms/face)':>22}   (each face's views: {views})")
+        for name, runtime in runtimes.items():
+            one = rng.integers(0, 256, (1, cfg["channels"], cfg["size"], cfg["size"]), dtype=np.uint8)
+            many = rng.integers(0, 256, (32, cfg["channels"], cfg["size"], cfg["size"]), dtype=np.uint8)
+            single = median_ms(lambda: runtime.probabilities(one), args.repeats)
+            batch = median_ms(lambda: runtime.probabilities(many), max(5, args.repeats // 5)) / 32
+            print(f"{name:<14}{single:>14.2f}{batch:>22.3f}")
     if args.photo:
         image = read_image(args.photo)
         detector = make_detector("yunet")

@@ -3,18 +3,19 @@
     python benchmarks/photo_speed.py --faces /path/to/fer2013/val
     python benchmarks/photo_speed.py --faces /path/to/fer2013/val --fer-python /path/to/fer-venv/bin/python
 
-Portraits like a studio set's: --count held-out faces of the five classes both tools know (angry, happy, neutral,
-sad, surprise; drawn evenly), each upscaled to 160 pixels and pasted in the middle of a 256x256 canvas of a plain
-colour, saved as JPEG. Our side runs recognizer.Recognizer with its default settings (the shipped FER+ model, YuNet
-with its turned passes, aligned crops, the model's views): the whole photo (take the array in, detect, cut,
-classify) and, apart, each stage (of detection, the time YuNet's network takes in ONNX Runtime and its calls a
-photo; the rest is the work around the passes). Both tools are given the photos decoded by OpenCV before the clock
-starts (the fer worker reads them so), ours as BGR arrays (analyze(..., bgr=True)). `fer` (FER().detect_emotions:
-OpenCV's Haar cascade and its mini-Xception) runs in its own Python, given by --fer-python, on the same files, the
-two taking turns round by round, so that a slow spell of the machine falls on both. Each setting runs quiet and then
-loaded: while another process keeps both cores busy with matrix products. Accuracy counts a photo right when its
-largest face's label is the photo's class (no face: wrong). `fer` is never a dependency of the toolkit: install it
-in another environment (pip install --no-deps fer==25.10.3, then tensorflow-cpu and opencv-contrib-python-headless)."""
+Portraits like a studio set's: --count held-out faces of the five classes both tools know (angry, happy, neutral, sad,
+surprise; drawn evenly), each upscaled to 160 pixels and pasted in the middle of a 256x256 canvas of a plain colour,
+saved as JPEG. Our side runs recognizer.Recognizer with its default settings (the shipped FER+ model, YuNet with its
+turned passes, aligned crops, the model's views): the whole photo (take the array in, detect, cut, classify) and, apart,
+each stage (of detection, the time YuNet's network takes in ONNX Runtime, added up over the threads its passes run on,
+and its calls a photo; the rest is the work around the passes). Both tools are given the photos decoded by OpenCV before
+the clock starts (the fer worker reads them so), ours as BGR arrays (analyze(..., bgr=True)). `fer`
+(FER().detect_emotions: OpenCV's Haar cascade and its mini-Xception) runs in its own Python, given by --fer-python, on
+the same files, the two taking turns round by round, so that a slow spell of the machine falls on both. Each setting
+runs quiet and then loaded: while another process keeps both cores busy with matrix products. Accuracy counts a photo
+right when its largest face's label is the photo's class (no face: wrong). `fer` is never a dependency of the toolkit:
+install it in another environment (pip install --no-deps fer==25.10.3, then tensorflow-cpu and
+opencv-contrib-python-headless)."""
 import argparse
 import json
 import subprocess
@@ -113,7 +114,7 @@ def time_stages(recognizer, photos):
     if timed is not None:
         detector.session = timed
     try:
-        with torch_threads(recognizer.threads):
+        with torch_threads(recognizer.plan.torch):
             for photo in photos:
                 t0 = time.perf_counter()
                 image = image_from_array(photo, bgr=True)
@@ -139,13 +140,19 @@ def accuracy(labels, truth):
     return 100 * np.mean([a == b for a, b in zip(labels, truth)])
 
 
+def threads_setting(text):
+    """--threads: 'default' -> None (Recognizer's own plan), else a whole number."""
+    return None if text == "default" else int(text)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--faces", required=True, help="a split folder of <class>/ images (e.g. fer2013/val)")
     p.add_argument("--count", type=positive_int, default=152)
     p.add_argument("--rounds", type=positive_int, default=5, help="turns each tool takes per setting")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                   help="Recognizer threads to time (torch's and YuNet's; 0: each library's own)")
+    p.add_argument("--threads", type=threads_setting, nargs="+", default=[None, 1, 2], metavar="N",
+                   help="Recognizer threads to time: 'default' (its own plan: YuNet's passes two at once, torch on "
+                   "one thread), N (passes N at once, torch on N) or 0 (each library's own) (default: default 1 2)")
     p.add_argument("--fer-python", help="a Python with the fer package installed, to time it beside ours")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -161,8 +168,8 @@ def main(argv=None):
         fer = subprocess.Popen([args.fer_python, "-c", FER_WORKER, json.dumps([str(p) for p in paths])],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     print(f"{len(paths)} portraits of 256x256 in {out}; median of {args.rounds} rounds, ms per photo")
-    print("| threads | machine | ours | take in | detect | of it, YuNet's network (passes) | cut | classify | fer | "
-          "ours / fer | ours acc | fer acc |")
+    print("| threads | machine | ours | take in | detect | YuNet's network, all threads (passes) | cut | classify | "
+          "fer | ours / fer | ours acc | fer acc |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for threads in args.threads:
         recognizer = Recognizer(threads=threads)
@@ -191,7 +198,8 @@ def main(argv=None):
             fer_cells = (f"{np.median(theirs):.1f} | {np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
                          if fer else "- | -")
             fer_acc = f"{accuracy(reply['labels'], truth):.1f}%" if fer else "-"
-            print(f"| {threads or 'torch'} | {machine} | {np.median(ours):.1f} | {stage['take in']:.1f} | "
+            setting = "default" if threads is None else threads or "libraries"
+            print(f"| {setting} | {machine} | {np.median(ours):.1f} | {stage['take in']:.1f} | "
                   f"{stage['detect']:.1f} | {stage['network']:.1f} ({stage['passes']:.2f}) | {stage['cut']:.1f} | "
                   f"{stage['classify']:.1f} | {fer_cells} | "
                   f"{accuracy(our_labels, truth):.1f}% | {fer_acc} |", flush=True)

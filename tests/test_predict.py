@@ -372,6 +372,39 @@ def test_yunet_finds_faces_turned_30_degrees_and_returns_their_landmarks(group_p
     assert len(upright) < len(detections)  # the turned passes are what find the tilted heads
 
 
+def test_passes_side_by_side_find_what_passes_in_turn_find(group_photo):
+    # Faces upright, tilted a little (the upright pass wins and its early second look is the one used) and tilted
+    # steeply (a turned pass wins and the early look is left unused); one photo with no face at all. The same
+    # boxes, scores and landmarks, bit for bit, and the faces followed into the next frame alike.
+    photo = Image.open(group_photo).convert("RGB")
+    one, two = YuNetDetector(), YuNetDetector(passes_at_once=2)
+    assert one.pool is None and two.pool is not None
+    for degrees in (0, 8, -12, 35):
+        turned = photo.rotate(degrees, Image.BICUBIC, expand=True, fillcolor=(90, 90, 90))
+        a, b = one(turned), two(turned)
+        assert len(a) == len(FACES) and [(d.box, d.score) for d in a] == [(d.box, d.score) for d in b]
+        assert all(np.array_equal(d.landmarks, e.landmarks) for d, e in zip(a, b))
+        followed = one.follow(turned, a), two.follow(turned, a)
+        assert [(d.box, d.score) for d in followed[0]] == [(d.box, d.score) for d in followed[1]]
+    assert one(Image.new("RGB", (320, 240), (90, 90, 90))) == two(Image.new("RGB", (320, 240), (90, 90, 90))) == []
+
+
+def test_an_early_look_is_not_taken_again(group_photo, monkeypatch):
+    # On a photo turned 8 degrees, side by side, each face the upright pass saw off level gets its look early, while
+    # the turned passes run; the loop uses it rather than looking again, and takes every look it takes in turn (one
+    # face there is won by a turned pass, whose own look follows; its early look is left unused).
+    photo = Image.open(group_photo).convert("RGB").rotate(8, Image.BICUBIC, expand=True, fillcolor=(90, 90, 90))
+    looks = {}
+    for passes in (1, 2):
+        detector = YuNetDetector(passes_at_once=passes)
+        look, seen = detector._look, looks.setdefault(passes, [])
+        monkeypatch.setattr(detector, "_look", lambda rgb, box, degrees, _look=look, _seen=seen: _seen.append(
+            (tuple(np.round(box, 3)), round(degrees, 3))) or _look(rgb, box, degrees))
+        detector(photo)
+    assert len(looks[1]) >= 2 and set(looks[1]) <= set(looks[2])
+    assert len(set(looks[2])) == len(looks[2])  # none twice
+
+
 @pytest.mark.parametrize("size", [(640, 480), (333, 250), (1001, 731)])
 def test_yunet_in_onnx_runtime_finds_what_opencvs_face_detector_finds(group_photo, size):
     # OpenCV's FaceDetectorYN is the reference for how YuNet's outputs are decoded: the same faces, boxes,

@@ -9,9 +9,13 @@ import torch
 from conftest import load_script
 from PIL import Image
 
+import engine
+import recognizer as recognizer_module
+from checkpoint import load_checkpoint, save_checkpoint
 from errors import UserError
 from faces import LANDMARKS, box_ious, eye_line, merge_passes, non_maximum_suppression
-from recognizer import Recognizer
+from inference import load_classifier
+from recognizer import Recognizer, thread_plan
 from synthetic import draw_face
 
 FACES = [("Happy", 150, (40, 60)), ("Surprise", 110, (330, 90)), ("Sad", 130, (200, 300))]
@@ -93,6 +97,46 @@ def test_threads_are_checked_and_reach_the_detector():
     predict = load_script("predict")
     with pytest.raises(SystemExit):
         predict.main(["x.jpg", "--threads", "10000"])
+
+
+def test_the_default_threads_run_detection_passes_side_by_side_and_torch_on_one(monkeypatch):
+    monkeypatch.setattr(recognizer_module, "usable_cores", lambda: 2)
+    plan = thread_plan(None)
+    assert (plan.torch, plan.onnx_classifier, plan.yunet_pass, plan.passes_at_once) == (1, 2, 1, 2)
+    assert thread_plan(0) == (0, 0, 0, 1) and thread_plan(1) == (1, 1, 1, 1) and thread_plan(2) == (2, 2, 1, 2)
+    monkeypatch.setattr(recognizer_module, "usable_cores", lambda: 1)  # never more than the cores
+    assert thread_plan(None).passes_at_once == thread_plan(None).onnx_classifier == 1
+    monkeypatch.undo()
+    assert (Recognizer().detector.pool is None) == (recognizer_module.usable_cores() == 1)
+    assert Recognizer(threads=1).detector.pool is None
+
+
+def test_a_checkpoints_own_onnx_export_runs_its_network_while_it_is_that_checkpoint(trained, tmp_path, photo):
+    path, _ = photo
+    ckpt = tmp_path / "best.pth"
+    ckpt.write_bytes((trained / "checkpoints" / "best.pth").read_bytes())
+    pytorch = Recognizer(load_classifier(ckpt))  # a classifier given as it is: no twin
+    assert load_script("export").main(["--ckpt", str(ckpt), "--format", "onnx"]) == 0
+    fast = Recognizer(ckpt, threads=2)
+    assert fast.classifier.twin is not None and pytorch.classifier.twin is None
+    a, b = pytorch.analyze(path), fast.analyze(path)
+    assert [f["box"] for f in a] == [f["box"] for f in b] and len(a) == len(FACES)
+    for fa, fb in zip(a, b):  # fp32 both: the same probabilities to float precision
+        assert fa["probabilities"] == pytest.approx(fb["probabilities"], abs=1e-5)
+    # bf16 asked for, or bf16 on one thread (faster than the twin there), keeps PyTorch's network.
+    assert Recognizer(ckpt, amp="bf16").classifier.twin is None
+    assert (Recognizer(ckpt, threads=1).classifier.twin is None) == engine.bf16_supported(torch.device("cpu"))
+    # The checkpoint changed since (a temperature fitted): the export is another network's as far as anyone knows.
+    state = load_checkpoint(ckpt)
+    state["scoring"]["temperature"] = 2.0
+    save_checkpoint(state, ckpt)
+    assert Recognizer(ckpt, threads=2).classifier.twin is None
+
+
+def test_the_shipped_models_export_is_the_shipped_checkpoints():
+    # models/ferplus_vgg.onnx runs the default model's network; after retraining or calibrating the checkpoint, run
+    # python export.py --ckpt models/ferplus_vgg.pth --format onnx
+    assert Recognizer(threads=2).classifier.twin is not None
 
 
 def test_float_arrays_are_scaled_as_float_images_are(recognizer, photo):
