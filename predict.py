@@ -204,7 +204,11 @@ def unused_flags(args):
         return [f"--{d.replace('_', '-')}" for d in dests if getattr(args, d) != defaults.get_default(d)]
 
     unused = []
-    if args.detector == "haar" and not (args.no_detect or args.boxes):
+    if args.no_detect or args.boxes:
+        unused.append((given("detector", "detector_model", "score_threshold", "turns"),
+                       "to face detection only; " + ("--no-detect" if args.no_detect else "--boxes")
+                       + " leaves {them} unused"))
+    elif args.detector == "haar":
         unused.append((given("detector_model", "score_threshold", "turns"),
                        "to YuNet only; --detector haar leaves {them} unused"))
     if not args.video:

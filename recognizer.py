@@ -129,7 +129,7 @@ def thread_plan(threads):
     return ThreadPlan(torch=threads, onnx_classifier=threads, yunet_pass=1, passes_at_once=threads)
 
 
-def photo_classifier(model, device="cpu", amp="auto", onnx_threads=0):
+def photo_classifier(model, device="cpu", amp="auto", onnx_threads=None):
     """The classifier of model (load_classifier's paths) for photos and video. A checkpoint whose own .onnx export
     sits beside it runs its network in ONNX Runtime (inference.onnx_twin), unless amp is "bf16" or bf16 would run on
     one thread (onnx_threads 1), where PyTorch's bf16 is faster; otherwise in bf16
@@ -137,9 +137,11 @@ def photo_classifier(model, device="cpu", amp="auto", onnx_threads=0):
     from 2.7 to 2.0 ms (32 faces: 2.7 to 1.2 ms a face; benchmarks/inference_latency.py) and, on the shipped FER+
     model's held-out validation faces, changed 2 of 2,494 decisions and no accuracy (89.25% both;
     benchmarks/tta_views.py --bf16); the twin runs in fp32, as test.py scores. onnx_threads: ONNX Runtime's threads
-    for an .onnx model or twin (0: its own choice). UserError for an amp it does not know."""
+    for an .onnx model or twin (0: its own choice; None: the default thread plan's). UserError for an amp it does
+    not know."""
     if amp not in ("auto", "bf16", "off"):
         raise UserError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
+    onnx_threads = thread_plan(None).onnx_classifier if onnx_threads is None else onnx_threads
     classifier = load_classifier(model, device, engine.use_amp(amp, engine.select_device(device)),
                                  onnx_threads=onnx_threads)
     members = getattr(classifier, "members", [classifier])

@@ -469,6 +469,11 @@ def test_predictions_carry_landmarks_and_detector_scores(predict, trained, group
     err = capsys.readouterr().err
     assert "warning: --turns applies to YuNet only; --detector haar leaves it unused" in err
     assert "warning: --detect-every applies to --video only; photos leave it unused" in err
+    # And the detector's settings given with face crops (--no-detect), where nothing is detected.
+    assert predict.main([str(group_photo), "--ckpt", ckpt, "--out-dir", str(tmp_path / "n"), "--no-detect",
+                         "--turns", "none", "--detector", "haar"]) == 0
+    assert ("warning: --detector, --turns apply to face detection only; --no-detect leaves them unused"
+            in capsys.readouterr().err)
 
 
 def yunet_altered(change):
