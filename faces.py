@@ -98,7 +98,7 @@ class YuNetDetector:
         self.cv2, self.min_face, self.max_side, self.turns = cv2, min_face, max_side, tuple(turns)
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
         # ONNX Runtime's passes and OpenCV's warps let go of Python's lock, so passes on threads of their own run at
-        # once: a 256x256 portrait's detection took 4.7 ms instead of 6.6 on two cores (docs/report.md, 14.3).
+        # once: a 256x256 portrait's detection took 3.5 ms instead of 4.8 on two cores (docs/report.md, 14.3).
         self.pool = ThreadPoolExecutor(passes_at_once - 1, "yunet") if passes_at_once > 1 else None
 
     def __call__(self, image):

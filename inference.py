@@ -182,9 +182,10 @@ def onnx_twin(classifier, threads=0):
     """Run a checkpoint's network (a ModelClassifier on the CPU) in ONNX Runtime where export.py wrote its .onnx
     beside it (the same name, suffix .onnx) from this very file: the export records the checkpoint's SHA-256, so a
     checkpoint changed since (retrained, or calibrated by test.py) keeps its PyTorch network. A face's two views
-    took 1.2 ms in ONNX Runtime on two threads against 1.7 ms in PyTorch's bf16 on one, where PyTorch's two threads
-    take longer than its one (docs/report.md, 14.3). threads: OnnxClassifier's. -> classifier, with its twin set
-    when there is one; the scoring (views, bias, temperature) stays the checkpoint's."""
+    took 1.2 ms in ONNX Runtime on two threads against 1.7-2.4 ms in PyTorch's bf16 on one, where PyTorch's two
+    threads, asleep between a photo's faces, took longer than its one (docs/report.md, 14.3). threads:
+    OnnxClassifier's. -> classifier, with its twin set when there is one; the scoring (views, bias, temperature)
+    stays the checkpoint's."""
     if not isinstance(classifier, ModelClassifier) or classifier.device.type != "cpu" or not classifier.frozen:
         return classifier
     export = Path(classifier.source).with_suffix(".onnx")

@@ -36,8 +36,7 @@ class FaceSettings:
     face, largest side detected at and extra turned passes (faces.make_detector); or no detection (each image is
     one face crop) or boxes a user gave (--boxes rows, by file); align by landmarks, else box plus margin; the
     detector's threads (YuNet's ONNX Runtime, a pass; 0: its own choice) and how many of its passes run at once.
-    Frozen, so that settings without boxes can key a
-    cache of detectors (app.py)."""
+    Frozen, so that settings without boxes can key a cache of detectors (app.py)."""
     detector: str = "yunet"
     detector_model: str = None
     score_threshold: float = 0.6

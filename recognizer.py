@@ -35,11 +35,12 @@ from tracks import FaceTracker
 from videos import VideoFrames
 
 # How a Recognizer spreads a photo's work when the caller does not say (threads=None): torch on one thread, since
-# one face's views are a batch of two 48x48 images, too little work to share between threads, and threads that wait
-# for each other are what make a photo take many times longer while other work holds the cores; YuNet's passes over
-# the photo (upright, turned, second looks) side by side on up to DEFAULT_PASSES_AT_ONCE threads (no more than the
-# cores), one thread a pass, which shares out whole passes rather than splitting each. benchmarks/photo_speed.py
-# times both, quiet and loaded (docs/report.md, 14.3).
+# one face's views are a batch of two 48x48 images, too little work to share between threads, and torch's threads
+# that wait for each other are what made a photo take many times longer while other work held the cores; YuNet's
+# passes over the photo (upright, turned, second looks) side by side on up to DEFAULT_PASSES_AT_ONCE threads (no
+# more than the cores), one thread a pass, which shares out whole passes rather than splitting each; and a
+# checkpoint's ONNX twin (inference.onnx_twin) on as many threads, which wait without spinning.
+# benchmarks/photo_speed.py times the plans, quiet and loaded (docs/report.md, 14.3).
 DEFAULT_THREADS = None
 DEFAULT_PASSES_AT_ONCE = 2
 # Seconds over which a video's face probabilities are smoothed along its track (predict.py --smooth).
@@ -132,7 +133,7 @@ def thread_plan(threads):
 def photo_classifier(model, device="cpu", amp="auto", onnx_threads=None):
     """The classifier of model (load_classifier's paths) for photos and video. A checkpoint whose own .onnx export
     sits beside it runs its network in ONNX Runtime (inference.onnx_twin), unless amp is "bf16" or bf16 would run on
-    one thread (onnx_threads 1), where PyTorch's bf16 is faster; otherwise in bf16
+    one thread (onnx_threads 1), where PyTorch's bf16 is as fast; otherwise in bf16
     where amp ("auto", "bf16", "off"; engine.use_amp) says so. On this project's CPU bf16 takes a face's two views
     from 2.7 to 2.0 ms (32 faces: 2.7 to 1.2 ms a face; benchmarks/inference_latency.py) and, on the shipped FER+
     model's held-out validation faces, changed 2 of 2,494 decisions and no accuracy (89.25% both;
@@ -149,8 +150,9 @@ def photo_classifier(model, device="cpu", amp="auto", onnx_threads=None):
         warnings.warn(f"bf16 is left unused: {classifier.source} is an exported model, which runs as it was exported",
                       stacklevel=2)
     for member in members:
-        # The twin runs in fp32, faster than PyTorch's fp32 at any thread count and than its bf16 but on one thread
-        # (a face's two views: 2.1 ms against 1.7; docs/report.md, 14.3).
+        # The twin runs in fp32, faster than PyTorch's fp32 at any thread count and than its bf16 on two threads;
+        # on one the two are alike (a face's two views 2.1-2.6 ms against 1.7-2.4; docs/report.md, 14.3), and
+        # PyTorch's bf16 stays.
         if amp != "bf16" and not (getattr(member, "amp", False) and onnx_threads == 1):
             onnx_twin(member, onnx_threads)
     return classifier
@@ -178,10 +180,10 @@ class Recognizer:
     "cuda"... (PyTorch models only). detector: "yunet" (with landmarks) or "haar" (boxes only). turns: angles
     (degrees) of turned copies of each photo also searched for tilted heads (YuNet; () for upright only, the
     fastest). align: cut faces out aligned by their landmarks (else the box plus margin). threads: how many threads
-    this Recognizer works on (thread_plan): n runs YuNet's passes over a photo n at once, one thread each, and torch
-    on n threads (torch's count set for each call and restored after, so the rest of the process keeps its own);
-    None (DEFAULT_THREADS) suits a photo at a time: the passes two at once and torch on one thread; 0: each
-    library's own choice.
+    this Recognizer works on (thread_plan): n runs YuNet's passes over a photo n at once, one thread each, and the
+    classifier on n threads (torch's count set for each call and restored after, so the rest of the process keeps
+    its own); None (DEFAULT_THREADS) suits a photo at a time: the passes two at once, torch on one thread and a
+    checkpoint's ONNX twin on two (photo_classifier); 0: each library's own choice.
     score_threshold, min_face (pixels), max_side (pixels), detector_model and margin: as predict.py's flags of
     those names. amp: "auto" runs a PyTorch model in bf16 where the device does so natively (CPUs with AVX-512
     BF16 or AMX, most GPUs), "bf16" always, "off" in fp32 (photo_classifier).
