@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,7 @@ class ModelClassifier(Classifier):
         super().__init__(scoring, source, record, device, amp, batch_size)
         self.model, self.frozen, self._bf16 = model, frozen, None
         self.twin = None  # an OnnxClassifier of the same network that runs it instead (onnx_twin), or None
+        self.grad_cam_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu", amp=False, batch_size=256, state=None):
@@ -139,9 +141,11 @@ class ModelClassifier(Classifier):
         return super().decision_logits(images)
 
     def grad_cam(self, images, class_indices):
-        """-> array (N, H, W) in 0..1: Grad-CAM of class_indices[i] for image i, on the image itself."""
+        """-> array (N, H, W) in 0..1: Grad-CAM of class_indices[i] for image i, on the image itself. One call at a
+        time: grad_cam hooks the model's layers, and two threads' hooks would catch each other's feature maps."""
         x = engine.to_input(torch.as_tensor(images), self.input, self.device)
-        return grad_cam(self.model, x, class_indices)
+        with self.grad_cam_lock:
+            return grad_cam(self.model, x, class_indices)
 
 
 class OnnxClassifier(Classifier):
@@ -196,7 +200,8 @@ def onnx_twin(classifier, threads=0):
     except UserError:  # an unreadable or foreign file of that name is not the checkpoint's export
         return classifier
     if twin.metadata.get("checkpoint_sha256") == file_sha256(classifier.source):
-        classifier.twin = twin
+        # All of it in fp32: under autocast the zoomed views (tta_scales) would be resampled in bf16.
+        classifier.twin, classifier.amp = twin, False
     return classifier
 
 

@@ -33,6 +33,7 @@ from cli import (
 )
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, annotate, heatmap_overlay
+from images import IMAGE_SUFFIXES
 from photos import (
     DEFAULT_MODEL,
     OUTPUT_NAMES,
@@ -103,8 +104,9 @@ def get_args_parser():
                    "(decisions as fp32's but for about 1 in 1,000 faces)")
     g.add_argument("--threads", type=thread_flag, default=DEFAULT_THREADS,
                    help="threads to work on: N runs YuNet's passes over a photo N at once and classifies on N "
-                   "threads; 0: each library's own choice (default: the passes two at once, classifying on one "
-                   "thread, which suits per-photo work and stays fast while other programs keep the cores busy)")
+                   "threads; 0: each library's own choice (default: the passes two at once, PyTorch on one thread "
+                   "and a checkpoint's ONNX export beside it on two, which suits per-photo work and stays fast "
+                   "while other programs keep the cores busy)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p
 
@@ -116,6 +118,11 @@ def main(argv=None):
 
 def run(args):
     if not args.inputs and not args.video:
+        # --ckpt takes several paths (an ensemble), so photos given after it are read as checkpoints.
+        photos = [c for c in args.ckpt if Path(c).suffix.lower() in IMAGE_SUFFIXES or Path(c).is_dir()]
+        if photos:
+            raise UserError(f"give photos or folders to classify: {', '.join(photos)} came after --ckpt, which takes "
+                            "several checkpoints (an ensemble); put the photos before --ckpt")
         raise UserError("give photos or folders to classify, or --video FILE")
     if args.video and args.boxes:
         raise UserError("--boxes names faces in photos; a --video's faces are detected (or, with --no-detect, "
@@ -205,9 +212,12 @@ def unused_flags(args):
 
     unused = []
     if args.no_detect or args.boxes:
-        unused.append((given("detector", "detector_model", "score_threshold", "turns"),
-                       "to face detection only; " + ("--no-detect" if args.no_detect else "--boxes")
-                       + " leaves {them} unused"))
+        instead = "--no-detect" if args.no_detect else "--boxes"
+        unused.append((given("detector", "detector_model", "score_threshold", "turns", "min_face", "max_side"),
+                       f"to face detection only; {instead} leaves {{them}} unused"))
+        # A face crop is taken whole; a given box has no landmarks to align by.
+        unused.append((given("margin", "no_align") if args.no_detect else given("no_align"),
+                       f"to faces cut out of photos by a detector; {instead} leaves {{them}} unused"))
     elif args.detector == "haar":
         unused.append((given("detector_model", "score_threshold", "turns"),
                        "to YuNet only; --detector haar leaves {them} unused"))

@@ -94,6 +94,8 @@ def thread_count(threads):
     spinning threads)."""
     cores = usable_cores()
     try:
+        if isinstance(threads, bool):  # int(True) is 1, but True is no count
+            raise ValueError
         count = int(threads)
         if count != float(threads):
             raise ValueError
@@ -237,16 +239,17 @@ class Recognizer:
         score (the detector's, None without one), landmarks {right_eye, left_eye, nose, mouth_right, mouth_left:
         [x, y]} (None for Haar and faces=False), label, confidence, probabilities {class: p} and aligned.
         faces=False: the image is already a face crop (no detection; one dict). [] when no face is found.
-        Raises UserError naming the image when it cannot be read."""
+        Raises UserError naming the image when it cannot be read or, with faces=False, cannot be a face (under 8
+        pixels a side, or narrower than training takes: images.why_not_a_face)."""
         if isinstance(image, (list, tuple)):
             raise UserError("analyze takes one image; for a list of them, use analyze_many")
         return self.analyze_many([image], faces, bgr)[0]
 
     def analyze_many(self, images, faces=True, bgr=False, errors="raise"):
         """Many photos (a list or other iterable of what analyze takes) -> a list of analyze's lists, one per image,
-        in order; the faces of all of them go through the network in one batch. An image that cannot be read
-        raises UserError naming it (errors="raise"), or (errors="skip") gives None in its place, with a warning
-        naming it, and the others their faces."""
+        in order; the faces of all of them go through the network in one batch. An image that cannot be read (or,
+        with faces=False, cannot be a face) raises UserError naming it (errors="raise"), or (errors="skip")
+        gives None in its place, with a warning naming it, and the others their faces."""
         if isinstance(images, (str, Path, np.ndarray, Image.Image)):
             raise UserError("analyze_many takes a list of images; for one image, use analyze")
         if errors not in ("raise", "skip"):
@@ -255,7 +258,8 @@ class Recognizer:
         results = self.photos(images, faces=faces, bgr=bgr)
         out = []
         for index, (image, result) in enumerate(zip(images, results)):
-            if not result.readable:
+            # A photo without a face is an answer ([]); a crop (faces=False) that cannot be a face is not one.
+            if not result.readable or (not faces and result.status != "ok"):
                 name = result.source if isinstance(image, (str, Path)) else \
                     "the image" if len(images) == 1 else f"image {index}"
                 if errors == "raise":

@@ -20,9 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
 import export  # noqa: E402
+from errors import UserError  # noqa: E402
 from faces import analyze_image, make_detector  # noqa: E402
 from images import read_image  # noqa: E402
 from inference import load_classifier  # noqa: E402
+from recognizer import thread_count  # noqa: E402
 
 
 def median_ms(fn, repeats):
@@ -40,11 +42,33 @@ def main(argv=None):
     p.add_argument("--ckpt", required=True)
     p.add_argument("--photo", help="a photo to time detection + classification on")
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+    p.add_argument("--threads", type=thread_flag, nargs="+", default=[1, 2],
                    help="thread counts to time each runtime at: torch's, and ONNX Runtime's (waiting without "
                    "spinning, as a Recognizer runs it)")
     args = p.parse_args(argv)
-    exports = Path(tempfile.mkdtemp())
+    image = None
+    if args.photo:
+        try:
+            image = read_image(args.photo)
+        except (OSError, ValueError, UserError) as e:
+            raise SystemExit(f"inference_latency.py: error: --photo {args.photo}: {e}") from None
+    with tempfile.TemporaryDirectory() as exports:
+        return time_runtimes(args, Path(exports), image)
+
+
+def thread_flag(text):
+    """--threads: a count from 1 to the cores this process may use (recognizer.thread_count's check)."""
+    try:
+        count = thread_count(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if count == 0:
+        raise argparse.ArgumentTypeError("threads must be 1 or more here: each runtime is timed at a count it is given")
+    return count
+
+
+def time_runtimes(args, exports, image):
+    """main's work, the exports written into the folder exports: prints the tables."""
     for name, fmt in (("ONNX Runtime", "onnx"), ("torch.export", "pt2")):
         export.main(["--ckpt", args.ckpt, "--format", fmt, "--out", str(exports / f"model.{fmt}")])
     rng = np.random.default_rng(0)
@@ -67,8 +91,7 @@ def main(argv=None):
             single = median_ms(lambda: runtime.probabilities(one), args.repeats)
             batch = median_ms(lambda: runtime.probabilities(many), max(5, args.repeats // 5)) / 32
             print(f"{name:<14}{single:>14.2f}{batch:>22.3f}")
-    if args.photo:
-        image = read_image(args.photo)
+    if image is not None:
         detector = make_detector("yunet")
         detections = detector(image)
         detect = median_ms(lambda: detector(image), 10)

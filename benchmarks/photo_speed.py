@@ -30,9 +30,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli import positive_int  # noqa: E402
 from dataset import CLASS_SYNONYMS  # noqa: E402
+from errors import UserError  # noqa: E402
 from faces import classify_faces, cut_faces  # noqa: E402
 from images import data_files, image_from_array, read_image  # noqa: E402
-from recognizer import Recognizer, torch_threads  # noqa: E402
+from recognizer import Recognizer, thread_count, torch_threads  # noqa: E402
 
 CLASSES = ("angry", "happy", "neutral", "sad", "surprise")
 # Our model's class names as fer's: the synonym table training reads other datasets' names by (happiness: happy).
@@ -59,7 +60,13 @@ LOAD = "import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nwhi
 def make_portraits(folder, count, seed, out):
     """-> [(path, class)]: count faces of CLASSES from folder/<class>/, each a 256x256 JPEG portrait in out."""
     rng = np.random.default_rng(seed)
+    if not Path(folder).is_dir():
+        raise SystemExit(f"photo_speed.py: error: --faces {folder} is not a folder")
     by_name = {p.name.lower(): p for p in Path(folder).iterdir() if p.is_dir()}
+    missing = [c for c in CLASSES if not (c in by_name and data_files(by_name[c]))]
+    if missing:
+        raise SystemExit(f"photo_speed.py: error: --faces {folder} has no images in {', '.join(missing)}/ (it needs a "
+                         f"folder of images for each of {', '.join(CLASSES)})")
     portraits = []
     for i in range(count):
         label = CLASSES[i % len(CLASSES)]
@@ -140,9 +147,27 @@ def accuracy(labels, truth):
     return 100 * np.mean([a == b for a, b in zip(labels, truth)])
 
 
+def fer_round(fer, python):
+    """One round of the fer worker (a Popen running FER_WORKER) -> its reply {"ms", "labels"}; SystemExit when it
+    has stopped (no fer package in that Python, or its import failed)."""
+    try:
+        fer.stdin.write("go\n")
+        fer.stdin.flush()
+        return json.loads(fer.stdout.readline())
+    except (BrokenPipeError, json.JSONDecodeError):
+        raise SystemExit(f"photo_speed.py: error: the fer worker in {python} stopped; is fer installed there? (pip "
+                         "install --no-deps fer==25.10.3, then tensorflow-cpu and opencv-contrib-python-headless)") \
+            from None
+
+
 def threads_setting(text):
-    """--threads: 'default' -> None (Recognizer's own plan), else a whole number."""
-    return None if text == "default" else int(text)
+    """--threads: 'default' -> None (Recognizer's own plan), else recognizer.thread_count's whole number."""
+    if text == "default":
+        return None
+    try:
+        return thread_count(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or 'default')") from None
 
 
 def main(argv=None):
@@ -157,7 +182,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    out = Path(tempfile.mkdtemp(prefix="portraits_"))
+    with tempfile.TemporaryDirectory(prefix="portraits_") as out:
+        return time_photos(args, Path(out))
+
+
+def time_photos(args, out):
+    """main's work, the portraits made in the folder out: prints the table."""
     portraits = make_portraits(args.faces, args.count, args.seed, out)
     paths, truth = [p for p, _ in portraits], [c for _, c in portraits]
     import cv2
@@ -165,9 +195,11 @@ def main(argv=None):
     photos = [cv2.imread(str(p)) for p in paths]  # decoded before timing, as the fer worker decodes them
     fer = None
     if args.fer_python:
+        if not Path(args.fer_python).is_file():
+            raise SystemExit(f"photo_speed.py: error: --fer-python {args.fer_python} is not a file")
         fer = subprocess.Popen([args.fer_python, "-c", FER_WORKER, json.dumps([str(p) for p in paths])],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    print(f"{len(paths)} portraits of 256x256 in {out}; median of {args.rounds} rounds, ms per photo")
+    print(f"{len(paths)} portraits of 256x256; median of {args.rounds} rounds, ms per photo")
     print("| threads | machine | ours | take in | detect | YuNet's network, all threads (passes) | cut | classify | "
           "fer | ours / fer | ours acc | fer acc |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -185,9 +217,7 @@ def main(argv=None):
                     ours.append(ms)
                     stages.append(time_stages(recognizer, photos))
                     if fer:
-                        fer.stdin.write("go\n")
-                        fer.stdin.flush()
-                        reply = json.loads(fer.stdout.readline())
+                        reply = fer_round(fer, args.fer_python)
                         theirs.append(reply["ms"])
                         ratios.append(ms / reply["ms"])
             finally:

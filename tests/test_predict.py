@@ -469,11 +469,16 @@ def test_predictions_carry_landmarks_and_detector_scores(predict, trained, group
     err = capsys.readouterr().err
     assert "warning: --turns applies to YuNet only; --detector haar leaves it unused" in err
     assert "warning: --detect-every applies to --video only; photos leave it unused" in err
-    # And the detector's settings given with face crops (--no-detect), where nothing is detected.
+    # And the detector's settings given with face crops (--no-detect), where nothing is detected or cut out.
     assert predict.main([str(group_photo), "--ckpt", ckpt, "--out-dir", str(tmp_path / "n"), "--no-detect",
-                         "--turns", "none", "--detector", "haar"]) == 0
-    assert ("warning: --detector, --turns apply to face detection only; --no-detect leaves them unused"
-            in capsys.readouterr().err)
+                         "--turns", "none", "--detector", "haar", "--min-face", "50", "--margin", "0.3"]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: --detector, --turns, --min-face apply to face detection only; --no-detect leaves them unused"
+            in err)
+    assert "warning: --margin applies to faces cut out of photos by a detector; --no-detect leaves it unused" in err
+    # Photos after --ckpt, which takes several paths, were read as checkpoints; the error said only "give photos".
+    assert predict.main(["--ckpt", ckpt, str(group_photo)]) == 2
+    assert f"{group_photo} came after --ckpt, which takes several checkpoints" in capsys.readouterr().err
 
 
 def yunet_altered(change):
