@@ -198,9 +198,11 @@ class YuNetDetector:
         def look(d):
             tilt = 0.0 if d.landmarks is None else eye_line(d.landmarks)
             return self._look(rgb, tuple(v * scale for v in d.box), tilt)
-        # With a pool, the faces after the first are looked at on it while this thread looks at the first.
-        later = [self.pool.submit(look, d) for d in previous[1:]] if self.pool else None
-        looks = [look(d) for d in previous[:1 if self.pool else None]] + [task.result() for task in later or ()]
+        if self.pool:  # the faces after the first are looked at on it while this thread looks at the first
+            later = [self.pool.submit(look, d) for d in previous[1:]]
+            looks = [look(d) for d in previous[:1]] + [task.result() for task in later]
+        else:
+            looks = [look(d) for d in previous]
         if any(seen is None for seen in looks):
             return self(image)
         return self._in_photo([seen[:3] for seen in looks], scale)

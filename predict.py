@@ -33,7 +33,7 @@ from cli import (
 )
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, annotate, heatmap_overlay
-from images import IMAGE_SUFFIXES
+from images import is_image
 from photos import (
     DEFAULT_MODEL,
     OUTPUT_NAMES,
@@ -119,7 +119,7 @@ def main(argv=None):
 def run(args):
     if not args.inputs and not args.video:
         # --ckpt takes several paths (an ensemble), so photos given after it are read as checkpoints.
-        photos = [c for c in args.ckpt if Path(c).suffix.lower() in IMAGE_SUFFIXES or Path(c).is_dir()]
+        photos = [c for c in args.ckpt if Path(c).is_dir() or is_image(c)]
         if photos:
             raise UserError(f"give photos or folders to classify: {', '.join(photos)} came after --ckpt, which takes "
                             "several checkpoints (an ensemble); put the photos before --ckpt")

@@ -177,7 +177,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=positive_int, default=5, help="turns each tool takes per setting")
     p.add_argument("--threads", type=threads_setting, nargs="+", default=[None, 1, 2], metavar="N",
                    help="Recognizer threads to time: 'default' (its own plan: YuNet's passes two at once, torch on "
-                   "one thread), N (passes N at once, torch on N) or 0 (each library's own) (default: default 1 2)")
+                   "one thread, an ONNX twin on two), N (passes N at once, the classifier on N) or 0 (each library's "
+                   "own) (default: default 1 2)")
     p.add_argument("--fer-python", help="a Python with the fer package installed, to time it beside ours")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
