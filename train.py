@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2.functional import center_crop
 from tqdm import tqdm
 
 import engine
@@ -57,7 +58,7 @@ from cli import (
     single_view,
     width_list,
 )
-from dataset import available_splits, class_key, layout, load_split, resolve_classes, scoring_protocol
+from dataset import FER2013_CLASSES, available_splits, class_key, layout, load_split, resolve_classes, scoring_protocol
 from errors import UserError, exit_code
 from ferplus import LABEL_MODES, MultiTargetLoss
 from inference import ModelClassifier
@@ -77,7 +78,7 @@ from resume import Progress, carry_best, restore, resume_point
 from runs import set_aside_earlier_run
 from splits import recorded_subset, stratified_split
 from synthetic import demo_dataset
-from training_recipes import FERPLUS_DEFAULTS, FERPLUS_LABEL_MODE, RECIPE_ALIASES, RECIPES
+from training_recipes import FERPLUS_LABEL_MODE, RECIPE_ALIASES, RECIPES
 
 MONITORS = {"val_macro_f1": max, "val_acc": max, "val_loss": min}
 
@@ -90,12 +91,15 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Train a facial-expression CNN.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--recipe", choices=RECIPES, default="default",
-                   help="a named set of defaults: default; fast (22 epochs, the first on smaller images: about two "
-                   "thirds of the time for about a point of accuracy); or the course assignment's recipe")
+                   help="a named set of defaults (flags given still win): default picks ferplus for vote data, "
+                   "fer2013 for FER2013's seven classes and fer5 (the defaults shown here) for other data; fast is "
+                   "fer5's in 22 epochs, the first on smaller images (about two thirds of the time for about a "
+                   "point of accuracy); assignment is the course assignment's recipe. " +
+                   "; ".join(f"{name}: " + " ".join(f"--{dest.replace('_', '-')} {shown(value)}"
+                                                     for dest, value in RECIPES[name].items())
+                             for name in ("ferplus", "fer2013")))
 
-    g = p.add_argument_group("data", "vote data (FER+) changes some defaults where the flags are not given: " +
-                             " ".join(f"--{dest.replace('_', '-')} {shown(value)}"
-                                      for dest, value in FERPLUS_DEFAULTS.items()))
+    g = p.add_argument_group("data")
     g.add_argument("--data", required=True,
                    help="dataset folder (train/<Class>/..., test/<Class>/...), a FER2013 .csv, FER+ (a folder of "
                    "FER2013Train/, FER2013Valid/, FER2013Test/ with their label.csv, or fer2013new.csv with "
@@ -115,6 +119,10 @@ def get_args_parser():
     g.add_argument("--progressive-resize", type=positive_int, metavar="SIZE",
                    help="train the first epochs on smaller images: SIZE pixels in epoch 1, growing step by step to "
                    "--input-size at two thirds of --epochs (validation and test always at --input-size)")
+    g.add_argument("--train-crop", type=positive_int, metavar="SIZE",
+                   help="train on the central SIZE x SIZE pixels of each augmented image, which the random shift of "
+                   "the affine augmentation makes a random crop; validation and test see the whole image at "
+                   "--input-size (fewer FLOPs a training image: (SIZE / input size) squared)")
     g.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
 
     g = p.add_argument_group("model")
@@ -239,14 +247,19 @@ def parse_args(argv=None):
     single_view(args, "tta_scales" in given)
     # Checked here, not at the first step of training: an input the network pools away ended in a traceback there.
     shape = {"widths": args.widths or VGG_WIDTHS, "head": args.head or "gap"} if args.arch == "vgg" else {}
-    for flag, size in (("--input-size", args.input_size), ("--progressive-resize", args.progressive_resize)):
+    for flag, size in (("--input-size", args.input_size), ("--progressive-resize", args.progressive_resize),
+                       ("--train-crop", args.train_crop)):
         try:
             check_input_size(args.arch, size or args.input_size, **shape)
         except ValueError as e:
             parser.error(f"argument {flag}: {e}")
-    if (args.progressive_resize or 0) > args.input_size:
-        parser.error(f"argument --progressive-resize: {args.progressive_resize} is larger than --input-size "
-                     f"{args.input_size}; it is the size the first epochs start from")
+    if (args.train_crop or 0) > args.input_size:
+        parser.error(f"argument --train-crop: {args.train_crop} is larger than --input-size {args.input_size}; it "
+                     "is a part of the image")
+    if (args.progressive_resize or 0) > (args.train_crop or args.input_size):
+        parser.error(f"argument --progressive-resize: {args.progressive_resize} is larger than "
+                     + (f"--train-crop {args.train_crop}" if args.train_crop else f"--input-size {args.input_size}")
+                     + "; it is the size the first epochs start from")
     if args.resume and args.overwrite:
         parser.error("--overwrite starts a new run in place of an earlier one; --resume continues a run")
     return args, given, warnings
@@ -454,13 +467,14 @@ def epoch_seed(seed, epoch, rank=0):
 
 
 def epoch_input_size(args, epoch):
-    """The side (pixels) of the images of training epoch `epoch` (1-based): --input-size, or under
-    --progressive-resize a size growing linearly from it in epoch 1 to --input-size at two thirds of the epochs,
+    """The side (pixels) of the images of training epoch `epoch` (1-based): --train-crop or else --input-size
+    (the full size), or under --progressive-resize a size growing linearly from it in epoch 1 to the full size at
+    two thirds of the epochs,
     in steps of 4 pixels. Progressive resizing: Howard and Gugger, "fastai: A Layered API for Deep Learning",
     Information 2020; Tan and Le, "EfficientNetV2: Smaller Models and Faster Training", ICML 2021. Small images
     cost fewer FLOPs (a 32-pixel image 0.44 of a 48-pixel one); the last third at full size adapts the
     network, and its batch norms, to the size it is scored at."""
-    start, full = args.progressive_resize, args.input_size
+    start, full = args.progressive_resize, args.train_crop or args.input_size
     if not start or start >= full:
         return full
     ramp = max(1, round(2 * args.epochs / 3) - 1)
@@ -540,6 +554,8 @@ def train_one_epoch(trainer, images, targets, labels, args, run, epoch):
         y, truth = targets[idx], labels[idx]
         if args.aug:
             x = augment_batch(x, args.aug, g, args.affine)
+        if args.train_crop:
+            x = center_crop(x, [args.train_crop])
         if size != x.shape[-1]:  # antialiased, as PIL's bilinear shrinking of the decoded images is
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         partner, lam = None, 1.0
@@ -657,8 +673,13 @@ def train_process(args, given, warnings, rank, world, local_rank):
     run.classes, notes = resolve_classes(run.root, args.classes)
     for note in notes:
         run.say(f"warning: {note}", file=sys.stderr)
-    if state is None:
-        apply_data_defaults(args, given, run.root)
+    if state is None and args.recipe == "default":
+        recipe = data_recipe(run.root, run.classes)
+        run.say(f"recipe: {recipe}, the default for {RECIPE_DATA[recipe]}")
+        for dest, value in RECIPES[recipe].items():
+            if dest not in given:
+                setattr(args, dest, value)
+        single_view(args, "tta_scales" in given)  # --no-tta still means the image alone
     args.label_mode = resolve_label_mode(args, run.root)
     if state is not None and [*map(class_key, state["scoring"]["classes"])] != [*map(class_key, run.classes)]:
         raise CheckpointError(f"{resume_path} was trained on classes {', '.join(state['scoring']['classes'])}, "
@@ -722,13 +743,19 @@ def train_process(args, given, warnings, rank, world, local_rank):
     return status
 
 
-def apply_data_defaults(args, given, root):
-    """Vote data (FER+) gets its own defaults (FERPLUS_DEFAULTS) for the flags not given, unless another recipe
-    was asked for."""
-    if args.recipe == "default" and layout(root) in ("ferplus", "ferplus_csv"):
-        for dest, value in FERPLUS_DEFAULTS.items():
-            if dest not in given:
-                setattr(args, dest, value)
+RECIPE_DATA = {"ferplus": "vote data (FER+)", "fer2013": "FER2013's seven classes",
+               "fer5": "data other than FER+ and FER2013's seven classes"}
+
+
+def data_recipe(root, classes):
+    """The recipe the default picks for the data at root trained on `classes`: "ferplus" for vote data, "fer2013"
+    for FER2013's seven classes (its CSV, or folders of just those), else "fer5"."""
+    kind = layout(root)
+    if kind in ("ferplus", "ferplus_csv"):
+        return "ferplus"
+    if sorted(map(class_key, classes)) == sorted(map(class_key, FER2013_CLASSES)):
+        return "fer2013"
+    return "fer5"
 
 
 def resolve_label_mode(args, root):

@@ -609,6 +609,77 @@ def test_progressive_resizing_trains_small_images_first_and_scores_at_full_size(
         assert text in capsys.readouterr().err
 
 
+def test_a_train_crop_trains_on_the_centre_of_augmented_images_and_scores_whole_ones(scripts, tiny_data, tmp_path,
+                                                                                     capsys, monkeypatch):
+    train = scripts["train"]
+    args = train.parse_args(["--data", "x", "--epochs", "9", "--train-crop", "40", "--progressive-resize", "32"])[0]
+    # Progressive resizing grows to the crop, not to --input-size.
+    sizes = [train.epoch_input_size(args, epoch) for epoch in range(1, 10)]
+    assert sizes[0] == 32 and sizes[5:] == [40] * 4
+    seen = []
+    real_build_model = train.build_model
+
+    def recording_model(*a, **k):
+        model = real_build_model(*a, **k)
+        model.register_forward_pre_hook(lambda module, inputs: seen.append((module.training, inputs[0].shape[-1])))
+        return model
+
+    monkeypatch.setattr(train, "build_model", recording_model)
+    work = tmp_path / "crop"
+    assert train.main(fast_train_args(tiny_data, work, "--epochs", "2", "--train-crop", "40")) == 0
+    assert {size for training, size in seen if training} == {40}
+    assert {size for training, size in seen if not training} == {48}  # validation sees the whole image
+    epochs = [json.loads(line) for line in (work / "logs" / "training_log.jsonl").read_text().splitlines()]
+    assert [e["train_size"] for e in epochs] == [40, 40]
+    assert load_checkpoint(work / "checkpoints" / "best.pth")["scoring"]["input"]["size"] == 48
+    for flags, text in ((["--train-crop", "64"], "argument --train-crop: 64 is larger than --input-size 48"),
+                        (["--train-crop", "40", "--progressive-resize", "44"], "larger than --train-crop 40"),
+                        (["--train-crop", "4"], "argument --train-crop: input size 4")):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--data", "x", *flags])
+        assert text in capsys.readouterr().err
+
+
+def seven_class_folders(tiny_data, root):
+    """tiny_data with FER2013's two other classes added (noise images), in FER2013's seven-class layout."""
+    shutil.copytree(tiny_data, root)
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", 8), ("test", 4)):
+        for label in ("Disgust", "Fear"):
+            (root / split / label).mkdir()
+            for i in range(count):
+                pixels = torch.randint(0, 256, (48, 48), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / label / f"{i}.png")
+    return root
+
+
+def test_the_default_recipe_is_picked_by_the_data_and_flags_given_still_win(scripts, tiny_data, tmp_path, capsys):
+    train = scripts["train"]
+    from dataset import FER2013_CLASSES
+    seven = seven_class_folders(tiny_data, tmp_path / "fer2013")
+    assert train.data_recipe(seven, FER2013_CLASSES) == "fer2013"
+    assert train.data_recipe(tiny_data, ["Angry", "Happy", "Neutral", "Sad", "Surprise"]) == "fer5"
+    # Five of FER2013's classes are another task than FER2013's: the toolkit's own defaults.
+    assert train.data_recipe(seven, ["Angry", "Happy", "Neutral", "Sad", "Surprise"]) == "fer5"
+    work = tmp_path / "run"
+    assert train.main(fast_train_args(seven, work, "--epochs", "1", "--no-tta")) == 0
+    assert "recipe: fer2013, the default for FER2013's seven classes" in capsys.readouterr().out
+    recorded = load_checkpoint(work / "checkpoints" / "best.pth")["args"]
+    fer2013 = train.RECIPES["fer2013"]
+    assert tuple(recorded["widths"]) == fer2013["widths"] == (32, 64, 128, 256)
+    assert (recorded["val_fraction"], recorded["monitor"], recorded["logit_adjust"], recorded["patience"]) == \
+        (0.05, "val_acc", 0.0, 15)
+    assert recorded["epochs"] == 1 and not recorded["tta"] and tuple(recorded["tta_scales"]) == ()  # given: kept
+    # The recipe by name on any data; fer5 is the toolkit's own defaults, FER2013's recipe before this one.
+    work = tmp_path / "named"
+    assert train.main(fast_train_args(seven, work, "--epochs", "1", "--recipe", "fer5")) == 0
+    recorded = load_checkpoint(work / "checkpoints" / "best.pth")["args"]
+    assert recorded["widths"] is None and recorded["val_fraction"] == 0.2 and tuple(recorded["tta_scales"]) == \
+        (0.9, 1.1)
+    args = train.parse_args(["--data", "x", "--recipe", "fer2013"])[0]
+    assert (args.epochs, args.tta_scales, args.val_fraction) == (50, (0.9, 0.95, 1.05, 1.1), 0.05)
+
+
 def test_negative_turns_can_follow_the_flag_with_a_space(scripts):
     # argparse alone takes "-20,20" for a flag of its own and refuses "--turns -20,20".
     from cli import attach_negative_values
