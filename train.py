@@ -119,10 +119,6 @@ def get_args_parser():
     g.add_argument("--progressive-resize", type=positive_int, metavar="SIZE",
                    help="train the first epochs on smaller images: SIZE pixels in epoch 1, growing step by step to "
                    "--input-size at two thirds of --epochs (validation and test always at --input-size)")
-    g.add_argument("--train-crop", type=positive_int, metavar="SIZE",
-                   help="train on the central SIZE x SIZE pixels of each augmented image, which the random shift of "
-                   "the affine augmentation makes a random crop; validation and test see the whole image at "
-                   "--input-size (fewer FLOPs a training image: (SIZE / input size) squared)")
     g.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
 
     g = p.add_argument_group("model")
@@ -190,9 +186,9 @@ def get_args_parser():
                    "without it they are moved to a sub-folder run-N of each (said when it happens)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
-    # Measured and not better on validation (docs/report.md, section 7): kept to reproduce the ablation table.
-    g = p.add_argument_group("options kept for ablations",
-                             "measured in docs/report.md section 7 and not better than the default on validation")
+    # Measured and not better on validation (docs/report.md, sections 7 and 8.1): kept to reproduce the tables.
+    g = p.add_argument_group("options kept for ablations", "measured in docs/report.md sections 7 and 8.1 and not "
+                             "better than the default on validation")
     g.add_argument("--train-fraction", type=share, default=1.0,
                    help="train on this stratified share of the training split (learning curves); "
                    "validation is unchanged")
@@ -214,6 +210,11 @@ def get_args_parser():
     g.add_argument("--sam", type=non_negative_float, default=0.0, metavar="RHO",
                    help="sharpness-aware minimisation: step with the gradient taken at the weights moved RHO "
                    "(in L2 norm) up the gradient, which costs a second forward and backward pass (0: off)")
+    # Lost on validation in docs/report.md section 8.1 (fer5 and FER+): kept to reproduce the table.
+    g.add_argument("--train-crop", type=positive_int, metavar="SIZE",
+                   help="train on the central SIZE x SIZE pixels of each augmented image, which the random shift of "
+                   "the affine augmentation makes a random crop; validation and test see the whole image at "
+                   "--input-size (fewer FLOPs a training image: (SIZE / input size) squared)")
     g.add_argument("--ema", type=fraction_or_zero, default=0.0, metavar="DECAY",
                    help="validate, keep and test an exponential moving average of the weights and BatchNorm "
                    "statistics, updated every step with this decay (0: off)")
