@@ -254,6 +254,13 @@ def parse_args(argv=None):
             check_input_size(args.arch, size or args.input_size, **shape)
         except ValueError as e:
             parser.error(f"argument {flag}: {e}")
+    # A dense head is sized for --input-size's feature map: other training sizes would not fit it.
+    dense = "the assignment's network" if args.arch == "assignment" else "--head fc" if args.head == "fc" else None
+    for flag, size in (("--progressive-resize", args.progressive_resize), ("--train-crop", args.train_crop)):
+        if dense and size and size != args.input_size:
+            by_recipe = "" if flag[2:].replace("-", "_") in given else f" (--recipe {recipe} sets {flag} {size})"
+            parser.error(f"argument {flag}: {dense} has a dense head sized for --input-size {args.input_size}; it "
+                         f"trains at that size only{by_recipe}")
     if (args.train_crop or 0) > args.input_size:
         parser.error(f"argument --train-crop: {args.train_crop} is larger than --input-size {args.input_size}; it "
                      "is a part of the image")

@@ -634,7 +634,12 @@ def test_a_train_crop_trains_on_the_centre_of_augmented_images_and_scores_whole_
     assert load_checkpoint(work / "checkpoints" / "best.pth")["scoring"]["input"]["size"] == 48
     for flags, text in ((["--train-crop", "64"], "argument --train-crop: 64 is larger than --input-size 48"),
                         (["--train-crop", "40", "--progressive-resize", "44"], "larger than --train-crop 40"),
-                        (["--train-crop", "4"], "argument --train-crop: input size 4")):
+                        (["--train-crop", "4"], "argument --train-crop: input size 4"),
+                        (["--train-crop", "40", "--arch", "assignment"],
+                         "argument --train-crop: the assignment's network has a dense head sized for --input-size 48"),
+                        (["--progressive-resize", "32", "--head", "fc"],
+                         "argument --progressive-resize: --head fc has a dense head sized for --input-size 48"),
+                        (["--recipe", "fast", "--arch", "assignment"], "(--recipe fast sets --progressive-resize 32)")):
         with pytest.raises(SystemExit):
             train.parse_args(["--data", "x", *flags])
         assert text in capsys.readouterr().err
