@@ -348,5 +348,7 @@ class Results:
             writer.writeheader()
             writer.writerows(self.rows)
         json_path = out_dir / f"{stem}.json"
-        json_path.write_text(json.dumps({"classes": self.classes, "faces": self.rows}, indent=1))
+        # Every row with every field, so a reader finds the same keys in each (null where the CSV is empty).
+        rows = [{k: row.get(k) for k in fields} for row in self.rows]
+        json_path.write_text(json.dumps({"classes": self.classes, "faces": rows}, indent=1))
         return csv_path, json_path

@@ -21,8 +21,8 @@ class VideoFrames:
     one's size, so a stream whose frames change size (an MJPEG stream of 640x480, then 1280x720 frames) gave boxes
     in squeezed coordinates; and PyAV says why reading stopped. fps: frames a second (25 when the file does not
     say); promised: the frame count the file's header gives (0 when unknown); read: how many were read so far;
-    stopped: why decoding ended early, or None. UserError for a path that is missing, a folder or not a video,
-    naming it as `called` (a flag, say)."""
+    stopped: why decoding ended early, or None. UserError for a path that is missing, a folder, a still image or
+    not a video, naming it as `called` (a flag, say)."""
 
     def __init__(self, path, called="video"):
         import av
@@ -43,6 +43,11 @@ class VideoFrames:
         if not self.container.streams.video:
             self.container.close()
             raise UserError(f"{called} {self.path} cannot be opened as a video (it has no video stream)")
+        # FFmpeg reads a JPEG or PNG as a one-frame video (its image demuxers), which would give a one-frame video
+        # of a photo; an animated GIF is a video.
+        if self.container.format.name == "image2" or self.container.format.name.endswith("_pipe"):
+            self.container.close()
+            raise UserError(f"{called} {self.path} is a still image, not a video: score it as a photo")
         self.stream = self.container.streams.video[0]
         self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 25.0)
         self.promised = max(0, int(self.stream.frames or 0))

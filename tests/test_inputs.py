@@ -233,10 +233,12 @@ def test_a_boxes_row_naming_several_inputs_by_name_is_left_out_and_a_repeated_ro
     rows = rows_of(tmp_path / "o" / "predictions.csv")
     assert [(r["file"], r["face"], r["status"], r["x"]) for r in rows] == [
         (inputs[0], "", "no --boxes row names it", ""), (inputs[1], "0", "ok", "20"), (inputs[1], "1", "ok", "200")]
-    # The JSON says null where the CSV leaves a cell empty: no face index for the input without a face, no detector
-    # score for a box given by hand.
+    # The JSON says null where the CSV leaves a cell empty: no face index, box or label for the input without a
+    # face, no detector score for a box given by hand; every row has the same keys.
     faces = json.loads((tmp_path / "o" / "predictions.json").read_text())["faces"]
-    assert [(f["face"], f.get("detector_score", "absent")) for f in faces] == [(None, "absent"), (0, None), (1, None)]
+    assert [(f["face"], f["detector_score"], f["x"], f["label"]) for f in faces] == [
+        (None, None, None, None), (0, None, 20, faces[1]["label"]), (1, None, 200, faces[2]["label"])]
+    assert faces[1]["label"] is not None and len({tuple(f) for f in faces}) == 1
 
 
 def test_pictures_that_cannot_be_faces_are_not_classified_as_face_crops(predict, model, tmp_path, capsys):

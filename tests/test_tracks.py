@@ -227,6 +227,20 @@ def test_an_mp4_cut_off_before_its_index_says_so_in_one_line(tmp_path, capsys):
     assert "cut off while recording or copying lacks the index at its end" in err
 
 
+def test_a_photo_given_as_a_video_is_named_and_an_animated_gif_is_a_video(tmp_path, capsys):
+    from videos import VideoFrames
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(moving_faces(1)[0][:, :, ::-1]).save(photo)
+    assert load_script("predict").main(["--video", str(photo), "--out-dir", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.endswith(f"error: --video {photo} is a still image, not a video: score it as a photo")
+    gif = tmp_path / "clip.gif"
+    frames = [Image.fromarray(f[:, :, ::-1]) for f in moving_faces(3)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    assert len(list(VideoFrames(gif))) == 3
+
+
 def test_a_phone_video_with_rotation_metadata_is_turned_upright(tmp_path):
     from videos import VideoFrames
 
