@@ -20,6 +20,28 @@ def positive_int(text):
     return value
 
 
+def usable_cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_count(text):
+    """--threads (and Recognizer(threads=)): a whole number from 0 (each library's own choice) to the cores this
+    process may use -> int. More threads than cores only wait for each other (10,000 made ONNX Runtime start 10,000
+    spinning threads)."""
+    cores = usable_cores()
+    try:
+        count = float(text)
+    except ValueError:
+        count = math.nan
+    if not count.is_integer():
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {cores}, got {text!r}")
+    if not 0 <= count <= cores:
+        raise argparse.ArgumentTypeError(f"must be from 0 (each library's own choice) to {cores} (the cores this "
+                                         f"process may use), got {int(count)}")
+    return int(count)
+
+
 def output_folder(text):
     """A folder a script writes into, checked (not made) when the flag is parsed, so that a run fails before its
     work rather than after it: it is a folder, or the nearest path above it that exists is a folder this process

@@ -30,6 +30,7 @@ from cli import (
     output_folder,
     positive_int,
     share,
+    thread_count,
 )
 from errors import UserError, exit_code
 from faces import YUNET_MODEL, annotate, heatmap_overlay
@@ -45,19 +46,11 @@ from photos import (
     output_names,
     read_boxes,
 )
-from recognizer import DEFAULT_DETECT_EVERY, DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer, thread_count
+from recognizer import DEFAULT_DETECT_EVERY, DEFAULT_SMOOTH, DEFAULT_THREADS, Recognizer
 from runs import set_aside_earlier_run
 from videos import VideoFrames, process_video
 
 PHOTOS_PER_BATCH = 8  # photos whose faces go through the network together
-
-
-def thread_flag(text):
-    """--threads: recognizer.thread_count's check, as an argparse error naming the flag."""
-    try:
-        return thread_count(text)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("threads ")) from None
 
 
 def get_args_parser():
@@ -102,7 +95,7 @@ def get_args_parser():
     g.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 inference of PyTorch checkpoints; auto uses it where the device runs bf16 natively "
                    "(decisions as fp32's but for about 1 in 1,000 faces)")
-    g.add_argument("--threads", type=thread_flag, default=DEFAULT_THREADS,
+    g.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS,
                    help="threads to work on: N runs YuNet's passes over a photo N at once and classifies on N "
                    "threads; 0: each library's own choice (default: the passes two at once, PyTorch on one thread "
                    "and a checkpoint's ONNX export beside it on two, which suits per-photo work and stays fast "

@@ -13,7 +13,6 @@ path predict.py and the page run (photos.analyze_photos), so the three give the 
 import contextlib
 import math
 import numbers
-import os
 import warnings
 from argparse import ArgumentTypeError
 from dataclasses import replace
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 
 import engine
-from cli import angle_list, fraction_or_zero, positive_int, share
+from cli import angle_list, fraction_or_zero, positive_int, share, thread_count, usable_cores
 from errors import UserError
 from faces import YUNET_MODEL
 from inference import Classifier, ModelClassifier, load_classifier, onnx_twin
@@ -86,30 +85,6 @@ def check_video_settings(fps, detect_every, smooth=0.0):
         raise UserError(f"detect_every must be a whole number of 1 or more, got {detect_every!r}")
     if not (number(smooth) and smooth >= 0):
         raise UserError(f"smooth must be a number of 0 or more (seconds), got {smooth!r}")
-
-
-def thread_count(threads):
-    """A Recognizer's threads (an int, or text of one) checked -> int in 0 .. the cores this process may use.
-    UserError otherwise: more threads than cores only wait for each other (10,000 made ONNX Runtime start 10,000
-    spinning threads)."""
-    cores = usable_cores()
-    try:
-        if isinstance(threads, bool):  # int(True) is 1, but True is no count
-            raise ValueError
-        count = int(threads)
-        if count != float(threads):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise UserError(f"threads must be a whole number from 0 to {cores}, got {threads!r}") from None
-    if not 0 <= count <= cores:
-        raise UserError(f"threads must be from 0 (each library's own choice) to {cores} (the cores this process "
-                        f"may use), got {count}")
-    return count
-
-
-def usable_cores():
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class ThreadPlan(NamedTuple):
@@ -198,7 +173,7 @@ class Recognizer:
                  score_threshold=0.6, min_face=24, max_side=960, detector_model=None, margin=0.15, amp="auto"):
         if detector not in ("yunet", "haar"):
             raise UserError(f"detector must be 'yunet' or 'haar', got {detector!r}")
-        self.threads = None if threads is None else thread_count(threads)
+        self.threads = None if threads is None else checked("threads", threads, thread_count)
         self.plan = thread_plan(self.threads)
         if isinstance(model, Classifier):
             self.classifier = model

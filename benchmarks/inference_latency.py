@@ -20,11 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
 import export  # noqa: E402
+from cli import thread_count  # noqa: E402
 from errors import UserError  # noqa: E402
 from faces import analyze_image, make_detector  # noqa: E402
 from images import read_image  # noqa: E402
 from inference import load_classifier  # noqa: E402
-from recognizer import thread_count  # noqa: E402
 
 
 def median_ms(fn, repeats):
@@ -57,13 +57,10 @@ def main(argv=None):
 
 
 def thread_flag(text):
-    """--threads: a count from 1 to the cores this process may use (recognizer.thread_count's check)."""
-    try:
-        count = thread_count(text)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    """--threads: a count from 1 to the cores this process may use (cli.thread_count's check, without 0)."""
+    count = thread_count(text)
     if count == 0:
-        raise argparse.ArgumentTypeError("threads must be 1 or more here: each runtime is timed at a count it is given")
+        raise argparse.ArgumentTypeError("must be 1 or more here: each runtime is timed at a count it is given")
     return count
 
 

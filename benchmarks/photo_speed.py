@@ -28,12 +28,11 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import positive_int  # noqa: E402
+from cli import positive_int, thread_count  # noqa: E402
 from dataset import CLASS_SYNONYMS  # noqa: E402
-from errors import UserError  # noqa: E402
 from faces import classify_faces, cut_faces  # noqa: E402
 from images import data_files, image_from_array, read_image  # noqa: E402
-from recognizer import Recognizer, thread_count, torch_threads  # noqa: E402
+from recognizer import Recognizer, torch_threads  # noqa: E402
 
 CLASSES = ("angry", "happy", "neutral", "sad", "surprise")
 # Our model's class names as fer's: the synonym table training reads other datasets' names by (happiness: happy).
@@ -161,13 +160,8 @@ def fer_round(fer, python):
 
 
 def threads_setting(text):
-    """--threads: 'default' -> None (Recognizer's own plan), else recognizer.thread_count's whole number."""
-    if text == "default":
-        return None
-    try:
-        return thread_count(text)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(f"{e} (or 'default')") from None
+    """--threads: 'default' -> None (Recognizer's own plan), else cli.thread_count's whole number."""
+    return None if text == "default" else thread_count(text)
 
 
 def main(argv=None):
