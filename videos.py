@@ -44,10 +44,15 @@ class VideoFrames:
             self.container.close()
             raise UserError(f"{called} {self.path} cannot be opened as a video (it has no video stream)")
         # FFmpeg reads a JPEG or PNG as a one-frame video (its image demuxers), which would give a one-frame video
-        # of a photo; an animated GIF is a video.
-        if self.container.format.name == "image2" or self.container.format.name.endswith("_pipe"):
+        # of a photo; several images in a row (an MJPEG stream) or an animated GIF are a video.
+        name = self.container.format.name
+        if name == "image2" or name.endswith("_pipe"):
+            stream = self.container.streams.video[0]
+            images = sum(1 for _, packet in zip(range(2), self.container.demux(stream)) if packet.size)
             self.container.close()
-            raise UserError(f"{called} {self.path} is a still image, not a video: score it as a photo")
+            if images < 2:
+                raise UserError(f"{called} {self.path} is a still image, not a video: score it as a photo")
+            self.container = av.open(str(self.path))  # from the start again
         self.stream = self.container.streams.video[0]
         self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 25.0)
         self.promised = max(0, int(self.stream.frames or 0))
