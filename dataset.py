@@ -79,16 +79,18 @@ class FERSplit:
     def class_counts(self):
         return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
 
-    def warnings(self):
-        """One line per thing a user should know about how this split was read."""
+    def warnings(self, class_map=True):
+        """One line per thing a user should know about how this split was read; class_map: the reader has
+        --class-map (test.py), which the line on ignored class folders names."""
         lines = []
         if self.skipped:
             shown = "; ".join(f"{src} ({why})" for src, why in self.skipped[:5])
             more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
             lines.append(f"{self.name}: skipped {len(self.skipped)} unreadable file(s) or row(s): {shown}{more}")
         if self.ignored:
-            lines.append(f"{self.name}: ignored class folder(s) not in the class list: {', '.join(self.ignored)} "
-                         "(--class-map FOLDER=CLASS reads a folder as a class)")
+            hint = " (--class-map FOLDER=CLASS reads a folder as a class)" if class_map else ""
+            lines.append(f"{self.name}: ignored class folder(s) not in the class list: {', '.join(self.ignored)}"
+                         + hint)
         return lines + [f"{self.name}: {note}" for note in self.notes]
 
     def coverage_warning(self):

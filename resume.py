@@ -50,6 +50,8 @@ def resume_point(args, given):
     recorded.update({k: v for k, v in (("tta", scoring["tta_flip"]), ("tta_scales", tuple(scoring["tta_scales"])),
                                        ("logit_adjust", scoring["logit_adjust"])) if recorded.get(k) is None})
     for dest in sorted(given):
+        if dest == "recipe" and args.recipe == "default":
+            continue  # the default picks by the data: the run's own pick, whichever it was
         if dest in recorded and dest not in RESUMABLE_CHANGES and comparable(getattr(args, dest)) != \
                 comparable(recorded[dest]):
             raise CheckpointError(

@@ -118,7 +118,8 @@ def get_args_parser():
     g.add_argument("--input-size", type=positive_int, default=48, help="images are resized to this square")
     g.add_argument("--progressive-resize", type=positive_int, metavar="SIZE",
                    help="train the first epochs on smaller images: SIZE pixels in epoch 1, growing step by step to "
-                   "--input-size at two thirds of --epochs (validation and test always at --input-size)")
+                   "--input-size (or --train-crop) at two thirds of --epochs (validation and test always at "
+                   "--input-size)")
     g.add_argument("--channels", type=int, choices=[1, 3], help="input channels (default: the arch's)")
 
     g = p.add_argument_group("model")
@@ -280,17 +281,21 @@ def renamed(flag, value, aliases, warnings):
     return aliases.get(value, value)
 
 
-def arch_args(args):
-    """The architecture flags that were given, as keyword arguments of the model (stored in checkpoints).
-    vgg's widths are always recorded, so a later change of their default cannot misread a checkpoint."""
-    given = {"widths": args.widths, "convs_per_stage": args.convs_per_stage, "dropout": args.dropout,
+def arch_args(args, given=None):
+    """The architecture flags that were set, as keyword arguments of the model (stored in checkpoints).
+    vgg's widths are always recorded, so a later change of their default cannot misread a checkpoint. given: the
+    flags the command line gave (None: all set ones); for another --arch, vgg's flags a recipe set are left out
+    and those given refused."""
+    shape = {"widths": args.widths, "convs_per_stage": args.convs_per_stage, "dropout": args.dropout,
              "head": args.head}
-    given = {k: v for k, v in given.items() if v is not None}
-    if given and args.arch != "vgg":
-        raise UserError(f"--{next(iter(given)).replace('_', '-')} applies to --arch vgg only")
-    if args.arch == "vgg":
-        given.setdefault("widths", VGG_WIDTHS)
-    return given
+    shape = {k: v for k, v in shape.items() if v is not None}
+    if args.arch != "vgg":
+        refused = [k for k in shape if given is None or k in given]
+        if refused:
+            raise UserError(f"--{refused[0].replace('_', '-')} applies to --arch vgg only")
+        return {}
+    shape.setdefault("widths", VGG_WIDTHS)
+    return shape
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -682,12 +687,15 @@ def train_process(args, given, warnings, rank, world, local_rank):
     for note in notes:
         run.say(f"warning: {note}", file=sys.stderr)
     if state is None and args.recipe == "default":
-        recipe = data_recipe(run.root, run.classes)
-        run.say(f"recipe: {recipe}, the default for {RECIPE_DATA[recipe]}")
-        for dest, value in RECIPES[recipe].items():
+        # The recipe picked is the run's, recorded in its checkpoints as if named.
+        args.recipe = data_recipe(run.root, run.classes)
+        run.say(f"recipe: {args.recipe}, the default for {RECIPE_DATA[args.recipe]}")
+        for dest, value in RECIPES[args.recipe].items():
             if dest not in given:
                 setattr(args, dest, value)
         single_view(args, "tta_scales" in given)  # --no-tta still means the image alone
+    elif state is None:
+        run.say(f"recipe: {args.recipe}")
     args.label_mode = resolve_label_mode(args, run.root)
     if state is not None and [*map(class_key, state["scoring"]["classes"])] != [*map(class_key, run.classes)]:
         raise CheckpointError(f"{resume_path} was trained on classes {', '.join(state['scoring']['classes'])}, "
@@ -698,7 +706,7 @@ def train_process(args, given, warnings, rank, world, local_rank):
         model, run.arch_args = model_from_checkpoint(state, resume_path), state["arch_args"]
         carry_best(resume_path, state, out_dir, write=run.is_main)  # every process checks, so all stop alike
     else:
-        run.arch_args = arch_args(args)
+        run.arch_args = arch_args(args, given)
         try:
             model = build_model(args.arch, len(run.classes), in_channels=run.input["channels"],
                                 input_size=args.input_size, **run.arch_args)
@@ -708,7 +716,7 @@ def train_process(args, given, warnings, rank, world, local_rank):
     # Everything that can be checked before the first epoch is: the splits, the test split, leaked images.
     test_split = load_test_split(args, run)
     for s in (data.full_train, data.val, *([test_split] if test_split is not None else [])):
-        for warning in s.warnings():
+        for warning in s.warnings(class_map=False):  # train.py chooses classes by --classes
             run.say(f"warning: {warning}", file=sys.stderr)
     for warning in check_splits(data, test_split, args):
         run.say(f"warning: {warning}", file=sys.stderr)

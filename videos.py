@@ -44,9 +44,9 @@ class VideoFrames:
             self.container.close()
             raise UserError(f"{called} {self.path} cannot be opened as a video (it has no video stream)")
         # FFmpeg reads a JPEG or PNG as a one-frame video (its image demuxers), which would give a one-frame video
-        # of a photo; several images in a row (an MJPEG stream) or an animated GIF are a video.
+        # of a photo (a GIF of one frame too); several images in a row (an MJPEG stream, an animated GIF) are a video.
         name = self.container.format.name
-        if name == "image2" or name.endswith("_pipe"):
+        if name in ("image2", "gif") or name.endswith("_pipe"):
             stream = self.container.streams.video[0]
             images = sum(1 for _, packet in zip(range(2), self.container.demux(stream)) if packet.size)
             self.container.close()

@@ -675,10 +675,23 @@ def test_the_default_recipe_is_picked_by_the_data_and_flags_given_still_win(scri
     assert (recorded["val_fraction"], recorded["monitor"], recorded["logit_adjust"], recorded["patience"]) == \
         (0.05, "val_acc", 0.0, 15)
     assert recorded["epochs"] == 1 and not recorded["tta"] and tuple(recorded["tta_scales"]) == ()  # given: kept
+    assert recorded["recipe"] == "fer2013"  # the pick is the run's recipe, as if named
+    # Resumed with the command it was started with, or naming the recipe the default picked.
+    for recipe in ([], ["--recipe", "default"], ["--recipe", "fer2013"]):
+        assert train.main(fast_train_args(seven, work, "--epochs", "1", "--no-tta", "--resume", *recipe)) == 0
+    # Another network takes the recipe's other flags; vgg's widths are left to vgg.
+    work = tmp_path / "assignment"
+    assert train.main(fast_train_args(seven, work, "--epochs", "1", "--arch", "assignment")) == 0
+    assert load_checkpoint(work / "checkpoints" / "best.pth")["arch_args"] == {}
+    capsys.readouterr()
+    assert train.main(fast_train_args(seven, work, "--epochs", "1", "--arch", "assignment", "--widths",
+                                      "8,16,32,64")) == 2
+    assert "--widths applies to --arch vgg only" in capsys.readouterr().err
     # The recipe by name on any data; fer5 is the toolkit's own defaults, FER2013's recipe before this one.
     work = tmp_path / "named"
     assert train.main(fast_train_args(seven, work, "--epochs", "1", "--recipe", "fer5")) == 0
     recorded = load_checkpoint(work / "checkpoints" / "best.pth")["args"]
+    assert "recipe: fer5\n" in capsys.readouterr().out and recorded["recipe"] == "fer5"
     assert recorded["widths"] is None and recorded["val_fraction"] == 0.2 and tuple(recorded["tta_scales"]) == \
         (0.9, 1.1)
     args = train.parse_args(["--data", "x", "--recipe", "fer2013"])[0]

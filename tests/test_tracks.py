@@ -239,6 +239,9 @@ def test_a_photo_given_as_a_video_is_named_and_an_animated_gif_is_a_video(tmp_pa
     frames = [Image.fromarray(f[:, :, ::-1]) for f in moving_faces(3)]
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
     assert len(list(VideoFrames(gif))) == 3
+    frames[0].save(gif)  # a GIF of one frame is a still image too
+    with pytest.raises(UserError, match="is a still image, not a video"):
+        VideoFrames(gif)
 
 
 def test_a_phone_video_with_rotation_metadata_is_turned_upright(tmp_path):
