@@ -482,11 +482,10 @@ def epoch_seed(seed, epoch, rank=0):
 def epoch_input_size(args, epoch):
     """The side (pixels) of the images of training epoch `epoch` (1-based): --train-crop or else --input-size
     (the full size), or under --progressive-resize a size growing linearly from it in epoch 1 to the full size at
-    two thirds of the epochs,
-    in steps of 4 pixels. Progressive resizing: Howard and Gugger, "fastai: A Layered API for Deep Learning",
-    Information 2020; Tan and Le, "EfficientNetV2: Smaller Models and Faster Training", ICML 2021. Small images
-    cost fewer FLOPs (a 32-pixel image 0.44 of a 48-pixel one); the last third at full size adapts the
-    network, and its batch norms, to the size it is scored at."""
+    two thirds of the epochs, in steps of 4 pixels. Progressive resizing: Howard and Gugger, "fastai: A Layered
+    API for Deep Learning", Information 2020; Tan and Le, "EfficientNetV2: Smaller Models and Faster Training",
+    ICML 2021. Small images cost fewer FLOPs (a 32-pixel image 0.44 of a 48-pixel one); the last third at full
+    size adapts the network, and its batch norms, to the size it is scored at."""
     start, full = args.progressive_resize, args.train_crop or args.input_size
     if not start or start >= full:
         return full
