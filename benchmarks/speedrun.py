@@ -25,23 +25,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import load_checkpoint, model_from_checkpoint, scoring_of  # noqa: E402
 
 
-def training_flops(checkpoint, sizes, batch=8):
+def step_flops(model, channels, side, batch=8):
     """FLOPs of one training step per image (forward + backward, counted as torch.utils.flop_counter counts them:
-    2 per multiply-add) of the network a checkpoint holds, at each of sizes (pixels; None: its input size) ->
-    {size: FLOPs}."""
+    2 per multiply-add) of model on channels x side x side inputs."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    x = torch.randn(batch, channels, side, side)
+    with FlopCounterMode(display=False) as counter:
+        model.train()(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def training_flops(checkpoint, sizes):
+    """step_flops of the network a checkpoint holds at each of sizes (pixels; None: its input size) ->
+    {size: FLOPs}."""
     state = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(state, checkpoint).train()
+    model = model_from_checkpoint(state, checkpoint)
     shape = scoring_of(state, checkpoint).input
-    flops = {}
-    for size in sizes:
-        side = size or shape["size"]
-        x = torch.randn(batch, shape["channels"], side, side)
-        with FlopCounterMode(display=False) as counter:
-            model(x).sum().backward()
-        flops[size] = counter.get_total_flops() / batch
-    return flops
+    return {size: step_flops(model, shape["channels"], size or shape["size"]) for size in sizes}
 
 
 def speed(work):

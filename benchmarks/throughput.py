@@ -1,11 +1,14 @@
 """Training and inference images/s on this machine, and which levers give what.
 
-    python benchmarks/throughput.py --data /path/to/fer5 [--device cpu] [--steps 20]
+    python benchmarks/throughput.py --data /path/to/fer5 [--device cpu] [--steps 20] [--widths 16,48,96,192 ...]
 
 For `--arch assignment` it compares the assignment's data path and training step (PIL decodes and resizes
 every image every epoch through a DataLoader, fp32, NCHW) with this toolkit's (images decoded once into a
 uint8 tensor, augmented in batches on the device), then adds channels_last, bf16 autocast, a larger
-batch and torch.compile one at a time. Every row runs the same SGD training step on real images.
+batch and torch.compile one at a time. Every row runs the same SGD training step on real images. Then the vgg
+network at each of --widths (channels per stage): training images/s with the default recipe's four
+augmentations, the FLOPs of a training image (torch.utils.flop_counter) and the TFLOP/s they make, to weigh
+width against time.
 """
 import argparse
 import sys
@@ -16,11 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from speedrun import step_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402
-from augment import augment_batch  # noqa: E402
+from augment import AUGMENTATIONS, augment_batch  # noqa: E402
 from checkpoint import Scoring  # noqa: E402
+from cli import width_list  # noqa: E402
 from dataset import load_split, resolve_classes, split_dir  # noqa: E402
 from inference import ModelClassifier  # noqa: E402
 from model import build_model, default_in_channels  # noqa: E402
@@ -42,6 +47,11 @@ class AssignmentImageFolder(torch.utils.data.Dataset):
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB").resize((48, 48), Image.BILINEAR), dtype=np.float32) / 255
         return (torch.from_numpy(arr).permute(2, 0, 1) - 0.5) / 0.5, label
+
+
+# The default network's widths, then its first stage at 24 (the default before) and 32, and FER+'s 32..256 with
+# 32 and 16 channels first.
+WIDTHS = [(16, 48, 96, 192), (24, 48, 96, 192), (32, 48, 96, 192), (32, 64, 128, 256), (16, 64, 128, 256)]
 
 
 def time_steps(step, batches, steps, warmup=3):
@@ -79,9 +89,9 @@ def cached_batches(split, batch_size):
 
 
 def measure_training(arch, split, device, steps, batch_size, amp, channels_last, aug, compile_model=False,
-                     assignment_loader=None):
+                     assignment_loader=None, arch_args=None):
     torch.manual_seed(0)
-    model = build_model(arch, len(split.classes)).to(device)
+    model = build_model(arch, len(split.classes), **(arch_args or {})).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
@@ -110,6 +120,9 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per row")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    p.add_argument("--widths", type=width_list, nargs="*", metavar="W1,W2,...", default=WIDTHS,
+                   help="vgg channels per stage to time, one comma list each (default: "
+                   + " ".join(",".join(map(str, w)) for w in WIDTHS) + ")")
     args = p.parse_args(argv)
     device = engine.select_device(args.device)
     classes, _ = resolve_classes(args.data)
@@ -152,6 +165,15 @@ def main(argv=None):
         train = measure_training(arch, split, device, args.steps, 64, bf16, True, ["flip", "affine"])
         infer = measure_inference(arch, split, device, bf16)
         print(f"  {arch:<8}{train:>20.0f}{infer:>26.0f}")
+
+    print("\nvgg by channels per stage, training images/s (batch 64, flip+affine+jitter+erase"
+          + (", bf16" if bf16 else "") + ")")
+    print(f"  {'widths':<20}{'train img/s':>12}{'GFLOP/img':>11}{'TFLOP/s':>9}")
+    for widths in args.widths:
+        shape = {"widths": widths}
+        train = measure_training("vgg", gray, device, args.steps, 64, bf16, True, AUGMENTATIONS, arch_args=shape)
+        flops = step_flops(build_model("vgg", len(gray.classes), **shape), 1, 48)
+        print(f"  {','.join(map(str, widths)):<20}{train:>12.0f}{flops / 1e9:>11.3f}{train * flops / 1e12:>9.3f}")
     return 0
 
 
