@@ -594,7 +594,7 @@ def test_progressive_resizing_trains_small_images_first_and_scores_at_full_size(
     assert sizes[0] == 32 and sizes[5:] == [48] * 4 and sizes == sorted(sizes) and all(s % 4 == 0 for s in sizes)
     assert train.epoch_input_size(train.parse_args(["--data", "x"])[0], 1) == 48  # off by default
     fast = train.parse_args(["--data", "x", "--recipe", "fast"])[0]
-    assert (fast.epochs, fast.progressive_resize) == (22, 32)
+    assert (fast.epochs, fast.progressive_resize) == (28, 32)
     work = tmp_path / "progressive"
     assert train.main(fast_train_args(tiny_data, work, "--epochs", "3", "--progressive-resize", "24")) == 0
     epochs = [json.loads(line) for line in (work / "logs" / "training_log.jsonl").read_text().splitlines()]
