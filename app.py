@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cli import angle_list, attach_negative_values, positive_int
+from cli import HelpFormatter, angle_list, attach_negative_values, positive_int
 from errors import UserError, exit_code
 from faces import annotate
 from images import IMAGE_SUFFIXES
@@ -32,7 +32,7 @@ BAR_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860",
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="A local web page that finds the faces in photos and classifies "
-                                "their expressions.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "their expressions.", formatter_class=HelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=positive_int, default=7860)
     p.add_argument("--ckpt", default=str(DEFAULT_MODEL), help="the model the page starts with")

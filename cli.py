@@ -267,6 +267,18 @@ def flags_given(make_parser, argv):
     return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with each flag's default as a user would type it ("flip,affine", not a Python tuple), and
+    none for a default of None: the flag's help says what happens then."""
+
+    def _get_help_string(self, action):
+        if not action.help or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return action.help
+        if "%(default)" in (action.help or "") or isinstance(action.default, bool):
+            return super()._get_help_string(action)
+        return f"{action.help} (default: {str(shown(action.default)).replace('%', '%%')})"
+
+
 def shown(value):
     """A flag's value as a message shows it: "the default" for None, a list comma-separated ("none" if empty)."""
     if value is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from cli import output_file
+from cli import HelpFormatter, output_file
 from errors import UserError, exit_code
 from inference import (
     EXPORT_METADATA_FILE,
@@ -53,7 +53,7 @@ def onnx_opset(text):
 def get_args_parser():
     p = argparse.ArgumentParser(description="Export a trained checkpoint to ONNX, torch.export (.pt2) or "
                                 "TorchScript.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/best.pth")
     p.add_argument("--format", choices=["onnx", "pt2", "torchscript", "release"], default="onnx",
                    help="onnx: for ONNX Runtime; pt2: a torch.export program; torchscript: for LibTorch (C++); "

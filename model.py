@@ -13,7 +13,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # FERNet's channels per stage. 24..192 trained in 0.7x the time of 32..256 for 1.1 points less fer5 validation
 # Macro-F1 (docs/report.md, section 7); 16 channels in the 48-pixel first stage, where each channel costs most,
-# then kept fer5's validation accuracy (68.90 ± 0.92 against 68.70 ± 0.62, three seeds) in 28% less time: this
+# then kept fer5's validation accuracy (68.90 ± 0.92 against 68.70 ± 0.62, three seeds) in 23% less time: this
 # CPU's bf16 kernels run the step 1.4x faster with 16 there than with 24 (docs/report.md, section 8.1).
 VGG_WIDTHS = (16, 48, 96, 192)
 

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cli import (
+    HelpFormatter,
     angle_list,
     attach_negative_values,
     fraction_or_zero,
@@ -55,7 +56,7 @@ PHOTOS_PER_BATCH = 8  # photos whose faces go through the network together
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="Classify the expression of every face in photos or a video.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="*", help="photos and/or folders of photos")
     p.add_argument("--ckpt", nargs="+", default=[str(DEFAULT_MODEL)],
                    help="a checkpoint (.pth) or a model export.py wrote (.onnx, .pt2); several make an ensemble, "

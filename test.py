@@ -17,6 +17,7 @@ from calibration import bound_note, calibrate, summary
 from cli import (
     TTA_HELP,
     TTA_SCALES_HELP,
+    HelpFormatter,
     add_runtime_args,
     class_map,
     logit_adjust_tau,
@@ -36,7 +37,7 @@ from splits import held_out_of_train, recorded_splits, recorded_validation
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="Evaluate a trained checkpoint on a test split.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--ckpt", nargs="+", default=["checkpoints/best.pth"],
                    help="checkpoint written by train.py (or an .onnx/.pt2 export of one); several make an "
                    "ensemble, scored on the mean of their decision logits (each model with its own TTA views "

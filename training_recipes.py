@@ -14,7 +14,7 @@ RECIPES = {
                        class_weights="none", patience=3, monitor="val_loss", batch_size=64, epochs=50, tta=False,
                        tta_scales=(), logit_adjust=0.0),
     # The default with its first epochs on smaller images (--progressive-resize 32: 32 pixels in epoch 1, growing
-    # to 48 at two thirds of the run): on fer5, 16% less time than the default for as good a validation accuracy
+    # to 48 at two thirds of the run): on fer5, 13% less time than the default for as good a validation accuracy
     # (68.70 ± 1.15 against 68.90 ± 0.92, three seeds); picked on validation over 24 epochs at full size (68.57 ±
     # 0.67 in the same time; docs/report.md, section 8.1).
     "fast": dict(progressive_resize=32),

@@ -1,6 +1,6 @@
 """Time-to-accuracy of training recipes, measured against the machine's arithmetic: one table per run of it.
 
-    python benchmarks/speedrun.py --data /path/to/fer5 --seeds 0 1 2 --recipes fer5-long default
+    python benchmarks/speedrun.py --data /path/to/fer5 --seeds 0 1 2 --recipes default fer5-w24
     python benchmarks/speedrun.py --data /path/to/fer5 --seeds 0 --runs "e10=--epochs 10" "s40=--input-size 40"
 
 Each run is `python train.py --data DATA --recipe R --seed S [flags]` in its own process (benchmarks/recipes.py's

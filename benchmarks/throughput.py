@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py --data /path/to/fer5 [--device cpu] [--steps 20] [--widths 16,48,96,192 ...]
 
-For `--arch assignment` it compares the assignment's data path and training step (PIL decodes and resizes
+For the assignment's network it compares the assignment's data path and training step (PIL decodes and resizes
 every image every epoch through a DataLoader, fp32, NCHW) with this toolkit's (images decoded once into a
 uint8 tensor, augmented in batches on the device), then adds channels_last, bf16 autocast, a larger
 batch and torch.compile one at a time. Every row runs the same SGD training step on real images. Then the vgg
@@ -80,6 +80,12 @@ def training_step(model, optimizer, device, amp, channels_last, aug):
     return step
 
 
+def epochs_of(loader):
+    """A DataLoader's batches, epoch after epoch: a row may time more steps than one epoch has."""
+    while True:
+        yield from loader
+
+
 def cached_batches(split, batch_size):
     while True:
         order = torch.randperm(len(split))
@@ -97,7 +103,7 @@ def measure_training(arch, split, device, steps, batch_size, amp, channels_last,
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     trained = torch.compile(model) if compile_model else model
     model.train()
-    batches = iter(assignment_loader) if assignment_loader is not None else cached_batches(split, batch_size)
+    batches = epochs_of(assignment_loader) if assignment_loader is not None else cached_batches(split, batch_size)
     return time_steps(training_step(trained, optimizer, device, amp, channels_last, aug), batches, steps,
                       warmup=5 if compile_model else 3)
 
@@ -132,6 +138,8 @@ def main(argv=None):
     rgb = load_split(args.data, "train", classes, 48, 3)
     print(f"decoding {len(rgb)} training images once: {time.perf_counter() - start:.1f}s")
     gray = load_split(args.data, "train", classes, 48, 1)
+    if len(gray) < 128:  # the largest batch a row times
+        raise SystemExit(f"{args.data}: {len(gray)} training images; throughput.py needs at least 128")
     assignment_loader = torch.utils.data.DataLoader(AssignmentImageFolder(args.data, classes), batch_size=64,
                                                     shuffle=True)
     bf16 = engine.bf16_supported(device)
@@ -152,7 +160,7 @@ def main(argv=None):
         try:
             speed = measure_training("assignment", rgb, device, args.steps, **kw)
         except Exception as e:  # torch.compile needs a working compiler toolchain; say so and go on
-            print(f"  {name:<52} failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+            print(f"  {name:<52} failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}")
             continue
         base = base or speed
         print(f"  {name:<52}{speed:>9.0f} img/s  {speed / base:>5.2f}x")

@@ -679,10 +679,15 @@ def test_the_default_recipe_is_picked_by_the_data_and_flags_given_still_win(scri
     # Resumed with the command it was started with, or naming the recipe the default picked.
     for recipe in ([], ["--recipe", "default"], ["--recipe", "fer2013"]):
         assert train.main(fast_train_args(seven, work, "--epochs", "1", "--no-tta", "--resume", *recipe)) == 0
+    # A resumed run that trains says whose recipe it goes on with.
+    capsys.readouterr()
+    assert train.main(fast_train_args(seven, work, "--epochs", "2", "--no-tta", "--resume")) == 0
+    assert f"recipe: fer2013, resumed from {work / 'checkpoints' / 'last.pth'}" in capsys.readouterr().out
     # Another network takes the recipe's other flags; vgg's widths are left to vgg.
     work = tmp_path / "assignment"
     assert train.main(fast_train_args(seven, work, "--epochs", "1", "--arch", "assignment")) == 0
-    assert load_checkpoint(work / "checkpoints" / "best.pth")["arch_args"] == {}
+    state = load_checkpoint(work / "checkpoints" / "best.pth")
+    assert state["arch_args"] == {} and state["args"]["widths"] is None  # the recorded args agree
     capsys.readouterr()
     assert train.main(fast_train_args(seven, work, "--epochs", "1", "--arch", "assignment", "--widths",
                                       "8,16,32,64")) == 2
@@ -706,3 +711,17 @@ def test_negative_turns_can_follow_the_flag_with_a_space(scripts):
     args = scripts["predict"].get_args_parser().parse_args(argv)
     assert args.turns == (-20.0, 20.0) and args.min_face == 30 and args.inputs == ["x.jpg"]
     assert attach_negative_values(["--turns", "20,-20", "-h"], ("--turns",)) == ["--turns", "20,-20", "-h"]
+
+
+def test_help_shows_each_default_once_and_as_typed(scripts, capsys):
+    for name in ("train", "test", "predict"):
+        with pytest.raises(SystemExit):
+            scripts[name].main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "(default: None)" not in text and "(default: (" not in text and "(default: [" not in text, name
+    with pytest.raises(SystemExit):
+        scripts["train"].main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: flip,affine,jitter,erase)" in text and "vgg: channels per stage (default: 16,48,96,192)" in text
+    assert "about 13% less time" in text  # a percent sign in a help text is shown as one
+
