@@ -132,6 +132,8 @@ def run(args):
     boxes, box_warnings = read_boxes(args.boxes) if args.boxes else (None, [])
     for warning in box_warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    # Opened before the output folder is made: a file that is no video leaves no empty folder behind.
+    frames = VideoFrames(args.video, "--video") if args.video else None
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.video:  # found before an earlier run's outputs move: those are never inputs, wherever they are
@@ -142,7 +144,7 @@ def run(args):
     if moved:
         print(f"note: {moved}", file=sys.stderr)
     if args.video:
-        return predict_video(args, recognizer, out_dir)
+        return predict_video(args, recognizer, frames, out_dir)
 
     warn_of(skipped, f"skipped {len(skipped)} file(s) of the folders that are not images")
     warn_of(outputs, f"left out {len(outputs)} file(s) that predict.py wrote, which are never inputs")
@@ -220,8 +222,8 @@ def unused_flags(args):
     return [(flags, why) for flags, why in unused if flags]
 
 
-def predict_video(args, recognizer, out_dir):
-    video = process_video(recognizer, VideoFrames(args.video, "--video"), out_dir, args.smooth, args.detect_every,
+def predict_video(args, recognizer, frames, out_dir):
+    video = process_video(recognizer, frames, out_dir, args.smooth, args.detect_every,
                           not args.no_detect, args.explain, progress=not args.no_progress)
     for warning in video.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -235,6 +235,7 @@ def test_a_photo_given_as_a_video_is_named_and_an_animated_gif_is_a_video(tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.endswith(f"error: --video {photo} is a still image, not a video: score it as a photo")
+    assert not (tmp_path / "o").exists()  # refused before the output folder is made
     gif = tmp_path / "clip.gif"
     frames = [Image.fromarray(f[:, :, ::-1]) for f in moving_faces(3)]
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
