@@ -34,7 +34,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="A local web page that finds the faces in photos and classifies "
                                 "their expressions.", formatter_class=HelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=positive_int, default=7860)
+    p.add_argument("--port", type=positive_int, default=7860, help="the port the page is served on")
     p.add_argument("--ckpt", default=str(DEFAULT_MODEL), help="the model the page starts with")
     return p
 

@@ -272,11 +272,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     none for a default of None: the flag's help says what happens then."""
 
     def _get_help_string(self, action):
-        if not action.help or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or not action.option_strings or "%(default)" in text:
             return action.help
-        if "%(default)" in (action.help or "") or isinstance(action.default, bool):
-            return super()._get_help_string(action)
-        return f"{action.help} (default: {str(shown(action.default)).replace('%', '%%')})"
+        return f"{text} (default: {str(shown(action.default)).replace('%', '%%')})".lstrip()
 
 
 def shown(value):
@@ -284,5 +283,5 @@ def shown(value):
     if value is None:
         return "the default"
     if isinstance(value, (tuple, list)):
-        return ",".join(map(str, value)) or "none"
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "none"
     return value

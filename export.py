@@ -54,7 +54,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Export a trained checkpoint to ONNX, torch.export (.pt2) or "
                                 "TorchScript.",
                                 formatter_class=HelpFormatter)
-    p.add_argument("--ckpt", default="checkpoints/best.pth")
+    p.add_argument("--ckpt", default="checkpoints/best.pth", help="the checkpoint to export")
     p.add_argument("--format", choices=["onnx", "pt2", "torchscript", "release"], default="onnx",
                    help="onnx: for ONNX Runtime; pt2: a torch.export program; torchscript: for LibTorch (C++); "
                    "release: the checkpoint with fp16 weights and no optimizer state, as models/ ships them")

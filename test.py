@@ -62,7 +62,7 @@ def get_args_parser():
                    "checkpoint's own: choose them on validation, e.g. benchmarks/tta_views.py), then score")
     g = p.add_argument_group("runtime")
     add_runtime_args(g, amp="off")
-    g.add_argument("--batch-size", type=positive_int, default=256)
+    g.add_argument("--batch-size", type=positive_int, default=256, help="images scored at a time, their views together")
     g.add_argument("--out-dir", type=output_folder,
                    help="where the JSON report and confusion-matrix PNG go (default: the log folder of the "
                    "checkpoint's run, or the checkpoint's own folder when it is not where its run wrote it)")

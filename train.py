@@ -34,7 +34,6 @@ from checkpoint import (
     save_checkpoint,
 )
 from cli import (
-    AFFINE_DEFAULT,
     TTA_HELP,
     TTA_SCALES_HELP,
     HelpFormatter,
@@ -95,8 +94,8 @@ def get_args_parser():
                    help="a named set of defaults (flags given still win): default picks ferplus for vote data, "
                    "fer2013 for FER2013's seven classes and fer5 (the defaults shown here) for other data; fast is "
                    "fer5's with its first epochs on smaller images (about 13%% less time for as good a validation "
-                   "accuracy); fer5-w24 and ferplus-w32 are fer5's and ferplus's until their first stage narrowed "
-                   "to 16 channels; assignment is the course assignment's recipe. " +
+                   "accuracy); fer5-w24 and ferplus-w32 are fer5's and ferplus's recipes from before their first stage "
+                   "was narrowed to 16 channels; assignment is the course assignment's recipe. " +
                    "; ".join(f"{name}: " + " ".join(f"--{dest.replace('_', '-')} {shown(value)}"
                                                      for dest, value in RECIPES[name].items())
                              for name in ("fast", "fer5-w24", "ferplus", "ferplus-w32", "fer2013")))
@@ -161,7 +160,7 @@ def get_args_parser():
                    metavar="KINDS", help=f"none, or a comma list of {', '.join(AUGMENTATIONS)}")
     g.add_argument("--affine", type=affine_ranges, default=AFFINE_RANGES, metavar="DEG,SCALE,SHIFT",
                    help="ranges of the affine augmentation: rotation +-DEG degrees, scale 1 +- SCALE, shift "
-                   f"+-SHIFT of the image size ({AFFINE_DEFAULT})")
+                   "+-SHIFT of the image size")
 
     g = p.add_argument_group("evaluation", "how the test split (and predict.py's faces) are scored; validation "
                              "stays single-view without logit adjustment, so epochs are chosen as without them")

@@ -723,5 +723,6 @@ def test_help_shows_each_default_once_and_as_typed(scripts, capsys):
         scripts["train"].main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: flip,affine,jitter,erase)" in text and "vgg: channels per stage (default: 16,48,96,192)" in text
+    assert text.count("10,0.1,0.1") == 1  # --affine's, once
     assert "about 13% less time" in text  # a percent sign in a help text is shown as one
 
