@@ -97,8 +97,7 @@ def restore(state, path, trainer, args, run):
     started_with = state["args"].get("epochs", args.epochs)
     if started_with != args.epochs:
         run.say(f"note: the run was started for {started_with} epoch{'s' * (started_with != 1)}; resumed for "
-                f"{args.epochs}, its remaining "
-                f"epochs follow the learning-rate schedule of a {args.epochs}-epoch run")
+                f"{args.epochs}, its remaining epochs follow the learning-rate schedule of a {args.epochs}-epoch run")
     progress = state.get("progress", {})
     return Progress(state["epoch"], progress.get("best"), progress.get("bad_epochs", 0))
 

@@ -282,14 +282,15 @@ def renamed(flag, value, aliases, warnings):
     return aliases.get(value, value)
 
 
+VGG_FLAGS = ("widths", "convs_per_stage", "dropout", "head")  # the flags that shape --arch vgg's network
+
+
 def arch_args(args, given=None):
     """The architecture flags that were set, as keyword arguments of the model (stored in checkpoints).
     vgg's widths are always recorded, so a later change of their default cannot misread a checkpoint. given: the
     flags the command line gave (None: all set ones); for another --arch, vgg's flags a recipe set are left out
     and those given refused."""
-    shape = {"widths": args.widths, "convs_per_stage": args.convs_per_stage, "dropout": args.dropout,
-             "head": args.head}
-    shape = {k: v for k, v in shape.items() if v is not None}
+    shape = {k: getattr(args, k) for k in VGG_FLAGS if getattr(args, k) is not None}
     if args.arch != "vgg":
         refused = [k for k in shape if given is None or k in given]
         if refused:
@@ -710,7 +711,8 @@ def train_process(args, given, warnings, rank, world, local_rank):
     else:
         run.arch_args = arch_args(args, given)
         if args.arch != "vgg":  # the vgg flags a recipe set were left out: the recorded args say so too
-            args.widths = args.convs_per_stage = args.dropout = args.head = None
+            for flag in VGG_FLAGS:
+                setattr(args, flag, None)
         try:
             model = build_model(args.arch, len(run.classes), in_channels=run.input["channels"],
                                 input_size=args.input_size, **run.arch_args)
