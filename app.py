@@ -144,8 +144,9 @@ def analyze_clip(video, model, smooth, every):
         raise gr.Error("Add a video first.")
     try:
         recognizer = default_recognizer(model)
+        frames = VideoFrames(video, "the video")  # a file that is no video, or yields no frame, makes no folder
         out_dir = Path(tempfile.mkdtemp(prefix="fer_video_"))
-        outputs = process_video(recognizer, VideoFrames(video, "the video"), out_dir, float(smooth), int(every))
+        outputs = process_video(recognizer, frames, out_dir, float(smooth), int(every))
     except UserError as e:
         raise gr.Error(str(e).replace(str(video), Path(video).name)) from None
     rows = [[r["track"], r["first_s"], r["last_s"], r["frames"], r["dominant"]] for r in outputs.summary]

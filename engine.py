@@ -7,6 +7,7 @@ evaluation.
 """
 import contextlib
 import os
+import platform
 
 import numpy as np
 import torch
@@ -97,6 +98,40 @@ def bf16_supported(device):
         # oneDNN runs bf16 convolutions natively only on CPUs with AVX-512 BF16 or AMX; elsewhere it is slower.
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return False
+
+
+def cpu_name():
+    """The CPU's model name: /proc/cpuinfo's on Linux, platform.processor() elsewhere ("" where unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def describe_device(device):
+    """What a speed figure was measured on, in one line: the GPU's name, or the CPU's model name, the widest vector
+    instructions torch uses on it, its thread count and whether it runs bf16 natively (on a CPU without it,
+    --amp auto trains in fp32, several times slower: docs/report.md, section 8.3)."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type != "cpu":
+        return str(device)
+    bf16 = "native bf16" if bf16_supported(device) else "no native bf16"
+    named = [cpu_name() or "CPU", torch.backends.cpu.get_cpu_capability(), f"{torch.get_num_threads()} threads", bf16]
+    return f"cpu ({', '.join(named)})"
+
+
+def amp_warning(amp, device):
+    """Why amp ("auto", "bf16", "off") will be slow on device, or None: bf16 asked for on a CPU without native bf16
+    runs in software, several times slower than fp32 (docs/troubleshooting.md)."""
+    if amp == "bf16" and device.type == "cpu" and not bf16_supported(device):
+        return ("this CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 runs in software, several times slower "
+                "than fp32 (what auto uses here)")
+    return None
 
 
 def use_amp(amp, device):

@@ -16,6 +16,7 @@ every class's probability, and a row for every input that gave no face, saying w
 """
 import argparse
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -126,9 +127,13 @@ def run(args):
     for flags, why in unused_flags(args):
         verb, them = ("apply", "them") if len(flags) > 1 else ("applies", "it")
         print(f"warning: {', '.join(flags)} {verb} {why.format(them=them)}", file=sys.stderr)
-    recognizer = Recognizer(args.ckpt, args.device, args.detector, args.turns, not args.no_align, args.threads,
-                            args.score_threshold, args.min_face, args.max_side, args.detector_model, args.margin,
-                            args.amp)
+    with warnings.catch_warnings(record=True) as said:  # the API's warnings (bf16 unused or slow), as lines
+        warnings.simplefilter("always", UserWarning)
+        recognizer = Recognizer(args.ckpt, args.device, args.detector, args.turns, not args.no_align, args.threads,
+                                args.score_threshold, args.min_face, args.max_side, args.detector_model, args.margin,
+                                args.amp)
+    for warning in said:
+        print(f"warning: {warning.message}", file=sys.stderr)
     boxes, box_warnings = read_boxes(args.boxes) if args.boxes else (None, [])
     for warning in box_warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -120,12 +120,16 @@ def photo_classifier(model, device="cpu", amp="auto", onnx_threads=None):
     if amp not in ("auto", "bf16", "off"):
         raise UserError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
     onnx_threads = thread_plan(None).onnx_classifier if onnx_threads is None else onnx_threads
-    classifier = load_classifier(model, device, engine.use_amp(amp, engine.select_device(device)),
-                                 onnx_threads=onnx_threads)
+    selected = engine.select_device(device)
+    classifier = load_classifier(model, device, engine.use_amp(amp, selected), onnx_threads=onnx_threads)
     members = getattr(classifier, "members", [classifier])
+    slow = engine.amp_warning(amp, selected)
+    # stacklevel 3: the line that made the Recognizer.
     if amp == "bf16" and not any(isinstance(m, ModelClassifier) for m in members):
         warnings.warn(f"bf16 is left unused: {classifier.source} is an exported model, which runs as it was exported",
-                      stacklevel=2)
+                      stacklevel=3)
+    elif slow:
+        warnings.warn(f"amp={amp!r}: {slow}", stacklevel=3)
     for member in members:
         # The twin runs in fp32, faster than PyTorch's fp32 at any thread count and than its bf16 on two threads;
         # on one the two are alike (a face's two views 2.1-2.6 ms against 1.7-2.4; docs/report.md, 14.3), and

@@ -78,6 +78,9 @@ def main(argv=None):
 
 def run(args):
     device = engine.select_device(args.device)
+    slow = engine.amp_warning(args.amp, device)
+    if slow:
+        print(f"warning: --amp {args.amp}: {slow}", file=sys.stderr)
     classifier = load_classifier(args.ckpt, device, engine.use_amp(args.amp, device), args.batch_size,
                                  tta_flip=args.tta, tta_scales=args.tta_scales, logit_adjust=args.logit_adjust)
     members = getattr(classifier, "members", [classifier])

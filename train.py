@@ -674,7 +674,8 @@ def train_process(args, given, warnings, rank, world, local_rank):
     state, resume_path, args = resume_point(args, given)
     device = engine.select_device(args.device, local_rank)
     run = Run(args, rank, world, device, engine.use_amp(args.amp, device))
-    for warning in warnings:
+    slow = engine.amp_warning(args.amp, device)
+    for warning in warnings + ([f"--amp {args.amp}: {slow}"] if slow else []):
         run.say(f"warning: {warning}", file=sys.stderr)
     out_dir, log_dir = Path(args.output_dir), Path(args.log_dir)
     if state is not None and finished(state, args):
@@ -698,7 +699,7 @@ def train_process(args, given, warnings, rank, world, local_rank):
     elif state is None:
         run.say(f"recipe: {args.recipe}")
     else:
-        run.say(f"recipe: {args.recipe}, resumed from {resume_path}")
+        run.say(f"recipe: {args.recipe}; resuming from {resume_path} after epoch {state['epoch']}")
     args.label_mode = resolve_label_mode(args, run.root)
     if state is not None and [*map(class_key, state["scoring"]["classes"])] != [*map(class_key, run.classes)]:
         raise CheckpointError(f"{resume_path} was trained on classes {', '.join(state['scoring']['classes'])}, "
@@ -711,6 +712,11 @@ def train_process(args, given, warnings, rank, world, local_rank):
     else:
         run.arch_args = arch_args(args, given)
         if args.arch != "vgg":  # the vgg flags a recipe set were left out: the recorded args say so too
+            unused = [f"--{flag.replace('_', '-')} {shown(getattr(args, flag))}" for flag in VGG_FLAGS
+                      if flag in RECIPES[args.recipe]]
+            if unused:
+                run.say(f"warning: recipe {args.recipe} sets {', '.join(unused)}, which --arch {args.arch} does not "
+                        "use (vgg's network only)", file=sys.stderr)
             for flag in VGG_FLAGS:
                 setattr(args, flag, None)
         try:
@@ -742,9 +748,9 @@ def train_process(args, given, warnings, rank, world, local_rank):
     progress = Progress()
     if state is not None:
         progress = restore(state, resume_path, trainer, args, run)
-        run.say(f"resuming from {resume_path} after epoch {progress.epoch}")
-    run.say(f"model {args.arch}: {count_parameters(trainer.model):,} parameters; device {device}"
-            + (f" x {world} processes" if world > 1 else "") + f"; bf16 autocast {'on' if run.amp else 'off'}")
+    run.say(f"model {args.arch}: {count_parameters(trainer.model):,} parameters; device "
+            f"{engine.describe_device(device)}" + (f" x {world} processes" if world > 1 else "")
+            + f"; bf16 autocast {'on' if run.amp else 'off'}")
 
     # Fit.
     log = TrainingLog(log_dir, append=state is not None, enabled=run.is_main)

@@ -21,8 +21,9 @@ class VideoFrames:
     one's size, so a stream whose frames change size (an MJPEG stream of 640x480, then 1280x720 frames) gave boxes
     in squeezed coordinates; and PyAV says why reading stopped. fps: frames a second (25 when the file does not
     say); promised: the frame count the file's header gives (0 when unknown); read: how many were read so far;
-    stopped: why decoding ended early, or None. UserError for a path that is missing, a folder, a still image or
-    not a video, naming it as `called` (a flag, say)."""
+    stopped: why decoding ended early, or None. UserError for a path that is missing, a folder, a still image, not
+    a video, or a video of which no frame can be decoded (its first frame is decoded here, so a caller makes no
+    output folder for a file that yields nothing), naming it as `called` (a flag, say)."""
 
     def __init__(self, path, called="video"):
         import av
@@ -57,8 +58,17 @@ class VideoFrames:
         self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 25.0)
         self.promised = max(0, int(self.stream.frames or 0))
         self.read, self.stopped = 0, None
+        self._frames = self._decode()
+        self._first = next(self._frames, None)
+        if self._first is None:
+            why = f" ({self.stopped})" if self.stopped else ""
+            raise UserError(f"{called} {self.path}: no frame could be read{why}")
 
     def __iter__(self):
+        yield self._first
+        yield from self._frames
+
+    def _decode(self):
         import av
 
         try:
@@ -113,7 +123,7 @@ class VideoOutputs:
 def process_video(recognizer, frames, out_dir, smooth, detect_every=1, faces=True, explain=False, progress=False):
     """A video's frames (VideoFrames) through recognizer.video_photos, with tracks smoothed over smooth seconds ->
     VideoOutputs, written to out_dir as STEM_annotated.mp4, STEM_frames.csv/.json, STEM_tracks.csv and
-    STEM_timeline.png. UserError when no frame can be read."""
+    STEM_timeline.png."""
     import cv2
 
     from reports import TIMELINE_TRACKS, plot_timeline  # matplotlib, for videos only
@@ -152,8 +162,6 @@ def process_video(recognizer, frames, out_dir, smooth, detect_every=1, faces=Tru
                     shown = shown.resize(size)
                 writer.write(cv2.cvtColor(np.asarray(shown), cv2.COLOR_RGB2BGR))
             bar.update(1)
-    if frames.read == 0:
-        raise UserError(f"{frames.called} {frames.path}: no frame could be read")
     wrote_video = writer.isOpened()
     writer.release()
     if frames.shortfall():

@@ -17,6 +17,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import engine  # noqa: E402
+
+
+def this_machine():
+    """What the runs are timed on (engine.describe_device of the device train.py picks by default), recorded in
+    every row, so a results file never mixes machines without saying so."""
+    return engine.describe_device(engine.select_device("auto"))
 
 
 def run_one(data, name, flags, seed, out_root, extra):
@@ -37,16 +45,24 @@ def run_one(data, name, flags, seed, out_root, extra):
             "val_macro_f1": best["val_macro_f1"], "val_acc": best["val_acc"],
             "train_s": sum(e["train_time"] for e in epochs), "acc": 100 * report["accuracy"],
             "macro_f1": 100 * report["macro_f1"], **({"vote_kl": report["vote_kl"]} if "vote_kl" in report else {}),
-            "cmd": " ".join(shlex.quote(c) for c in cmd[1:])}
+            "cmd": " ".join(shlex.quote(c) for c in cmd[1:]), "machine": this_machine()}
 
 
-def finished_runs(results):
-    """The runs a --results JSONL already holds -> {(name, seed): row}; none without the file."""
-    done = {}
+def finished_runs(results, machine):
+    """The runs a --results JSONL already holds that were timed on machine (this_machine()) -> {(name, seed): row};
+    none without the file. A row from another machine, or from before rows named theirs, is left out (and so run
+    again), with a note on stderr: its wall time is another machine's."""
+    done, elsewhere = {}, 0
     if results and Path(results).exists():
         for line in Path(results).read_text().splitlines():
             row = json.loads(line)
+            if row.get("machine") != machine:
+                elsewhere += 1
+                continue
             done[(row["name"], row["seed"])] = row
+    if elsewhere:
+        print(f"note: {elsewhere} run{'s' * (elsewhere != 1)} in {results} {'were' if elsewhere != 1 else 'was'} "
+              f"timed on another machine (or one not recorded), not {machine}: run again here", file=sys.stderr)
     return done
 
 
@@ -76,7 +92,9 @@ def main(argv=None):
     p.add_argument("--results", help="JSONL of finished runs: runs already in it are not repeated, new ones "
                    "are appended, so a long table can be built over several sessions")
     args = p.parse_args(argv)
-    done = finished_runs(args.results)
+    machine = this_machine()
+    print(f"machine: {machine}")
+    done = finished_runs(args.results, machine)
     configs = configurations(args.recipes, args.runs)
     rows = []
     print(f"{'config':<18}{'seed':>5}{'epochs':>8}{'best':>6}{'train s':>9}{'wall s':>9}"

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
-from recipes import configurations, finished_runs, mean_sd, run_one
+from recipes import configurations, finished_runs, mean_sd, run_one, this_machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import load_checkpoint, model_from_checkpoint, scoring_of  # noqa: E402
@@ -69,7 +69,9 @@ def main(argv=None):
     p.add_argument("--results", help="JSONL of finished runs: runs already in it are not repeated")
     args = p.parse_args(argv)
 
-    done = finished_runs(args.results)
+    machine = this_machine()
+    print(f"machine: {machine}")
+    done = finished_runs(args.results, machine)
     configs = configurations(args.recipes, args.runs)
     head = (f"{'recipe':<16}{'seed':>5}{'epochs':>7}{'wall s':>8}{'train s':>9}{'img/s':>7}{'GFLOP/img':>10}"
             f"{'TFLOP/s':>8}{'val acc':>8}{'val F1':>8}{'test acc':>9}{'test F1':>8}")

@@ -27,6 +27,7 @@ from augment import AUGMENTATIONS, augment_batch  # noqa: E402
 from checkpoint import Scoring  # noqa: E402
 from cli import width_list  # noqa: E402
 from dataset import load_split, resolve_classes, split_dir  # noqa: E402
+from errors import UserError, exit_code  # noqa: E402
 from inference import ModelClassifier  # noqa: E402
 from model import build_model, default_in_channels  # noqa: E402
 
@@ -129,17 +130,20 @@ def main(argv=None):
     p.add_argument("--widths", type=width_list, nargs="*", metavar="W1,W2,...", default=WIDTHS,
                    help="vgg channels per stage to time, one comma list each (default: "
                    + " ".join(",".join(map(str, w)) for w in WIDTHS) + ")")
-    args = p.parse_args(argv)
+    return exit_code("throughput.py", run, p.parse_args(argv))
+
+
+def run(args):
     device = engine.select_device(args.device)
     classes, _ = resolve_classes(args.data)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps a row")
+    print(f"device {engine.describe_device(device)}, torch {torch.__version__}, {args.steps} steps a row")
 
     start = time.perf_counter()
     rgb = load_split(args.data, "train", classes, 48, 3)
     print(f"decoding {len(rgb)} training images once: {time.perf_counter() - start:.1f}s")
     gray = load_split(args.data, "train", classes, 48, 1)
     if len(gray) < 128:  # the largest batch a row times
-        raise SystemExit(f"{args.data}: {len(gray)} training images; throughput.py needs at least 128")
+        raise UserError(f"--data {args.data}: {len(gray)} training images; throughput.py needs at least 128")
     assignment_loader = torch.utils.data.DataLoader(AssignmentImageFolder(args.data, classes), batch_size=64,
                                                     shuffle=True)
     bf16 = engine.bf16_supported(device)
@@ -148,31 +152,34 @@ def main(argv=None):
     rows = [("the assignment's path: PIL every epoch, DataLoader, fp32", dict(assignment_loader=assignment_loader)),
             ("+ decoded once, uint8 tensor, batched flip+affine", dict(aug=["flip", "affine"])),
             ("+ channels_last", dict(aug=["flip", "affine"], channels_last=True))]
-    if bf16:
-        rows.append(("+ bf16 autocast", dict(aug=["flip", "affine"], channels_last=True, amp=True)))
+    # Timed on a CPU without native bf16 too, where it runs in software: what --amp bf16 would cost there.
+    rows.append(("+ bf16 autocast" + ("" if bf16 else " (in software: no native bf16)"),
+                 dict(aug=["flip", "affine"], channels_last=True, amp=True)))
     rows.append(("+ batch 128", dict(aug=["flip", "affine"], channels_last=True, amp=bf16, batch_size=128)))
     if not args.no_compile:
         rows.append(("+ torch.compile (batch 128)", dict(aug=["flip", "affine"], channels_last=True, amp=bf16,
                                                           batch_size=128, compile_model=True)))
+    wide = max(len(name) for name, _ in rows)
+    print(f"  {'':<{wide}}{'img/s':>9}{'vs. first':>11}")
     base = None
     for name, kw in rows:
         kw = {"batch_size": 64, "amp": False, "channels_last": False, "aug": [], **kw}
         try:
             speed = measure_training("assignment", rgb, device, args.steps, **kw)
         except Exception as e:  # torch.compile needs a working compiler toolchain; say so and go on
-            print(f"  {name:<52} failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}")
+            print(f"  {name:<{wide}} failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}")
             continue
         base = base or speed
-        print(f"  {name:<52}{speed:>9.0f} img/s  {speed / base:>5.2f}x")
+        print(f"  {name:<{wide}}{speed:>9.0f}{speed / base:>10.2f}x")
 
     print("\nevery arch, this toolkit's path (cached tensors, flip+affine, channels_last"
           + (", bf16" if bf16 else "") + ")")
-    print(f"  {'arch':<8}{'train img/s (b64)':>20}{'inference img/s (b256)':>26}")
+    print(f"  {'arch':<12}{'train img/s (b64)':>20}{'inference img/s (b256)':>26}")
     for arch in ("assignment", "vgg"):
         split = rgb if default_in_channels(arch) == 3 else gray
         train = measure_training(arch, split, device, args.steps, 64, bf16, True, ["flip", "affine"])
         infer = measure_inference(arch, split, device, bf16)
-        print(f"  {arch:<8}{train:>20.0f}{infer:>26.0f}")
+        print(f"  {arch:<12}{train:>20.0f}{infer:>26.0f}")
 
     print("\nvgg by channels per stage, training images/s (batch 64, flip+affine+jitter+erase"
           + (", bf16" if bf16 else "") + ")")

@@ -221,6 +221,7 @@ def test_a_video_without_frames_or_too_small_to_write_is_said_and_its_rows_kept(
                         (tmp_path, "is a folder, not a video")):
         assert predict.main(["--video", str(video), *args]) == 2
         assert f"--video {video}" in (err := capsys.readouterr().err) and says in err
+    assert not (tmp_path / "out").exists()  # a file that yields no frame makes no output folder
     # A 1x1 video: the codec cannot write it (the summary named a file that was never written); its rows come.
     assert predict.main(["--video", str(tmp_path / "dot.avi"), *args]) == 0
     out, err = capsys.readouterr()

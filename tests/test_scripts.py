@@ -682,13 +682,20 @@ def test_the_default_recipe_is_picked_by_the_data_and_flags_given_still_win(scri
     # A resumed run that trains says whose recipe it goes on with.
     capsys.readouterr()
     assert train.main(fast_train_args(seven, work, "--epochs", "2", "--no-tta", "--resume")) == 0
-    assert f"recipe: fer2013, resumed from {work / 'checkpoints' / 'last.pth'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"recipe: fer2013; resuming from {work / 'checkpoints' / 'last.pth'} after epoch 1\n" in out
+    assert out.count("resuming from") == 1 and "resumed from" not in out  # said once
     # Another network takes the recipe's other flags; vgg's widths are left to vgg.
     work = tmp_path / "assignment"
     assert train.main(fast_train_args(seven, work, "--epochs", "1", "--arch", "assignment")) == 0
     state = load_checkpoint(work / "checkpoints" / "best.pth")
     assert state["arch_args"] == {} and state["args"]["widths"] is None  # the recorded args agree
-    capsys.readouterr()
+    assert "warning: recipe fer2013 sets --widths 32,64,128,256, which --arch assignment does not use" in \
+        capsys.readouterr().err
+    # A recipe that is only vgg's settings says so, rather than train the default in silence.
+    assert train.main(fast_train_args(seven, work, "--epochs", "1", "--arch", "assignment", "--recipe", "fer5-w24",
+                                      "--overwrite")) == 0
+    assert "warning: recipe fer5-w24 sets --widths 24,48,96,192, which --arch assignment" in capsys.readouterr().err
     assert train.main(fast_train_args(seven, work, "--epochs", "1", "--arch", "assignment", "--widths",
                                       "8,16,32,64")) == 2
     assert "--widths applies to --arch vgg only" in capsys.readouterr().err
