@@ -121,16 +121,18 @@ def describe_device(device):
     if device.type != "cpu":
         return str(device)
     bf16 = "native bf16" if bf16_supported(device) else "no native bf16"
-    named = [cpu_name() or "CPU", torch.backends.cpu.get_cpu_capability(), f"{torch.get_num_threads()} threads", bf16]
+    threads = torch.get_num_threads()
+    named = [cpu_name() or "CPU", torch.backends.cpu.get_cpu_capability(), f"{threads} thread{'s' * (threads != 1)}",
+             bf16]
     return f"cpu ({', '.join(named)})"
 
 
 def amp_warning(amp, device):
     """Why amp ("auto", "bf16", "off") will be slow on device, or None: bf16 asked for on a CPU without native bf16
-    runs in software, several times slower than fp32 (docs/troubleshooting.md)."""
+    runs in software, many times slower than fp32 (25 times in docs/report.md, section 8.3)."""
     if amp == "bf16" and device.type == "cpu" and not bf16_supported(device):
-        return ("this CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 runs in software, several times slower "
-                "than fp32 (what auto uses here)")
+        return ("bf16 runs in software on this CPU, which has no native bf16 (AVX-512 BF16 or AMX): many times "
+                "slower than fp32, which auto picks here")
     return None
 
 

@@ -316,6 +316,16 @@ def check_same_task(members):
                                   f"({task(members[0])}); an ensemble's models need the same classes and input")
 
 
+def amp_warnings(amp, device, classifier):
+    """What to say of amp ("auto", "bf16", "off") for classifier (load_classifier's) on device -> a list of warnings:
+    bf16 asked for where only exported models run (they run as exported), or where it would run in software
+    (engine.amp_warning)."""
+    if amp == "bf16" and not any(isinstance(m, ModelClassifier) for m in getattr(classifier, "members", [classifier])):
+        return [f"bf16 is left unused: {classifier.source} is an exported model, which runs as it was exported"]
+    slow = engine.amp_warning(amp, device)
+    return [slow] if slow else []
+
+
 def load_classifier(paths, device="cpu", amp=False, batch_size=256, onnx_threads=0, **overrides):
     """A checkpoint (.pth), an exported .onnx or .pt2 file, or a list of them (an ensemble) -> a Classifier.
     overrides (tta_flip, tta_scales, logit_adjust; None keeps each file's own) change how they score;

@@ -28,7 +28,7 @@ import engine
 from cli import angle_list, fraction_or_zero, positive_int, share, thread_count, usable_cores
 from errors import UserError
 from faces import YUNET_MODEL
-from inference import Classifier, ModelClassifier, load_classifier, onnx_twin
+from inference import Classifier, amp_warnings, load_classifier, onnx_twin
 from photos import DEFAULT_MODEL, FaceSettings, analyze_photos, face_record
 from tracks import FaceTracker
 from videos import VideoFrames
@@ -123,13 +123,8 @@ def photo_classifier(model, device="cpu", amp="auto", onnx_threads=None):
     selected = engine.select_device(device)
     classifier = load_classifier(model, device, engine.use_amp(amp, selected), onnx_threads=onnx_threads)
     members = getattr(classifier, "members", [classifier])
-    slow = engine.amp_warning(amp, selected)
-    # stacklevel 3: the line that made the Recognizer.
-    if amp == "bf16" and not any(isinstance(m, ModelClassifier) for m in members):
-        warnings.warn(f"bf16 is left unused: {classifier.source} is an exported model, which runs as it was exported",
-                      stacklevel=3)
-    elif slow:
-        warnings.warn(f"amp={amp!r}: {slow}", stacklevel=3)
+    for warning in amp_warnings(amp, selected, classifier):
+        warnings.warn(warning, stacklevel=3)  # at the line that made the Recognizer
     for member in members:
         # The twin runs in fp32, faster than PyTorch's fp32 at any thread count and than its bf16 on two threads;
         # on one the two are alike (a face's two views 2.1-2.6 ms against 1.7-2.4; docs/report.md, 14.3), and

@@ -28,7 +28,7 @@ from cli import (
 )
 from dataset import available_splits, load_split
 from errors import DataError, UserError, exit_code
-from inference import ModelClassifier, load_classifier
+from inference import ModelClassifier, amp_warnings, load_classifier
 from metrics import format_report
 from reports import clean_name, save_report
 from runs import report_folder
@@ -78,11 +78,10 @@ def main(argv=None):
 
 def run(args):
     device = engine.select_device(args.device)
-    slow = engine.amp_warning(args.amp, device)
-    if slow:
-        print(f"warning: --amp {args.amp}: {slow}", file=sys.stderr)
     classifier = load_classifier(args.ckpt, device, engine.use_amp(args.amp, device), args.batch_size,
                                  tta_flip=args.tta, tta_scales=args.tta_scales, logit_adjust=args.logit_adjust)
+    for warning in amp_warnings(args.amp, device, classifier):
+        print(f"warning: {warning}", file=sys.stderr)
     members = getattr(classifier, "members", [classifier])
     first, record = members[0].source, members[0].record or {}
     out_dir = Path(args.out_dir) if args.out_dir else report_folder(first, record)

@@ -256,13 +256,16 @@ def parse_args(argv=None):
             check_input_size(args.arch, size or args.input_size, **shape)
         except ValueError as e:
             parser.error(f"argument {flag}: {e}")
-    # A dense head is sized for --input-size's feature map: other training sizes would not fit it.
+    # A dense head is sized for --input-size's feature map: other training sizes would not fit it. Given, such a
+    # size is refused; set by the recipe, it is left out, as a recipe's vgg flags are under another --arch.
     dense = "the assignment's network" if args.arch == "assignment" else "--head fc" if args.head == "fc" else None
     for flag, size in (("--progressive-resize", args.progressive_resize), ("--train-crop", args.train_crop)):
         if dense and size and size != args.input_size:
-            by_recipe = "" if flag[2:].replace("-", "_") in given else f" (--recipe {recipe} sets {flag} {size})"
-            parser.error(f"argument {flag}: {dense} has a dense head sized for --input-size {args.input_size}; it "
-                         f"trains at that size only{by_recipe}")
+            why = f"{dense} has a dense head sized for --input-size {args.input_size}; it trains at that size only"
+            if flag[2:].replace("-", "_") in given:
+                parser.error(f"argument {flag}: {why}")
+            warnings.append(f"recipe {recipe} sets {flag} {size}, which is left out: {why}")
+            setattr(args, flag[2:].replace("-", "_"), None)
     if (args.train_crop or 0) > args.input_size:
         parser.error(f"argument --train-crop: {args.train_crop} is larger than --input-size {args.input_size}; it "
                      "is a part of the image")
@@ -675,7 +678,7 @@ def train_process(args, given, warnings, rank, world, local_rank):
     device = engine.select_device(args.device, local_rank)
     run = Run(args, rank, world, device, engine.use_amp(args.amp, device))
     slow = engine.amp_warning(args.amp, device)
-    for warning in warnings + ([f"--amp {args.amp}: {slow}"] if slow else []):
+    for warning in warnings + ([slow] if slow else []):
         run.say(f"warning: {warning}", file=sys.stderr)
     out_dir, log_dir = Path(args.output_dir), Path(args.log_dir)
     if state is not None and finished(state, args):

@@ -127,6 +127,9 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per row")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    p.add_argument("--bf16-in-software", action="store_true",
+                   help="on a CPU without native bf16, time the bf16 row too (in software: about 25 times slower than "
+                   "fp32, minutes a row)")
     p.add_argument("--widths", type=width_list, nargs="*", metavar="W1,W2,...", default=WIDTHS,
                    help="vgg channels per stage to time, one comma list each (default: "
                    + " ".join(",".join(map(str, w)) for w in WIDTHS) + ")")
@@ -136,7 +139,7 @@ def main(argv=None):
 def run(args):
     device = engine.select_device(args.device)
     classes, _ = resolve_classes(args.data)
-    print(f"device {engine.describe_device(device)}, torch {torch.__version__}, {args.steps} steps a row")
+    print(f"machine: {engine.describe_device(device)}, torch {torch.__version__}, {args.steps} steps a row")
 
     start = time.perf_counter()
     rgb = load_split(args.data, "train", classes, 48, 3)
@@ -152,13 +155,14 @@ def run(args):
     rows = [("the assignment's path: PIL every epoch, DataLoader, fp32", dict(assignment_loader=assignment_loader)),
             ("+ decoded once, uint8 tensor, batched flip+affine", dict(aug=["flip", "affine"])),
             ("+ channels_last", dict(aug=["flip", "affine"], channels_last=True))]
-    # Timed on a CPU without native bf16 too, where it runs in software: what --amp bf16 would cost there.
-    rows.append(("+ bf16 autocast" + ("" if bf16 else " (in software: no native bf16)"),
-                 dict(aug=["flip", "affine"], channels_last=True, amp=True)))
-    rows.append(("+ batch 128", dict(aug=["flip", "affine"], channels_last=True, amp=bf16, batch_size=128)))
+    if bf16 or args.bf16_in_software:
+        rows.append(("+ bf16 autocast" + ("" if bf16 else " (in software: no native bf16)"),
+                     dict(aug=["flip", "affine"], channels_last=True, amp=True)))
+    fp32 = "" if bf16 else ", fp32"
+    rows.append((f"+ batch 128{fp32}", dict(aug=["flip", "affine"], channels_last=True, amp=bf16, batch_size=128)))
     if not args.no_compile:
-        rows.append(("+ torch.compile (batch 128)", dict(aug=["flip", "affine"], channels_last=True, amp=bf16,
-                                                          batch_size=128, compile_model=True)))
+        rows.append((f"+ torch.compile (batch 128{fp32})", dict(aug=["flip", "affine"], channels_last=True, amp=bf16,
+                                                                 batch_size=128, compile_model=True)))
     wide = max(len(name) for name, _ in rows)
     print(f"  {'':<{wide}}{'img/s':>9}{'vs. first':>11}")
     base = None

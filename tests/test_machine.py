@@ -16,7 +16,10 @@ def test_the_device_line_names_the_cpu_its_instructions_threads_and_bf16(monkeyp
     cpu = torch.device("cpu")
     line = engine.describe_device(cpu)
     assert line.startswith("cpu (") and f", {torch.backends.cpu.get_cpu_capability()}, " in line
-    assert f", {torch.get_num_threads()} threads, " in line
+    threads = torch.get_num_threads()
+    assert f", {threads} thread{'s' * (threads != 1)}, " in line
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert ", 1 thread, " in engine.describe_device(cpu)
     # bf16 as --amp auto sees it: a CPU without native bf16 trains in fp32.
     assert line.endswith(", native bf16)" if engine.bf16_supported(cpu) else ", no native bf16)")
     monkeypatch.setattr(engine, "bf16_supported", lambda device: False)
@@ -42,14 +45,20 @@ def test_a_results_file_reuses_only_the_runs_timed_on_this_machine(tmp_path, cap
 def test_bf16_asked_for_on_a_cpu_without_it_is_warned_of(trained, tiny_data, tmp_path, monkeypatch, capsys):
     cpu = torch.device("cpu")
     monkeypatch.setattr(engine, "bf16_supported", lambda device: False)
-    assert "no native bf16" in engine.amp_warning("bf16", cpu)
+    assert engine.amp_warning("bf16", cpu).startswith("bf16 runs in software on this CPU, which has no native bf16")
     assert engine.amp_warning("auto", cpu) is None and engine.amp_warning("off", cpu) is None
     ckpt = str(trained / "checkpoints" / "best.pth")
     assert load_script("test").main(["--ckpt", ckpt, "--amp", "bf16", "--out-dir", str(tmp_path)]) == 0
-    assert "warning: --amp bf16: this CPU has no native bf16" in capsys.readouterr().err
+    assert "warning: bf16 runs in software on this CPU, which has no native bf16" in capsys.readouterr().err
     face = next((tiny_data / "test" / "Happy").iterdir())
     assert load_script("predict").main([str(face), "--no-detect", "--ckpt", ckpt, "--amp", "bf16", "--out-dir",
                                         str(tmp_path / "predict"), "--no-progress"]) == 0
-    assert "warning: amp='bf16': this CPU has no native bf16" in capsys.readouterr().err  # the API's, as a line
+    assert "warning: bf16 runs in software on this CPU" in capsys.readouterr().err  # the API's warning, as a line
+    # An exported model runs as exported: bf16 is unused there, not slow.
+    assert load_script("export").main(["--ckpt", ckpt, "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert load_script("test").main(["--ckpt", str(tmp_path / "m.onnx"), "--amp", "bf16", "--data", str(tiny_data),
+                                     "--out-dir", str(tmp_path / "onnx")]) == 0
+    err = capsys.readouterr().err
+    assert "bf16 is left unused" in err and "runs in software" not in err
     monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
     assert engine.amp_warning("bf16", cpu) is None

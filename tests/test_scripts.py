@@ -638,11 +638,15 @@ def test_a_train_crop_trains_on_the_centre_of_augmented_images_and_scores_whole_
                         (["--train-crop", "40", "--arch", "assignment"],
                          "argument --train-crop: the assignment's network has a dense head sized for --input-size 48"),
                         (["--progressive-resize", "32", "--head", "fc"],
-                         "argument --progressive-resize: --head fc has a dense head sized for --input-size 48"),
-                        (["--recipe", "fast", "--arch", "assignment"], "(--recipe fast sets --progressive-resize 32)")):
+                         "argument --progressive-resize: --head fc has a dense head sized for --input-size 48")):
         with pytest.raises(SystemExit):
             train.parse_args(["--data", "x", *flags])
         assert text in capsys.readouterr().err
+    # Set by a recipe rather than given, it is left out with a warning, as a recipe's vgg flags are.
+    args, _, warnings = train.parse_args(["--data", "x", "--recipe", "fast", "--arch", "assignment"])
+    assert args.progressive_resize is None
+    assert warnings == ["recipe fast sets --progressive-resize 32, which is left out: the assignment's network has a "
+                        "dense head sized for --input-size 48; it trains at that size only"]
 
 
 def seven_class_folders(tiny_data, root):
