@@ -320,8 +320,11 @@ def amp_warnings(amp, device, classifier):
     """What to say of amp ("auto", "bf16", "off") for classifier (load_classifier's) on device -> a list of warnings:
     bf16 asked for where only exported models run (they run as exported), or where it would run in software
     (engine.amp_warning)."""
-    if amp == "bf16" and not any(isinstance(m, ModelClassifier) for m in getattr(classifier, "members", [classifier])):
-        return [f"bf16 is left unused: {classifier.source} is an exported model, which runs as it was exported"]
+    members = getattr(classifier, "members", [classifier])
+    if amp == "bf16" and not any(isinstance(m, ModelClassifier) for m in members):
+        several = len(members) > 1
+        return [f"bf16 is left unused: {', '.join(str(m.source) for m in members)} "
+                f"{'are exported models, which run' if several else 'is an exported model, which runs'} as exported"]
     slow = engine.amp_warning(amp, device)
     return [slow] if slow else []
 

@@ -270,9 +270,11 @@ def parse_args(argv=None):
         parser.error(f"argument --train-crop: {args.train_crop} is larger than --input-size {args.input_size}; it "
                      "is a part of the image")
     if (args.progressive_resize or 0) > (args.train_crop or args.input_size):
+        by_recipe = "" if "progressive_resize" in given else \
+            f" (--recipe {recipe} sets --progressive-resize {args.progressive_resize})"
         parser.error(f"argument --progressive-resize: {args.progressive_resize} is larger than "
                      + (f"--train-crop {args.train_crop}" if args.train_crop else f"--input-size {args.input_size}")
-                     + "; it is the size the first epochs start from")
+                     + f"; it is the size the first epochs start from{by_recipe}")
     if args.resume and args.overwrite:
         parser.error("--overwrite starts a new run in place of an earlier one; --resume continues a run")
     return args, given, warnings

@@ -5,7 +5,9 @@
 For the assignment's network it compares the assignment's data path and training step (PIL decodes and resizes
 every image every epoch through a DataLoader, fp32, NCHW) with this toolkit's (images decoded once into a
 uint8 tensor, augmented in batches on the device), then adds channels_last, bf16 autocast, a larger
-batch and torch.compile one at a time. Every row runs the same SGD training step on real images. Then the vgg
+batch and torch.compile one at a time (on a CPU without native bf16 the bf16 row runs in software, minutes a row, so
+only with --bf16-in-software; the later rows are then fp32). Every row runs the same SGD training step on real
+images. Then the vgg
 network at each of --widths (channels per stage): training images/s with the default recipe's four
 augmentations, the FLOPs of a training image (torch.utils.flop_counter) and the TFLOP/s they make, to weigh
 width against time.

@@ -1,6 +1,7 @@
 """What the toolkit says about the machine it runs on: a timing is only a figure of its machine, and bf16 is fast only
 where the CPU runs it natively."""
 import json
+import shutil
 import sys
 
 import torch
@@ -59,6 +60,11 @@ def test_bf16_asked_for_on_a_cpu_without_it_is_warned_of(trained, tiny_data, tmp
     assert load_script("test").main(["--ckpt", str(tmp_path / "m.onnx"), "--amp", "bf16", "--data", str(tiny_data),
                                      "--out-dir", str(tmp_path / "onnx")]) == 0
     err = capsys.readouterr().err
-    assert "bf16 is left unused" in err and "runs in software" not in err
+    assert f"bf16 is left unused: {tmp_path / 'm.onnx'} is an exported model" in err and "runs in software" not in err
+    shutil.copy(tmp_path / "m.onnx", tmp_path / "n.onnx")  # an ensemble of two: named, not shown as a list
+    assert load_script("test").main(["--ckpt", str(tmp_path / "m.onnx"), str(tmp_path / "n.onnx"), "--amp", "bf16",
+                                     "--data", str(tiny_data), "--out-dir", str(tmp_path / "two")]) == 0
+    assert f"bf16 is left unused: {tmp_path / 'm.onnx'}, {tmp_path / 'n.onnx'} are exported models" in \
+        capsys.readouterr().err
     monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
     assert engine.amp_warning("bf16", cpu) is None

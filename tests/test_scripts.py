@@ -638,7 +638,10 @@ def test_a_train_crop_trains_on_the_centre_of_augmented_images_and_scores_whole_
                         (["--train-crop", "40", "--arch", "assignment"],
                          "argument --train-crop: the assignment's network has a dense head sized for --input-size 48"),
                         (["--progressive-resize", "32", "--head", "fc"],
-                         "argument --progressive-resize: --head fc has a dense head sized for --input-size 48")):
+                         "argument --progressive-resize: --head fc has a dense head sized for --input-size 48"),
+                        (["--recipe", "fast", "--input-size", "24"],
+                         "32 is larger than --input-size 24; it is the size the first epochs start from (--recipe fast "
+                         "sets --progressive-resize 32)")):
         with pytest.raises(SystemExit):
             train.parse_args(["--data", "x", *flags])
         assert text in capsys.readouterr().err
