@@ -7,10 +7,9 @@ every image every epoch through a DataLoader, fp32, NCHW) with this toolkit's (i
 uint8 tensor, augmented in batches on the device), then adds channels_last, bf16 autocast, a larger
 batch and torch.compile one at a time (on a CPU without native bf16 the bf16 row runs in software, minutes a row, so
 only with --bf16-in-software; the later rows are then fp32). Every row runs the same SGD training step on real
-images. Then the vgg
-network at each of --widths (channels per stage): training images/s with the default recipe's four
-augmentations, the FLOPs of a training image (torch.utils.flop_counter) and the TFLOP/s they make, to weigh
-width against time.
+images. Then the vgg network at each of --widths (channels per stage): training images/s with the default recipe's
+four augmentations, the FLOPs of a training image (torch.utils.flop_counter) and the TFLOP/s they make, to weigh
+width against time. The first line names the machine (engine.describe_device).
 """
 import argparse
 import sys
@@ -126,7 +125,7 @@ def measure_inference(arch, split, device, amp, batch_size=256, repeats=3):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a dataset folder in the assignment's layout (train/<Class>/*.jpg)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu, cuda, cuda:1, mps")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per row")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     p.add_argument("--bf16-in-software", action="store_true",
@@ -179,7 +178,7 @@ def run(args):
         print(f"  {name:<{wide}}{speed:>9.0f}{speed / base:>10.2f}x")
 
     print("\nevery arch, this toolkit's path (cached tensors, flip+affine, channels_last"
-          + (", bf16" if bf16 else "") + ")")
+          + (", bf16" if bf16 else ", fp32") + ")")
     print(f"  {'arch':<12}{'train img/s (b64)':>20}{'inference img/s (b256)':>26}")
     for arch in ("assignment", "vgg"):
         split = rgb if default_in_channels(arch) == 3 else gray
@@ -188,7 +187,7 @@ def run(args):
         print(f"  {arch:<12}{train:>20.0f}{infer:>26.0f}")
 
     print("\nvgg by channels per stage, training images/s (batch 64, flip+affine+jitter+erase"
-          + (", bf16" if bf16 else "") + ")")
+          + (", bf16" if bf16 else ", fp32") + ")")
     print(f"  {'widths':<20}{'train img/s':>12}{'GFLOP/img':>11}{'TFLOP/s':>9}")
     for widths in args.widths:
         shape = {"widths": widths}
