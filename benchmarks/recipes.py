@@ -27,7 +27,8 @@ def this_machine():
     return engine.describe_device(engine.select_device("auto"))
 
 
-def run_one(data, name, flags, seed, out_root, extra):
+def run_one(data, name, flags, seed, out_root, extra, machine):
+    """One training run in its own process -> its row; machine: this_machine(), recorded in the row."""
     work = out_root / f"{name}_seed{seed}"
     cmd = [sys.executable, str(ROOT / "train.py"), "--data", data, "--seed", str(seed), "--no-progress",
            "--output-dir", str(work / "checkpoints"), "--log-dir", str(work / "logs"), *flags, *extra]
@@ -45,7 +46,7 @@ def run_one(data, name, flags, seed, out_root, extra):
             "val_macro_f1": best["val_macro_f1"], "val_acc": best["val_acc"],
             "train_s": sum(e["train_time"] for e in epochs), "acc": 100 * report["accuracy"],
             "macro_f1": 100 * report["macro_f1"], **({"vote_kl": report["vote_kl"]} if "vote_kl" in report else {}),
-            "cmd": " ".join(shlex.quote(c) for c in cmd[1:]), "machine": this_machine()}
+            "cmd": " ".join(shlex.quote(c) for c in cmd[1:]), "machine": machine}
 
 
 def finished_runs(results, machine):
@@ -103,7 +104,7 @@ def main(argv=None):
         for seed in args.seeds:
             row = done.get((name, seed))
             if row is None:
-                row = run_one(args.data, name, flags, seed, Path(args.out), shlex.split(args.extra))
+                row = run_one(args.data, name, flags, seed, Path(args.out), shlex.split(args.extra), machine)
                 if args.results:
                     with open(args.results, "a") as f:
                         f.write(json.dumps(row) + "\n")

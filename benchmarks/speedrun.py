@@ -81,7 +81,7 @@ def main(argv=None):
         for seed in args.seeds:
             row = done.get((name, seed))
             if row is None:
-                row = run_one(args.data, name, flags, seed, Path(args.out), shlex.split(args.extra))
+                row = run_one(args.data, name, flags, seed, Path(args.out), shlex.split(args.extra), machine)
                 work = Path(args.out) / f"{name}_seed{seed}"
                 row["img_s"], row["epoch_s"], flops = speed(work)
                 row["gflop_img"] = flops / 1e9
